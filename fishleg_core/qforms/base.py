@@ -1,0 +1,70 @@
+"""The QForm contract: a positive-definite model of the inverse Fisher on one (rows, cols) block."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor, nn
+
+
+class QForm(nn.Module, ABC):
+    """Q(λ) acting on a parameter block viewed as a matrix G of shape ``(rows, cols)``.
+
+    Subclasses hold the auxiliary parameters λ, are positive definite by construction, start at
+    ``init_scale · I`` and implement two methods:
+
+    - ``multiply(G)``: Q·G for G of shape ``(..., rows, cols)``, differentiable in λ;
+    - ``to_dense()``: the ``(rows·cols, rows·cols)`` matrix in row-major vec order, so that
+      ``q(G).reshape(-1) == q.to_dense() @ G.reshape(-1)``.
+    """
+
+    def __init__(self, shape: tuple[int, int], init_scale: float = 1.0) -> None:
+        super().__init__()
+        self.shape = _validate_shape(shape)
+        if not isinstance(init_scale, (int, float)) or not math.isfinite(init_scale) or init_scale <= 0:
+            raise ValueError(f"{type(self).__name__}: init_scale must be a finite number > 0, got {init_scale!r}")
+        self.init_scale = float(init_scale)
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0]
+
+    @property
+    def cols(self) -> int:
+        return self.shape[1]
+
+    def forward(self, G: Tensor) -> Tensor:
+        """Q·G for a block ``G`` of shape ``(..., rows, cols)``."""
+        if not isinstance(G, Tensor) or G.dim() < 2 or tuple(G.shape[-2:]) != self.shape:
+            got = tuple(G.shape) if isinstance(G, Tensor) else type(G).__name__
+            raise ValueError(
+                f"{type(self).__name__} acts on blocks of shape (..., {self.rows}, {self.cols}); got {got}"
+            )
+        return self.multiply(G)
+
+    def multiply_low_rank(self, left: Tensor, right: Tensor) -> Tensor:
+        """Q·(left @ rightᵀ) for ``left`` (rows, r) and ``right`` (cols, r); forms with structure override it."""
+        return self(left @ right.mT)
+
+    @abstractmethod
+    def multiply(self, G: Tensor) -> Tensor:
+        """Q·G, with ``G`` already checked to have shape ``(..., rows, cols)``."""
+
+    @abstractmethod
+    def to_dense(self) -> Tensor:
+        """The dense ``(rows·cols, rows·cols)`` matrix of Q in row-major vec order."""
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}, init_scale={self.init_scale:g}"
+
+
+def _validate_shape(shape: object) -> tuple[int, int]:
+    if (
+        not isinstance(shape, (tuple, list, torch.Size))
+        or len(shape) != 2
+        or not all(isinstance(n, int) and n > 0 for n in shape)
+    ):
+        raise ValueError(f"QForm shape must be a pair of positive integers (rows, cols), got {shape!r}")
+    return int(shape[0]), int(shape[1])

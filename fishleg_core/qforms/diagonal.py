@@ -1,0 +1,25 @@
+"""Diagonal form: Q G = D ⊙ G with D > 0 elementwise."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fishleg_core.qforms.base import QForm
+from fishleg_core.qforms.positive import PositiveTensor
+from fishleg_core.qforms.registry import QFORMS
+
+
+@QFORMS.register("diagonal")
+class DiagonalQ(QForm):
+    """Q = diag(vec(D)), D = softplus(raw) > 0, started at D = init_scale."""
+
+    def __init__(self, shape: tuple[int, int], init_scale: float = 1.0) -> None:
+        super().__init__(shape, init_scale)
+        self.D = PositiveTensor(torch.full(self.shape, self.init_scale))
+
+    def multiply(self, G: Tensor) -> Tensor:
+        return self.D() * G
+
+    def to_dense(self) -> Tensor:
+        return torch.diag(self.D().reshape(-1))

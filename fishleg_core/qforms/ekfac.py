@@ -1,0 +1,37 @@
+"""Rescaled EKFAC-like form (paper Appendix A.6): Q = A (L ⊗ R) B² (L ⊗ R)ᵀ A."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fishleg_core.qforms.base import QForm
+from fishleg_core.qforms.positive import PositiveTensor, TriangularFactor
+from fishleg_core.qforms.registry import QFORMS
+
+
+@QFORMS.register("ekfac")
+class EKFACQ(QForm):
+    """Q G = A ⊙ (L (B² ⊙ (Lᵀ (A ⊙ G) R)) Rᵀ), with A > 0 and B² > 0 elementwise of shape (rows, cols).
+
+    A is an outer and B² an inner diagonal rescaling of the Kronecker eigenbasis; both start at 1 and the
+    factors at L = R = init_scale^¼ · I, so Q starts at init_scale · I.
+    """
+
+    def __init__(self, shape: tuple[int, int], init_scale: float = 1.0) -> None:
+        super().__init__(shape, init_scale)
+        root = self.init_scale**0.25
+        self.L = TriangularFactor.scaled_identity(self.rows, root)
+        self.R = TriangularFactor.scaled_identity(self.cols, root)
+        self.A = PositiveTensor(torch.ones(self.shape))
+        self.B2 = PositiveTensor(torch.ones(self.shape))
+
+    def multiply(self, G: Tensor) -> Tensor:
+        L, R, A = self.L(), self.R(), self.A()
+        inner = self.B2() * (L.mT @ (A * G) @ R)
+        return A * (L @ inner @ R.mT)
+
+    def to_dense(self) -> Tensor:
+        K = torch.kron(self.L(), self.R())
+        a = self.A().reshape(-1, 1)
+        return (a * K) @ (self.B2().reshape(-1, 1) * (K.mT * a.mT))

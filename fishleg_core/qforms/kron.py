@@ -1,0 +1,31 @@
+"""Block Kronecker form (paper Appendix A.5): Q G = M_L G M_R, M_L = L Lᵀ, M_R = R Rᵀ."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fishleg_core.qforms.base import QForm
+from fishleg_core.qforms.positive import TriangularFactor
+from fishleg_core.qforms.registry import QFORMS
+
+
+@QFORMS.register("kron")
+class KronQ(QForm):
+    """Q = M_L ⊗ M_R (row-major vec), with triangular factors started at L = R = init_scale^¼ · I."""
+
+    def __init__(self, shape: tuple[int, int], init_scale: float = 1.0) -> None:
+        super().__init__(shape, init_scale)
+        root = self.init_scale**0.25
+        self.L = TriangularFactor.scaled_identity(self.rows, root)
+        self.R = TriangularFactor.scaled_identity(self.cols, root)
+
+    def multiply(self, G: Tensor) -> Tensor:
+        return self.L.gram() @ G @ self.R.gram()
+
+    def multiply_low_rank(self, left: Tensor, right: Tensor) -> Tensor:
+        """M_L (left rightᵀ) M_R = (M_L left)(M_R right)ᵀ: O(r(rows² + cols² + rows·cols)) for rank r."""
+        return (self.L.gram() @ left) @ (self.R.gram() @ right).mT
+
+    def to_dense(self) -> Tensor:
+        return torch.kron(self.L.gram(), self.R.gram())

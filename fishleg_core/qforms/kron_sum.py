@@ -1,0 +1,60 @@
+"""Sum of Kronecker products (paper Appendix A.6): Q G = Σ_k M_L⁽ᵏ⁾ G M_R⁽ᵏ⁾."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from fishleg_core.qforms.base import QForm
+from fishleg_core.qforms.positive import TriangularFactor
+from fishleg_core.qforms.registry import QFORMS
+
+
+@QFORMS.register("kron_sum")
+class KronSumQ(QForm):
+    """Σ_{k=1..K} (L_k L_kᵀ) ⊗ (R_k R_kᵀ).
+
+    Term 1 starts at init_scale · I. Terms k ≥ 2 start as small random triangular factors, each scaled to
+    spectral norm ``EXTRA_TERMS_NORM · init_scale / (K − 1)``, so that together they stay within 0.5 % of
+    init_scale: Gram factors started at zero would never move, since their gradient vanishes there, and
+    copies of term 1 would stay copies. They draw from torch's global random generator.
+    """
+
+    EXTRA_TERMS_NORM = 0.005
+
+    def __init__(self, shape: tuple[int, int], init_scale: float = 1.0, K: int = 2) -> None:
+        super().__init__(shape, init_scale)
+        if not isinstance(K, int) or isinstance(K, bool) or K < 1:
+            raise ValueError(f"kron_sum needs K >= 1 Kronecker terms, got K={K!r}")
+        self.K = K
+        root = self.init_scale**0.25
+        extra_root = (self.EXTRA_TERMS_NORM * self.init_scale / max(K - 1, 1)) ** 0.25
+        self.L = nn.ModuleList([TriangularFactor.scaled_identity(self.rows, root)])
+        self.R = nn.ModuleList([TriangularFactor.scaled_identity(self.cols, root)])
+        for _ in range(K - 1):
+            self.L.append(TriangularFactor(_random_triangular(self.rows, extra_root)))
+            self.R.append(TriangularFactor(_random_triangular(self.cols, extra_root)))
+
+    def grams(self) -> list[tuple[Tensor, Tensor]]:
+        """The pairs (M_L⁽ᵏ⁾, M_R⁽ᵏ⁾) of all K terms."""
+        return [(L.gram(), R.gram()) for L, R in zip(self.L, self.R)]
+
+    def multiply(self, G: Tensor) -> Tensor:
+        return sum(M_L @ G @ M_R for M_L, M_R in self.grams())
+
+    def multiply_low_rank(self, left: Tensor, right: Tensor) -> Tensor:
+        """Σ_k (M_L⁽ᵏ⁾ left)(M_R⁽ᵏ⁾ right)ᵀ."""
+        return sum((M_L @ left) @ (M_R @ right).mT for M_L, M_R in self.grams())
+
+    def to_dense(self) -> Tensor:
+        return sum(torch.kron(M_L, M_R) for M_L, M_R in self.grams())
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, K={self.K}"
+
+
+def _random_triangular(n: int, spectral_norm: float) -> Tensor:
+    """A random lower-triangular matrix with positive diagonal and the given spectral norm."""
+    T = torch.randn(n, n).tril() / n**0.5
+    T.diagonal().abs_().add_(0.1)
+    return T * (spectral_norm / torch.linalg.matrix_norm(T, ord=2))

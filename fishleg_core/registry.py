@@ -1,0 +1,75 @@
+"""A small name -> factory registry shared by QForms, likelihoods, Fisher methods and layer adapters."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Generic, Hashable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps keys (names, or module types for layer adapters) to factories.
+
+    >>> SHAPES = Registry("shape")
+    >>> @SHAPES.register("square")
+    ... class Square: ...
+    >>> SHAPES.build("square")  # doctest: +ELLIPSIS
+    <...Square object at ...>
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[Hashable, T] = {}
+
+    def register(self, key: Hashable, *, replace: bool = False) -> Callable[[T], T]:
+        """Decorator registering ``factory`` under ``key``; re-registering a key needs ``replace=True``."""
+
+        def decorator(factory: T) -> T:
+            if key in self._entries and not replace:
+                raise ValueError(
+                    f"{self.kind} {_label(key)!r} is already registered; pass replace=True to override it"
+                )
+            self._entries[key] = factory
+            return factory
+
+        return decorator
+
+    def get(self, key: Hashable) -> T:
+        """The factory registered under ``key``; an unknown key raises a ``KeyError`` listing the known ones."""
+        try:
+            return self._entries[key]
+        except (KeyError, TypeError):
+            raise UnknownNameError(
+                f"unknown {self.kind} {_label(key)!r}; known: {', '.join(self.names()) or '(none)'}"
+            ) from None
+
+    def build(self, key: Hashable, **kwargs: Any) -> Any:
+        """Instantiate the factory registered under ``key`` with ``kwargs``."""
+        return self.get(key)(**kwargs)  # type: ignore[operator]
+
+    def names(self) -> list[str]:
+        """The registered keys as readable names, in registration order."""
+        return [_label(key) for key in self._entries]
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            return key in self._entries
+        except TypeError:
+            return False
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}: {', '.join(self.names())})"
+
+
+class UnknownNameError(KeyError, ValueError):
+    """Raised for a name no registry knows; a ``KeyError`` and a ``ValueError`` at once."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+def _label(key: Hashable) -> str:
+    return key.__name__ if isinstance(key, type) else str(key)
