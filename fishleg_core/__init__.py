@@ -1,6 +1,44 @@
 """fishleg_core: FishLeg natural-gradient optimisation with learned inverse-Fisher models (QForms)."""
 
+from fishleg_core.auxiliary import AuxiliaryLoss, auxiliary_loss
+from fishleg_core.config import FishLegConfig, InvalidConfigError
+from fishleg_core.fisher import FISHER_METHODS, fisher_vp
+from fishleg_core.fitting import FitResult, ProbeEvaluator, QEvaluation, fit_q, normalized_gradients
+from fishleg_core.inverse_fisher import BlockQ, ModelQ, QGroup, build_model_q
+from fishleg_core.layers import LAYER_ADAPTERS, Block, BlockLayout, LayerAdapter, UnsupportedLayerError, joint_block, map_blocks
+from fishleg_core.likelihoods import LIKELIHOODS, Likelihood
+from fishleg_core.optimizer import FishLeg
 from fishleg_core.qforms import QFORMS, QForm
 from fishleg_core.registry import Registry, UnknownNameError
 
-__all__ = ["QFORMS", "QForm", "Registry", "UnknownNameError"]
+__all__ = [
+    "AuxiliaryLoss",
+    "Block",
+    "BlockLayout",
+    "BlockQ",
+    "FISHER_METHODS",
+    "FishLeg",
+    "FishLegConfig",
+    "FitResult",
+    "InvalidConfigError",
+    "LAYER_ADAPTERS",
+    "LIKELIHOODS",
+    "LayerAdapter",
+    "Likelihood",
+    "ModelQ",
+    "ProbeEvaluator",
+    "QEvaluation",
+    "QFORMS",
+    "QForm",
+    "QGroup",
+    "Registry",
+    "UnknownNameError",
+    "UnsupportedLayerError",
+    "auxiliary_loss",
+    "build_model_q",
+    "fisher_vp",
+    "fit_q",
+    "joint_block",
+    "map_blocks",
+    "normalized_gradients",
+]

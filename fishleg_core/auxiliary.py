@@ -1,0 +1,35 @@
+"""The auxiliary loss A(λ; u) = ½ (Qu)ᵀ F_γ (Qu) − uᵀ Q u and its gradient (paper Eq. 20-21, Algorithm 1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from torch import Tensor
+
+from fishleg_core.inverse_fisher import ModelQ
+from fishleg_core.vectors import ParamDict, detach, dot
+
+DampedFisher = Callable[[ParamDict], ParamDict]
+"""v ↦ F_γ v on some curvature minibatch, returning detached tensors."""
+
+
+@dataclass(frozen=True)
+class AuxiliaryLoss:
+    """``surrogate.backward()`` leaves ∇_λ A in the QForms' ``.grad``; ``value`` is A itself, detached."""
+
+    surrogate: Tensor
+    value: Tensor
+
+
+def auxiliary_loss(q: ModelQ, u: Mapping[str, Tensor], damped_fisher: DampedFisher) -> AuxiliaryLoss:
+    """A(λ; u) without differentiating through the Fisher-vector product.
+
+    v = Q(λ) u (on the autograd tape), h = F_γ v.detach() (off the tape), surrogate s = ⟨v, (h − u).detach()⟩.
+    Since ∇_λ A = (∂v/∂λ)ᵀ (F_γ v − u) for symmetric F_γ and Q, ∇_λ s = ∇_λ A; the value is ½⟨v, h⟩ − ⟨v, u⟩.
+    """
+    v = q(u)
+    h = damped_fisher(detach(v))
+    residual = {name: (h[name] - u[name]).detach() for name in v}
+    value = (0.5 * dot(v, h) - dot(v, u)).detach()
+    return AuxiliaryLoss(surrogate=dot(v, residual), value=value)

@@ -1,0 +1,79 @@
+"""Validated hyperparameters (pydantic): errors name the offending field."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Mapping, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fishleg_core.fisher import FISHER_METHODS
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+class InvalidConfigError(ValueError):
+    """Raised with one line per invalid field: ``<owner>: invalid <field>: <reason> (got <value>)``."""
+
+
+def validate(config_type: type[ConfigT], owner: str, values: Mapping[str, Any]) -> ConfigT:
+    """``config_type(**values)``, with pydantic's errors rewritten to name the field and the value given."""
+    try:
+        return config_type(**values)
+    except ValidationError as error:
+        lines = []
+        for issue in error.errors():
+            field = ".".join(str(part) for part in issue["loc"]) or "configuration"
+            reason = issue["msg"].removeprefix("Value error, ")
+            given = f" (got {issue['input']!r})" if issue["loc"] else ""
+            lines.append(f"{owner}: invalid {field}: {reason}{given}")
+        raise InvalidConfigError("\n".join(lines)) from None
+
+
+class FishLegConfig(BaseModel):
+    """Hyperparameters of the FishLeg optimizer (paper Algorithm 1 and section 4.4)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lr: float = Field(gt=0, allow_inf_nan=False, description="η: θ ← θ − η Q ḡ")
+    momentum: float = Field(0.9, ge=0, lt=1, description="β of ḡ ← β ḡ + (1 − β) g")
+    momentum_on: Literal["gradient", "update"] = Field(
+        "gradient", description="average g (Algorithm 1) or Q·g (keeps the low-rank structure of g)"
+    )
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False, description="adds weight_decay·θ to g")
+    damping: float = Field(1.0, ge=0, allow_inf_nan=False, description="γ of F_γ = F + γ I")
+    sgd_lr: float | None = Field(None, gt=0, allow_inf_nan=False, description="start Q at (sgd_lr / lr)·I")
+    init_scale: float | None = Field(None, gt=0, allow_inf_nan=False, description="start Q at init_scale·I")
+    aux_lr: float = Field(1e-4, gt=0, allow_inf_nan=False, description="α: Adam learning rate of λ")
+    aux_betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas of λ")
+    aux_eps: float = Field(1e-8, gt=0, description="Adam epsilon of λ")
+    aux_every: int = Field(10, ge=0, description="one auxiliary update every this many steps; 0: none (Q fixed)")
+    fisher_method: str = Field("exact", description="a name in FISHER_METHODS")
+    strict: bool = Field(False, description="error, not warning, for parameters no layer adapter covers")
+    seed: int | None = Field(None, description="seed of the optimizer's own generator (sampled Fisher)")
+
+    @field_validator("aux_betas")
+    @classmethod
+    def _betas_in_unit_interval(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= beta < 1 for beta in betas):
+            raise ValueError("both betas must lie in [0, 1)")
+        return betas
+
+    @field_validator("fisher_method")
+    @classmethod
+    def _registered_method(cls, name: str) -> str:
+        if name not in FISHER_METHODS:
+            raise ValueError(f"unknown Fisher method; known: {', '.join(FISHER_METHODS.names())}")
+        return name
+
+    @model_validator(mode="after")
+    def _one_initial_scale(self) -> "FishLegConfig":
+        if self.sgd_lr is not None and self.init_scale is not None:
+            raise ValueError("give at most one of sgd_lr and init_scale")
+        return self
+
+    @property
+    def q_init_scale(self) -> float:
+        """Q₀ = (sgd_lr / lr)·I, or init_scale·I, or I."""
+        if self.sgd_lr is not None:
+            return self.sgd_lr / self.lr
+        return self.init_scale if self.init_scale is not None else 1.0

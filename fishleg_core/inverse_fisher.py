@@ -1,0 +1,128 @@
+"""Q over a whole model: a composition of QForms over groups of parameter blocks."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from fishleg_core.layers.form_choice import FormChoices, choose_forms
+from fishleg_core.layers.mapping import Block, map_blocks
+from fishleg_core.qforms import QFORMS, QForm
+
+
+class QGroup(nn.Module, ABC):
+    """Q on a group of parameters, acting on {name: tensor} dicts. A form spanning several layers (for
+    example a block-tridiagonal coupling of adjacent layers) is a new subclass."""
+
+    @property
+    @abstractmethod
+    def param_names(self) -> tuple[str, ...]:
+        """The full parameter names this group acts on, in the order of ``to_dense``."""
+
+    @abstractmethod
+    def forward(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Q·x restricted to this group, for x given by ``tensors`` (at least this group's names)."""
+
+    @abstractmethod
+    def to_dense(self) -> Tensor:
+        """The dense matrix of this group on its parameters flattened and concatenated in order."""
+
+
+class BlockQ(QGroup):
+    """One block with one QForm: G = pack(tensors), Q·G, unpack."""
+
+    def __init__(self, block: Block, form: QForm) -> None:
+        super().__init__()
+        if form.shape != block.shape:
+            raise ValueError(f"block {block.name!r} has shape {block.shape} but its form acts on {form.shape}")
+        self.block = block
+        self.form = form
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return self.block.param_names
+
+    def forward(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        G = self.block.layout.pack([tensors[name] for name in self.param_names])
+        return dict(zip(self.param_names, self.block.layout.unpack(self.form(G))))
+
+    def to_dense(self) -> Tensor:
+        block_dense = self.form.to_dense()
+        order = self.block.layout.permutation().to(block_dense.device)
+        dense = torch.empty_like(block_dense)
+        dense[order[:, None], order[None, :]] = block_dense
+        return dense
+
+    def extra_repr(self) -> str:
+        return f"block={self.block.name!r} ({self.block.module_type.__name__}, shape={self.block.shape})"
+
+
+class ModelQ(nn.Module):
+    """The block-diagonal Q(λ) of a model: Q·x = ⊕_groups Q_group·x_group for x = {name: tensor}."""
+
+    def __init__(self, groups: Iterable[QGroup]) -> None:
+        super().__init__()
+        self.groups = nn.ModuleList(groups)
+        names = [name for group in self.groups for name in group.param_names]
+        if len(set(names)) != len(names):
+            raise ValueError("ModelQ groups must not share parameters")
+        self.param_names: tuple[str, ...] = tuple(names)
+
+    def forward(self, vector: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        missing = [name for name in self.param_names if name not in vector]
+        if missing:
+            raise KeyError(f"ModelQ needs a tensor for every parameter it covers; missing: {', '.join(missing)}")
+        result: dict[str, Tensor] = {}
+        for group in self.groups:
+            result.update(group(vector))
+        return {name: result[name] for name in self.param_names}
+
+    def to_dense(self) -> Tensor:
+        """The dense Q on all parameters flattened and concatenated in ``param_names`` order."""
+        return torch.block_diag(*[group.to_dense() for group in self.groups])
+
+    def summary(self) -> str:
+        """A table of blocks, their shapes, forms and numbers of auxiliary parameters."""
+        lines = [f"{'block':<28} {'layer':<14} {'shape':<14} {'form':<10} {'aux params':>10}"]
+        for group in self.groups:
+            block, form = getattr(group, "block", None), getattr(group, "form", None)
+            name = block.name if block else ", ".join(group.param_names)
+            layer = block.module_type.__name__ if block else type(group).__name__
+            shape = str(block.shape) if block else "-"
+            form_name = type(form).__name__ if form else type(group).__name__
+            count = sum(p.numel() for p in group.parameters())
+            lines.append(f"{name:<28} {layer:<14} {shape:<14} {form_name:<10} {count:>10}")
+        return "\n".join(lines)
+
+
+def build_model_q(
+    model: nn.Module, forms: FormChoices | None = None, init_scale: float = 1.0, strict: bool = False
+) -> ModelQ:
+    """Map ``model`` to blocks (``map_blocks``), give each its QForm (``choose_forms``), all started at
+    ``init_scale · I``, with the dtype and device of the block's parameters."""
+    blocks = map_blocks(model, strict=strict)
+    params = dict(model.named_parameters())
+    groups = []
+    for block, (form_name, options) in zip(blocks, choose_forms(blocks, forms)):
+        like = params[block.param_names[0]]
+        with _factory_defaults(like):
+            form = QFORMS.build(form_name, shape=block.shape, init_scale=init_scale, **options)
+        groups.append(BlockQ(block, form))
+    return ModelQ(groups)
+
+
+@contextmanager
+def _factory_defaults(like: Tensor) -> Iterator[None]:
+    """Create tensors with the dtype and on the device of ``like`` (so initial values are exact)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(like.dtype)
+    try:
+        with torch.device(like.device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+

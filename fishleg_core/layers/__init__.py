@@ -1,0 +1,18 @@
+"""Layer adapters and the mapping of any module tree to parameter blocks (DESIGN §6)."""
+
+from fishleg_core.layers.adapters import LAYER_ADAPTERS, LayerAdapter, adapter_for
+from fishleg_core.layers.form_choice import choose_forms
+from fishleg_core.layers.layout import BlockLayout
+from fishleg_core.layers.mapping import Block, UnsupportedLayerError, joint_block, map_blocks
+
+__all__ = [
+    "LAYER_ADAPTERS",
+    "Block",
+    "BlockLayout",
+    "LayerAdapter",
+    "UnsupportedLayerError",
+    "adapter_for",
+    "choose_forms",
+    "joint_block",
+    "map_blocks",
+]

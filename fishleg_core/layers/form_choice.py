@@ -1,0 +1,65 @@
+"""Which QForm each block gets: per module-name pattern, per layer type, or a default."""
+
+from __future__ import annotations
+
+import warnings
+from fnmatch import fnmatchcase
+from typing import Any, Mapping, Sequence, Union
+
+from fishleg_core.layers.adapters import LAYER_ADAPTERS
+from fishleg_core.layers.mapping import Block
+from fishleg_core.qforms import QFORMS
+
+FormSpec = Union[str, Mapping[str, Any]]
+"""A form name (``"kron"``) or a name with options (``{"form": "kron_sum", "K": 3}``)."""
+
+FormChoices = Mapping[str, FormSpec]
+"""Keys are ``"default"``, layer type names (``"Linear"``) or module-name patterns (``"decoder.*"``)."""
+
+
+def choose_forms(blocks: Sequence[Block], choices: FormChoices | None) -> list[tuple[str, dict[str, Any]]]:
+    """(form name, options) for each block.
+
+    Precedence: the first module-name pattern (``fnmatch``, matched against the block name) that
+    matches; else the closest layer type along the block's module class hierarchy; else
+    ``"default"``; else the adapter's default form. A key that matches no block is warned about.
+    """
+    choices = dict(choices or {})
+    default = choices.pop("default", None)
+    specs = {key: _parse(key, spec) for key, spec in choices.items()}
+    if default is not None:
+        default = _parse("default", default)
+    type_names = {cls.__name__ for block in blocks for cls in block.module_type.__mro__}
+    type_names.update(LAYER_ADAPTERS.names())
+    used: set[str] = set()
+    chosen = []
+    for block in blocks:
+        key = _first_pattern(block, specs, type_names) or _closest_type(block, specs)
+        used.add(key) if key else None
+        spec = specs[key] if key else default or (block.default_form, {})
+        chosen.append(spec)
+    unused = [key for key in specs if key not in used]
+    if unused:
+        warnings.warn(f"form choices {', '.join(map(repr, unused))} match no layer type or module name "
+                      f"(blocks: {', '.join(block.name for block in blocks)})", stacklevel=3)
+    return chosen
+
+
+def _parse(key: str, spec: FormSpec) -> tuple[str, dict[str, Any]]:
+    if isinstance(spec, str):
+        name, options = spec, {}
+    elif isinstance(spec, Mapping) and isinstance(spec.get("form"), str):
+        options = dict(spec)
+        name = options.pop("form")
+    else:
+        raise ValueError(f"form choice {key!r}: expected a form name or a dict with a 'form' name, got {spec!r}")
+    QFORMS.get(name)  # unknown names fail here, listing the known forms
+    return name, options
+
+
+def _first_pattern(block: Block, specs: Mapping[str, Any], type_names: set[str]) -> str | None:
+    return next((key for key in specs if key not in type_names and fnmatchcase(block.name, key)), None)
+
+
+def _closest_type(block: Block, specs: Mapping[str, Any]) -> str | None:
+    return next((cls.__name__ for cls in block.module_type.__mro__ if cls.__name__ in specs), None)

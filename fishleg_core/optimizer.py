@@ -1,0 +1,175 @@
+"""The FishLeg optimizer (paper Algorithm 1 with the practical details of its section 4.4)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from fishleg_core.auxiliary import auxiliary_loss
+from fishleg_core.config import FishLegConfig, validate
+from fishleg_core.fisher import fisher_vp
+from fishleg_core.inverse_fisher import ModelQ, build_model_q
+from fishleg_core.layers.form_choice import FormChoices
+from fishleg_core.likelihoods import Likelihood, resolve_likelihood
+from fishleg_core.vectors import ParamDict, norm, scale, trainable_parameters
+
+
+class FishLeg(torch.optim.Optimizer):
+    """Natural-gradient descent with a learned inverse Fisher Q(λ).
+
+    Each ``step()`` (after ``loss.backward()``):
+
+    1. momentum: ḡ ← β ḡ + (1 − β) g (``momentum_on="gradient"``, Algorithm 1), from ḡ = 0;
+    2. every ``aux_every`` steps (the first step included; never if 0), one Adam step on λ for the auxiliary loss
+       A(λ; u) at u = ḡ/‖ḡ‖ (or g/‖g‖ with ``momentum_on="update"``), with F_γ = F + γ I evaluated on
+       an auxiliary minibatch;
+    3. θ ← θ − η Q(λ) ḡ; with ``momentum_on="update"`` instead m ← β m + (1 − β) Q(λ) g and θ ← θ − η m.
+
+    Q starts at (sgd_lr / lr)·I (so FishLeg starts out as SGD with momentum at ``sgd_lr``), or at
+    ``init_scale``·I, or at I. The auxiliary minibatch must differ from the one that produced g: pass an
+    iterable ``aux_data`` (a DataLoader, say; cycled, a batch is an input tensor or a tuple whose first
+    element is the inputs) or give ``step(aux_batch=inputs)``. ``forms`` chooses QForms per layer type,
+    module-name pattern or ``"default"`` (see ``choose_forms``). The per-group ``lr``, ``momentum`` and
+    ``weight_decay`` may be changed between steps (LR schedulers work). Hyperparameters: ``FishLegConfig``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        likelihood: Likelihood | str,
+        lr: float,
+        *,
+        forms: FormChoices | None = None,
+        aux_data: Iterable[Any] | None = None,
+        **hyperparameters: Any,
+    ) -> None:
+        self.config = validate(FishLegConfig, "FishLeg", {"lr": lr, **hyperparameters})
+        self.model = model
+        self.likelihood = resolve_likelihood(likelihood)
+        params = trainable_parameters(model)
+        self._names = {id(p): name for name, p in params.items()}
+        defaults = {"lr": lr, "momentum": self.config.momentum, "weight_decay": self.config.weight_decay}
+        super().__init__(list(params.values()), defaults)
+        self.q: ModelQ = build_model_q(model, forms, self.config.q_init_scale, self.config.strict)
+        self.aux_optimizer = torch.optim.Adam(
+            self.q.parameters(), lr=self.config.aux_lr, betas=self.config.aux_betas, eps=self.config.aux_eps
+        )
+        device = next(iter(params.values())).device
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(self.config.seed if self.config.seed is not None else torch.initial_seed())
+        self.aux_data = aux_data
+        self._aux_iterator: Iterator[Any] | None = None
+        self.steps = 0
+        self.last_aux_loss: Tensor | None = None
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None, aux_batch: Any = None) -> Tensor | None:
+        """One FishLeg step from the gradients in ``.grad``; ``aux_batch`` overrides ``aux_data`` once."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        gradient = self._gradient()
+        on_gradient = self.config.momentum_on == "gradient"
+        if on_gradient:
+            gradient = self._average("momentum_buffer", gradient)
+        if self.config.aux_every and self.steps % self.config.aux_every == 0:
+            self._update_auxiliary(scale(gradient, 1.0 / norm(gradient)), aux_batch)
+        direction = self.q(gradient)
+        if not on_gradient:
+            direction = self._average("momentum_buffer", direction)
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.add_(direction[self._names[id(p)]], alpha=-group["lr"])
+        self.steps += 1
+        return loss
+
+    def _gradient(self) -> ParamDict:
+        """g (+ weight_decay·θ) by parameter name; a parameter without ``.grad`` contributes zeros."""
+        gradient = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                g = p.grad if p.grad is not None else torch.zeros_like(p)
+                gradient[self._names[id(p)]] = g + group["weight_decay"] * p if group["weight_decay"] else g
+        return gradient
+
+    def _average(self, key: str, values: ParamDict) -> ParamDict:
+        """Exponential average b ← β b + (1 − β) x, from b = 0, kept in ``self.state[p][key]``."""
+        averaged = {}
+        for group in self.param_groups:
+            beta = group["momentum"]
+            for p in group["params"]:
+                name = self._names[id(p)]
+                buffer = self.state[p].setdefault(key, torch.zeros_like(p))
+                averaged[name] = buffer.mul_(beta).add_(values[name], alpha=1 - beta)
+        return averaged
+
+    def _update_auxiliary(self, u: ParamDict, aux_batch: Any) -> None:
+        inputs = _batch_inputs(aux_batch if aux_batch is not None else self._next_aux_batch())
+
+        def damped_fisher(v: ParamDict) -> ParamDict:
+            return fisher_vp(self.model, self.likelihood, inputs, v, method=self.config.fisher_method,
+                             damping=self.config.damping, generator=self.generator)
+
+        self.aux_optimizer.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            loss = auxiliary_loss(self.q, u, damped_fisher)
+            loss.surrogate.backward()
+        self.aux_optimizer.step()
+        self.last_aux_loss = loss.value
+
+    def _next_aux_batch(self) -> Any:
+        if self.aux_data is None:
+            raise RuntimeError(
+                f"FishLeg: an auxiliary update is due at step {self.steps} (aux_every="
+                f"{self.config.aux_every}) but no auxiliary batch is available: pass aux_data=<iterable of "
+                "batches> to FishLeg(...) or call step(aux_batch=<inputs>)"
+            )
+        if self._aux_iterator is not None:
+            batch = next(self._aux_iterator, _EXHAUSTED)
+            if batch is not _EXHAUSTED:
+                return batch
+        self._aux_iterator = iter(self.aux_data)  # (re)start the cycle
+        batch = next(self._aux_iterator, _EXHAUSTED)
+        if batch is _EXHAUSTED:
+            raise RuntimeError("FishLeg: aux_data yields no batches (an exhausted iterator cannot be cycled: "
+                               "pass a re-iterable such as a DataLoader or a list)")
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's optimizer state plus the auxiliary parameters λ, their Adam state, the step count and
+        the optimizer's own random generator."""
+        state = super().state_dict()
+        state["fishleg"] = {
+            "q": self.q.state_dict(),
+            "aux_optimizer": self.aux_optimizer.state_dict(),
+            "steps": self.steps,
+            "generator": self.generator.get_state(),
+        }
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        try:
+            extra = state_dict.pop("fishleg")
+        except KeyError:
+            raise ValueError("not a FishLeg state_dict: it has no 'fishleg' entry (λ and its Adam state)") from None
+        self.q.load_state_dict(extra["q"])
+        self.aux_optimizer.load_state_dict(extra["aux_optimizer"])
+        self.steps = extra["steps"]
+        self.generator.set_state(extra["generator"])
+        super().load_state_dict(state_dict)
+
+
+_EXHAUSTED = object()
+
+
+def _batch_inputs(batch: Any) -> Tensor:
+    """The inputs of a batch given as a tensor or as a tuple/list whose first element is the inputs."""
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        return batch[0]
+    if isinstance(batch, Tensor):
+        return batch
+    raise TypeError(f"FishLeg: an auxiliary batch must be an input tensor or a tuple (inputs, ...); got {type(batch).__name__}")

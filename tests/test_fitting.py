@@ -1,0 +1,105 @@
+"""Fitting Q on frozen models against closed forms, and the exact probe evaluation."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from models import MLP_INPUT, random_inputs, tiny_mlp
+from reference import flat, gaussian_fisher, trainable, unflat
+from torch import nn
+
+import fishleg_core as fl
+
+SIGMA, DAMPING = 0.5, 0.1
+
+
+def random_directions(model, seed):
+    """An endless stream of random unit vectors in parameter space."""
+    generator = torch.Generator().manual_seed(seed)
+    params = trainable(model)
+    while True:
+        u = {n: torch.randn(p.shape, generator=generator, dtype=p.dtype) for n, p in params.items()}
+        yield fl.vectors.scale(u, 1 / fl.vectors.norm(u))
+
+
+def cosine(steps):
+    return lambda optimizer: torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+
+
+def fit_and_evaluate(model, likelihood, q, inputs, steps, lr):
+    fl.fit_q(model, likelihood, q, random_directions(model, 1), itertools.repeat(inputs), steps, lr=lr,
+             damping=DAMPING, schedule=cosine(steps))
+    probes = list(itertools.islice(random_directions(model, 2), 8))
+    return fl.ProbeEvaluator(model, likelihood, probes, inputs, DAMPING).evaluate(q)
+
+
+def linear_gaussian_problem(covariance):
+    """One bias-free Linear layer, Gaussian inputs whose empirical second moment is exactly ``covariance``,
+    Gaussian likelihood: the damped Fisher is I ⊗ (Σ/σ² + γI) (row-major), a Kronecker product."""
+    generator = torch.Generator().manual_seed(0)
+    Z = torch.randn(200, 4, generator=generator)
+    whitened = Z @ torch.linalg.inv(torch.linalg.cholesky(Z.T @ Z / len(Z))).T
+    inputs = whitened @ torch.linalg.cholesky(covariance).T
+    model = nn.Linear(4, 3, bias=False)
+    return model, fl.LIKELIHOODS.build("gaussian", sigma=SIGMA), inputs
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("correlated", [True, False], ids=["correlated", "diagonal-covariance"])
+def test_closed_form_linear_gaussian(correlated):
+    covariance = torch.tensor([[1.0, 0.8, 0.3, 0.0], [0.8, 1.0, 0.5, 0.2], [0.3, 0.5, 1.0, 0.6], [0.0, 0.2, 0.6, 1.0]])
+    if not correlated:
+        covariance = torch.diag(torch.tensor([0.2, 0.5, 1.0, 2.0]))
+    model, likelihood, inputs = linear_gaussian_problem(covariance)
+    expected_fisher = torch.kron(torch.eye(3), covariance / SIGMA**2 + DAMPING * torch.eye(4))
+    F = gaussian_fisher(model, inputs, SIGMA) + DAMPING * torch.eye(12)
+    torch.testing.assert_close(F, expected_fisher)
+
+    kron = fit_and_evaluate(model, likelihood, fl.build_model_q(model, {"Linear": "kron"}), inputs, 1500, 0.05)
+    diagonal = fit_and_evaluate(model, likelihood, fl.build_model_q(model, {"Linear": "diagonal"}), inputs, 1500, 0.05)
+    assert kron.mean_normalized_error < 0.05
+    if correlated:
+        assert diagonal.mean_normalized_error > 0.2
+    else:
+        assert diagonal.mean_normalized_error < 0.05
+
+
+@pytest.mark.usefixtures("float64")
+def test_closed_form_dense_q_converges_to_the_inverse_damped_fisher():
+    model = tiny_mlp(2)
+    likelihood = fl.LIKELIHOODS.build("gaussian", sigma=SIGMA)
+    inputs = random_inputs(MLP_INPUT, 30)
+    block = fl.joint_block(model)
+    q = fl.ModelQ([fl.BlockQ(block, fl.QFORMS.build("dense", shape=block.shape, init_scale=0.5))])
+    result = fit_and_evaluate(model, likelihood, q, inputs, 3000, 0.02)
+    assert result.mean_normalized_error < 0.02
+
+
+@pytest.mark.usefixtures("float64")
+def test_probe_evaluation_against_dense_linear_algebra():
+    model = tiny_mlp(2)
+    likelihood = fl.LIKELIHOODS.build("gaussian", sigma=SIGMA)
+    inputs = random_inputs(MLP_INPUT, 10)
+    params = trainable(model)
+    names = list(params)
+    F = gaussian_fisher(model, inputs, SIGMA) + DAMPING * torch.eye(sum(p.numel() for p in params.values()))
+    probes = list(itertools.islice(random_directions(model, 3), 3))
+    evaluator = fl.ProbeEvaluator(model, likelihood, probes, inputs, DAMPING, chunk_size=4)
+    q = fl.build_model_q(model, init_scale=0.3)
+    result = evaluator.evaluate(q)
+    Q = q.to_dense().detach()
+    for i, u in enumerate(probes):
+        u = flat(u, names)
+        x = torch.linalg.solve(F, u)
+        v = Q @ u
+        A, A_star = 0.5 * v @ F @ v - u @ v, -0.5 * u @ x
+        assert result.aux_loss[i] == pytest.approx(A.item(), rel=1e-10)
+        assert result.optimal_aux_loss[i] == pytest.approx(A_star.item(), rel=1e-8)
+        assert result.normalized_error[i] == pytest.approx(((A - A_star) / -A_star).sqrt().item(), rel=1e-6)
+        assert result.aux_loss[i] >= result.optimal_aux_loss[i]
+    def exact_inverse(u):
+        return unflat(torch.linalg.solve(F, flat(u, names)), params)
+
+    assert max(evaluator.evaluate(exact_inverse).normalized_error) < 1e-6
