@@ -7,7 +7,7 @@ from typing import Callable, Mapping
 
 from torch import Tensor
 
-from fishleg_core.inverse_fisher import ModelQ
+from fishleg_core.inverse_fisher import LowRankFactors, ModelQ
 from fishleg_core.vectors import ParamDict, detach, dot
 
 DampedFisher = Callable[[ParamDict], ParamDict]
@@ -22,13 +22,16 @@ class AuxiliaryLoss:
     value: Tensor
 
 
-def auxiliary_loss(q: ModelQ, u: Mapping[str, Tensor], damped_fisher: DampedFisher) -> AuxiliaryLoss:
+def auxiliary_loss(
+    q: ModelQ, u: Mapping[str, Tensor], damped_fisher: DampedFisher, u_factors: LowRankFactors | None = None
+) -> AuxiliaryLoss:
     """A(λ; u) without differentiating through the Fisher-vector product.
 
     v = Q(λ) u (on the autograd tape), h = F_γ v.detach() (off the tape), surrogate s = ⟨v, (h − u).detach()⟩.
     Since ∇_λ A = (∂v/∂λ)ᵀ (F_γ v − u) for symmetric F_γ and Q, ∇_λ s = ∇_λ A; the value is ½⟨v, h⟩ − ⟨v, u⟩.
+    ``u_factors`` (low-rank factors of blocks of u) lets Q·u use the cheaper low-rank product.
     """
-    v = q(u)
+    v = q(u, u_factors)
     h = damped_fisher(detach(v))
     residual = {name: (h[name] - u[name]).detach() for name in v}
     value = (0.5 * dot(v, h) - dot(v, u)).detach()

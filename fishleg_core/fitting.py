@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -15,23 +15,46 @@ from tqdm.auto import tqdm
 
 from fishleg_core.auxiliary import auxiliary_loss
 from fishleg_core.fisher import fisher_vp
-from fishleg_core.inverse_fisher import ModelQ
+from fishleg_core.inverse_fisher import LowRankFactors, ModelQ
 from fishleg_core.likelihoods import Likelihood, resolve_likelihood
+from fishleg_core.lowrank import GradientFactors
 from fishleg_core.vectors import ParamDict, axpy, dot, flatten, norm, scale, trainable_parameters, unflatten
 
 
+Direction = Union[ParamDict, tuple[ParamDict, LowRankFactors]]
+"""A unit vector u, optionally with low-rank factors of some of its blocks."""
+
+
 def normalized_gradients(
-    model: nn.Module, likelihood: Likelihood | str, batches: Iterable[tuple[Tensor, Tensor]]
-) -> Iterator[ParamDict]:
-    """u = g/‖g‖ for the minibatch gradient g of the batch NLL of each (inputs, targets) batch."""
+    model: nn.Module,
+    likelihood: Likelihood | str,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    factors_for: ModelQ | None = None,
+) -> Iterator[Direction]:
+    """u = g/‖g‖ for the minibatch gradient g of the batch NLL of each (inputs, targets) batch.
+
+    With ``factors_for`` (the Q to be fitted), yields (u, factors) with the low-rank factors of u's
+    linear-layer blocks (``GradientFactors``), so that Q·u can use the cheaper low-rank product.
+    """
     likelihood = resolve_likelihood(likelihood)
     params = trainable_parameters(model)
-    for inputs, targets in batches:
-        with torch.enable_grad():
-            loss = likelihood.nll(model(inputs), targets)
-            grads = torch.autograd.grad(loss, list(params.values()))
-        g = dict(zip(params, grads))
-        yield scale(g, 1.0 / norm(g))
+    capture = GradientFactors.for_q(model, factors_for) if factors_for else None
+    try:
+        for inputs, targets in batches:
+            with torch.enable_grad():
+                loss = likelihood.nll(model(inputs), targets)
+                grads = torch.autograd.grad(loss, list(params.values()))
+            g = dict(zip(params, grads))
+            inverse_norm = 1.0 / norm(g)
+            u = scale(g, inverse_norm)
+            if capture is None:
+                yield u
+            else:
+                factors = capture.factors(g)
+                yield u, {name: (left * inverse_norm, right) for name, (left, right) in factors.items()}
+    finally:
+        if capture is not None:
+            capture.remove()
 
 
 @dataclass
@@ -47,7 +70,7 @@ def fit_q(
     model: nn.Module,
     likelihood: Likelihood | str,
     q: ModelQ,
-    directions: Iterable[ParamDict],
+    directions: Iterable[Direction],
     curvature_batches: Iterable[Tensor],
     steps: int,
     lr: float = 3e-3,
@@ -61,22 +84,24 @@ def fit_q(
 ) -> FitResult:
     """Minimise A(λ; u) with Adam on a frozen model, one step per (direction, curvature batch) pair.
 
-    ``directions`` yields unit vectors u (e.g. ``normalized_gradients`` of fresh minibatches) and
+    ``directions`` yields unit vectors u, alone or with low-rank factors of their blocks (e.g.
+    ``normalized_gradients`` of fresh minibatches, with ``factors_for=q``), and
     ``curvature_batches`` the inputs on which F_γ v is evaluated (other minibatches). ``schedule`` builds an
     LR scheduler for the Adam optimizer; ``stop(curve)`` may end the fit early (``stopped_early``).
     ``progress`` shows a progress bar (a string names it).
     """
     likelihood = resolve_likelihood(likelihood)
-    optimizer = torch.optim.Adam(q.parameters(), lr=lr, betas=betas)
+    optimizer = torch.optim.Adam(q.parameters(), lr=lr, betas=betas, foreach=True)
     scheduler = schedule(optimizer) if schedule else None
     result = FitResult()
     start = time.perf_counter()
     pairs = zip(range(steps), directions, curvature_batches)
     bar = tqdm(pairs, total=steps, desc=progress if isinstance(progress, str) else "fit", disable=not progress,
                leave=False)
-    for _, u, inputs in bar:
+    for _, direction, inputs in bar:
+        u, factors = direction if isinstance(direction, tuple) else (direction, None)
         loss = auxiliary_loss(
-            q, u, lambda v: fisher_vp(model, likelihood, inputs, v, method, damping, generator)  # noqa: B023
+            q, u, lambda v: fisher_vp(model, likelihood, inputs, v, method, damping, generator), factors  # noqa: B023
         )
         optimizer.zero_grad(set_to_none=True)
         loss.surrogate.backward()

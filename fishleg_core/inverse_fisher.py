@@ -14,9 +14,14 @@ from fishleg_core.layers.mapping import Block, map_blocks
 from fishleg_core.qforms import QFORMS, QForm
 
 
+LowRankFactors = Mapping[str, tuple[Tensor, Tensor]]
+"""Block name -> (left, right) with the block's matrix equal to left @ rightᵀ (see ``GradientFactors``)."""
+
+
 class QGroup(nn.Module, ABC):
     """Q on a group of parameters, acting on {name: tensor} dicts. A form spanning several layers (for
-    example a block-tridiagonal coupling of adjacent layers) is a new subclass."""
+    example a block-tridiagonal coupling of adjacent layers) is a new subclass. ``factors`` may carry
+    low-rank factorisations of some blocks of x, which a group may use instead of the dense tensors."""
 
     @property
     @abstractmethod
@@ -24,7 +29,7 @@ class QGroup(nn.Module, ABC):
         """The full parameter names this group acts on, in the order of ``to_dense``."""
 
     @abstractmethod
-    def forward(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def forward(self, tensors: Mapping[str, Tensor], factors: LowRankFactors | None = None) -> dict[str, Tensor]:
         """Q·x restricted to this group, for x given by ``tensors`` (at least this group's names)."""
 
     @abstractmethod
@@ -46,9 +51,15 @@ class BlockQ(QGroup):
     def param_names(self) -> tuple[str, ...]:
         return self.block.param_names
 
-    def forward(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        G = self.block.layout.pack([tensors[name] for name in self.param_names])
-        return dict(zip(self.param_names, self.block.layout.unpack(self.form(G))))
+    def forward(self, tensors: Mapping[str, Tensor], factors: LowRankFactors | None = None) -> dict[str, Tensor]:
+        """Q·G with G = pack(tensors), or = left @ rightᵀ when ``factors`` has this block and the form's
+        low-rank product is cheaper at that rank."""
+        low_rank = (factors or {}).get(self.block.name)
+        if low_rank is not None and self.form.low_rank_pays(low_rank[0].shape[-1]):
+            QG = self.form.multiply_low_rank(*low_rank)
+        else:
+            QG = self.form(self.block.layout.pack([tensors[name] for name in self.param_names]))
+        return dict(zip(self.param_names, self.block.layout.unpack(QG)))
 
     def to_dense(self) -> Tensor:
         block_dense = self.form.to_dense()
@@ -72,13 +83,15 @@ class ModelQ(nn.Module):
             raise ValueError("ModelQ groups must not share parameters")
         self.param_names: tuple[str, ...] = tuple(names)
 
-    def forward(self, vector: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def forward(self, vector: Mapping[str, Tensor], factors: LowRankFactors | None = None) -> dict[str, Tensor]:
+        """Q·x for x = ``vector``; ``factors`` optionally gives low-rank forms of some of its blocks, which
+        must agree with the dense tensors (``GradientFactors`` checks this)."""
         missing = [name for name in self.param_names if name not in vector]
         if missing:
             raise KeyError(f"ModelQ needs a tensor for every parameter it covers; missing: {', '.join(missing)}")
         result: dict[str, Tensor] = {}
         for group in self.groups:
-            result.update(group(vector))
+            result.update(group(vector, factors))
         return {name: result[name] for name in self.param_names}
 
     def to_dense(self) -> Tensor:

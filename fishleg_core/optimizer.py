@@ -10,9 +10,10 @@ from torch import Tensor, nn
 from fishleg_core.auxiliary import auxiliary_loss
 from fishleg_core.config import FishLegConfig, validate
 from fishleg_core.fisher import fisher_vp
-from fishleg_core.inverse_fisher import ModelQ, build_model_q
+from fishleg_core.inverse_fisher import LowRankFactors, ModelQ, build_model_q
 from fishleg_core.layers.form_choice import FormChoices
 from fishleg_core.likelihoods import Likelihood, resolve_likelihood
+from fishleg_core.lowrank import GradientFactors
 from fishleg_core.vectors import ParamDict, norm, scale, trainable_parameters
 
 
@@ -54,7 +55,8 @@ class FishLeg(torch.optim.Optimizer):
         super().__init__(list(params.values()), defaults)
         self.q: ModelQ = build_model_q(model, forms, self.config.q_init_scale, self.config.strict)
         self.aux_optimizer = torch.optim.Adam(
-            self.q.parameters(), lr=self.config.aux_lr, betas=self.config.aux_betas, eps=self.config.aux_eps
+            self.q.parameters(), lr=self.config.aux_lr, betas=self.config.aux_betas, eps=self.config.aux_eps,
+            foreach=True,
         )
         device = next(iter(params.values())).device
         self.generator = torch.Generator(device=device)
@@ -63,6 +65,10 @@ class FishLeg(torch.optim.Optimizer):
         self._aux_iterator: Iterator[Any] | None = None
         self.steps = 0
         self.last_aux_loss: Tensor | None = None
+        # With momentum on Q·g, each step multiplies Q with the raw minibatch gradient, whose linear-layer
+        # blocks have rank ≤ batch size: capture their factors (paper §4.4).
+        low_rank = self.config.low_rank and self.config.momentum_on == "update" and self.config.weight_decay == 0
+        self._capture = GradientFactors.for_q(model, self.q) if low_rank else None
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None, aux_batch: Any = None) -> Tensor | None:
@@ -72,19 +78,27 @@ class FishLeg(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         gradient = self._gradient()
+        factors = self._capture.factors(gradient) if self._capture else {}
         on_gradient = self.config.momentum_on == "gradient"
         if on_gradient:
             gradient = self._average("momentum_buffer", gradient)
         if self.config.aux_every and self.steps % self.config.aux_every == 0:
-            self._update_auxiliary(scale(gradient, 1.0 / norm(gradient)), aux_batch)
-        direction = self.q(gradient)
+            inverse_norm = 1.0 / norm(gradient)
+            u_factors = {name: (left * inverse_norm, right) for name, (left, right) in factors.items()}
+            self._update_auxiliary(scale(gradient, inverse_norm), u_factors, aux_batch)
+        direction = self.q(gradient, factors)
         if not on_gradient:
             direction = self._average("momentum_buffer", direction)
         for group in self.param_groups:
-            for p in group["params"]:
-                p.add_(direction[self._names[id(p)]], alpha=-group["lr"])
+            params = group["params"]
+            torch._foreach_add_(params, [direction[self._names[id(p)]] for p in params], alpha=-group["lr"])
         self.steps += 1
         return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none)
+        if self._capture:
+            self._capture.clear()
 
     def _gradient(self) -> ParamDict:
         """g (+ weight_decay·θ) by parameter name; a parameter without ``.grad`` contributes zeros."""
@@ -99,14 +113,13 @@ class FishLeg(torch.optim.Optimizer):
         """Exponential average b ← β b + (1 − β) x, from b = 0, kept in ``self.state[p][key]``."""
         averaged = {}
         for group in self.param_groups:
-            beta = group["momentum"]
-            for p in group["params"]:
-                name = self._names[id(p)]
-                buffer = self.state[p].setdefault(key, torch.zeros_like(p))
-                averaged[name] = buffer.mul_(beta).add_(values[name], alpha=1 - beta)
+            names = [self._names[id(p)] for p in group["params"]]
+            buffers = [self.state[p].setdefault(key, torch.zeros_like(p)) for p in group["params"]]
+            torch._foreach_lerp_(buffers, [values[name] for name in names], 1 - group["momentum"])
+            averaged.update(zip(names, buffers))
         return averaged
 
-    def _update_auxiliary(self, u: ParamDict, aux_batch: Any) -> None:
+    def _update_auxiliary(self, u: ParamDict, u_factors: LowRankFactors, aux_batch: Any) -> None:
         inputs = _batch_inputs(aux_batch if aux_batch is not None else self._next_aux_batch())
 
         def damped_fisher(v: ParamDict) -> ParamDict:
@@ -115,7 +128,7 @@ class FishLeg(torch.optim.Optimizer):
 
         self.aux_optimizer.zero_grad(set_to_none=True)
         with torch.enable_grad():
-            loss = auxiliary_loss(self.q, u, damped_fisher)
+            loss = auxiliary_loss(self.q, u, damped_fisher, u_factors)
             loss.surrogate.backward()
         self.aux_optimizer.step()
         self.last_aux_loss = loss.value

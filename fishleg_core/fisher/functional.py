@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Callable, Iterator
 
 import torch
@@ -12,6 +13,7 @@ from torch.func import functional_call
 from fishleg_core.vectors import detach, trainable_parameters
 
 ModelFunction = Callable[[dict[str, Tensor]], Tensor]
+_IN_FUNCTIONAL_VIEW: ContextVar[bool] = ContextVar("fishleg_in_functional_view", default=False)
 
 
 def detached_parameters(model: nn.Module) -> dict[str, Tensor]:
@@ -43,7 +45,14 @@ def model_function(model: nn.Module, inputs: Tensor) -> Iterator[ModelFunction]:
         clones = {name: b.clone() for name, b in buffers.items()}
         return functional_call(model, {**params, **clones}, (inputs,))
 
+    token = _IN_FUNCTIONAL_VIEW.set(True)
     try:
         yield f
     finally:
+        _IN_FUNCTIONAL_VIEW.reset(token)
         reset_rng()
+
+
+def in_functional_view() -> bool:
+    """True while a Fisher method runs the model functionally (module hooks can ignore those passes)."""
+    return _IN_FUNCTIONAL_VIEW.get()

@@ -45,8 +45,13 @@ class QForm(nn.Module, ABC):
         return self.multiply(G)
 
     def multiply_low_rank(self, left: Tensor, right: Tensor) -> Tensor:
-        """Q·(left @ rightᵀ) for ``left`` (rows, r) and ``right`` (cols, r); forms with structure override it."""
+        """Q·(left @ rightᵀ) for ``left`` (rows, r) and ``right`` (cols, r); forms with structure override it,
+        together with ``low_rank_pays``."""
         return self(left @ right.mT)
+
+    def low_rank_pays(self, rank: int) -> bool:
+        """Whether ``multiply_low_rank`` at this rank is cheaper than ``multiply`` on the dense block."""
+        return False
 
     @abstractmethod
     def multiply(self, G: Tensor) -> Tensor:

@@ -10,6 +10,12 @@ from fishleg_core.qforms.positive import TriangularFactor
 from fishleg_core.qforms.registry import QFORMS
 
 
+def kron_low_rank_pays(shape: tuple[int, int], rank: int) -> bool:
+    """Whether (M_L left)(M_R right)ᵀ, r(m² + n² + mn) multiply-adds, beats M_L G M_R, mn(m + n)."""
+    m, n = shape
+    return rank * (m * m + n * n + m * n) < m * n * (m + n)
+
+
 @QFORMS.register("kron")
 class KronQ(QForm):
     """Q = M_L ⊗ M_R (row-major vec), with triangular factors started at L = R = init_scale^¼ · I."""
@@ -21,11 +27,14 @@ class KronQ(QForm):
         self.R = TriangularFactor.scaled_identity(self.cols, root)
 
     def multiply(self, G: Tensor) -> Tensor:
-        return self.L.gram() @ G @ self.R.gram()
+        return self.L.gram_matmul(self.R.gram_matmul(G.mT).mT)
 
     def multiply_low_rank(self, left: Tensor, right: Tensor) -> Tensor:
         """M_L (left rightᵀ) M_R = (M_L left)(M_R right)ᵀ: O(r(rows² + cols² + rows·cols)) for rank r."""
-        return (self.L.gram() @ left) @ (self.R.gram() @ right).mT
+        return self.L.gram_matmul(left) @ self.R.gram_matmul(right).mT
+
+    def low_rank_pays(self, rank: int) -> bool:
+        return kron_low_rank_pays(self.shape, rank)
 
     def to_dense(self) -> Tensor:
         return torch.kron(self.L.gram(), self.R.gram())

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from fishleg_core.qforms.base import QForm
+from fishleg_core.qforms.kron import kron_low_rank_pays
 from fishleg_core.qforms.positive import TriangularFactor
 from fishleg_core.qforms.registry import QFORMS
 
@@ -40,11 +41,14 @@ class KronSumQ(QForm):
         return [(L.gram(), R.gram()) for L, R in zip(self.L, self.R)]
 
     def multiply(self, G: Tensor) -> Tensor:
-        return sum(M_L @ G @ M_R for M_L, M_R in self.grams())
+        return sum(L.gram_matmul(R.gram_matmul(G.mT).mT) for L, R in zip(self.L, self.R))
 
     def multiply_low_rank(self, left: Tensor, right: Tensor) -> Tensor:
         """Σ_k (M_L⁽ᵏ⁾ left)(M_R⁽ᵏ⁾ right)ᵀ."""
-        return sum((M_L @ left) @ (M_R @ right).mT for M_L, M_R in self.grams())
+        return sum(L.gram_matmul(left) @ R.gram_matmul(right).mT for L, R in zip(self.L, self.R))
+
+    def low_rank_pays(self, rank: int) -> bool:
+        return kron_low_rank_pays(self.shape, rank)
 
     def to_dense(self) -> Tensor:
         return sum(torch.kron(M_L, M_R) for M_L, M_R in self.grams())

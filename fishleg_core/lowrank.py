@@ -1,0 +1,132 @@
+"""Low-rank factors of minibatch gradients of linear layers, captured with module hooks (paper §4.4).
+
+For a Linear layer with inputs A (N × in, all leading dimensions flattened) and output gradients Δ
+(N × out: the gradient of the loss in the layer outputs, the 1/B of a batch mean included), the block
+gradient is [∇W | ∇b] = Δᵀ [A | 1], of rank at most N. A Kronecker-factored Q then acts on it as
+M_L Δᵀ [A | 1] M_R = (M_L Δᵀ)(M_R [A | 1]ᵀ)ᵀ, far cheaper than M_L G M_R when N < out, in.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from fishleg_core.fisher.functional import in_functional_view
+from fishleg_core.inverse_fisher import BlockQ, ModelQ
+from fishleg_core.layers.mapping import Block
+
+RELATIVE_TOLERANCE = 1e-4
+
+
+@dataclass
+class _Record:
+    inputs: list[Tensor] = field(default_factory=list)
+    output_grads: dict[int, Tensor] = field(default_factory=dict)
+
+
+class GradientFactors:
+    """Captures (Δᵀ, [A | 1]ᵀ) for the ``nn.Linear`` blocks among ``blocks``, without changing the model.
+
+    Forward passes with autograd on (outside Fisher computations) record their inputs; a tensor hook on
+    the output records Δ. ``factors(gradient)`` returns the factors of every block whose capture
+    reproduces its entry in ``gradient`` (checked along a fixed random probe vector, relative tolerance
+    1e-4), then starts a new capture. Blocks whose ``.grad`` was changed after backward (clipping,
+    weight decay, accumulation across ``zero_grad``), or forward passes without a backward, fall back to
+    the dense product, with one warning per block.
+    """
+
+    def __init__(self, model: nn.Module, blocks: Iterable[Block]) -> None:
+        self.blocks = {b.name: b for b in blocks if _is_linear_block(model, b)}
+        self._records = {name: _Record() for name in self.blocks}
+        self._probes: dict[str, Tensor] = {}
+        self._warned: set[str] = set()
+        self._handles = [
+            model.get_submodule(name).register_forward_hook(partial(self._on_forward, name)) for name in self.blocks
+        ]
+
+    @classmethod
+    def for_q(cls, model: nn.Module, q: ModelQ) -> "GradientFactors":
+        """A capture for the linear-layer blocks that ``q`` holds as single-block groups."""
+        return cls(model, [group.block for group in q.groups if isinstance(group, BlockQ)])
+
+    def factors(self, gradient: Mapping[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+        """{block name: (left, right)} with left @ rightᵀ equal to the block of ``gradient``."""
+        candidates, errors, scales = {}, [], []
+        for name, record in self._records.items():
+            if not record.inputs:
+                continue
+            if len(record.output_grads) != len(record.inputs):
+                self._warn(name, "a forward pass with autograd on had no backward pass")
+                continue
+            block = self.blocks[name]
+            left = torch.cat([record.output_grads[i] for i in range(len(record.inputs))]).mT
+            inputs = torch.cat(record.inputs)
+            if len(block.param_names) == 2:
+                inputs = torch.cat([inputs, inputs.new_ones(len(inputs), 1)], dim=1)
+            probe = self._probe(name, inputs)
+            pieces = torch.split(probe, block.layout.widths)  # G r = W r_W + b r_b, without packing G
+            Gr = sum(gradient[p].reshape(len(left), -1) @ piece for p, piece in zip(block.param_names, pieces))
+            errors.append(torch.linalg.vector_norm(Gr - left @ (inputs @ probe)))
+            scales.append(torch.linalg.vector_norm(Gr))
+            candidates[name] = (left, inputs.mT)
+        self.clear()
+        if not candidates:
+            return {}
+        agree = (torch.stack(errors) <= RELATIVE_TOLERANCE * torch.stack(scales)).tolist()  # one synchronisation
+        for name, ok in zip(list(candidates), agree):
+            if not ok:
+                self._warn(name, "its .grad differs from the captured factors (clipped, decayed or accumulated?)")
+                del candidates[name]
+        return candidates
+
+    def clear(self) -> None:
+        """Forget what was captured since the last ``factors`` call."""
+        self._records = {name: _Record() for name in self.blocks}
+
+    def remove(self) -> None:
+        """Remove the hooks from the model."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _on_forward(self, name: str, module: nn.Module, args: tuple, output: Tensor) -> None:
+        if not torch.is_grad_enabled() or in_functional_view() or not isinstance(output, Tensor):
+            return
+        if not output.requires_grad:
+            return
+        record = self._records[name]
+        index = len(record.inputs)
+        record.inputs.append(args[0].detach().reshape(-1, module.in_features))
+        output.register_hook(partial(self._on_backward, record, index, module.out_features))
+
+    @staticmethod
+    def _on_backward(record: _Record, index: int, out_features: int, grad: Tensor) -> None:
+        record.output_grads[index] = grad.detach().reshape(-1, out_features)
+
+    def _probe(self, name: str, inputs: Tensor) -> Tensor:
+        """A fixed random vector with one entry per block column (seeded, so runs are reproducible)."""
+        probe = self._probes.get(name)
+        if probe is None or probe.dtype != inputs.dtype or probe.device != inputs.device:
+            generator = torch.Generator().manual_seed(len(self._probes))
+            probe = torch.randn(inputs.shape[1], generator=generator, dtype=inputs.dtype).to(inputs.device)
+            self._probes[name] = probe
+        return probe
+
+    def _warn(self, name: str, reason: str) -> None:
+        if name not in self._warned:
+            self._warned.add(name)
+            warnings.warn(f"layer {name!r}: using the dense Q·g product because {reason}", stacklevel=4)
+
+
+def _is_linear_block(model: nn.Module, block: Block) -> bool:
+    """Whether the block is exactly an nn.Linear's [W | b] (or W), as the Linear adapter builds it."""
+    if not issubclass(block.module_type, nn.Linear) or block.layout.axis != 1:
+        return False
+    module = model.get_submodule(block.name)
+    own = [f"{block.name}.{attr}" if block.name else attr for attr in ("weight", "bias") if getattr(module, attr) is not None]
+    return list(block.param_names) == own
