@@ -51,6 +51,10 @@ class FishLegConfig(BaseModel):
     low_rank: bool = Field(True, description="multiply Q with the low-rank factors of linear layers' gradients "
                            "(momentum_on='update', no weight decay); False: always the dense product")
     strict: bool = Field(False, description="error, not warning, for parameters no layer adapter covers")
+    nonfinite: Literal["skip", "raise"] = Field(
+        "skip", description="NaN/Inf in the gradient or an auxiliary update: skip that update (counted, warned "
+        "once) or raise FloatingPointError"
+    )
     seed: int | None = Field(None, description="seed of the optimizer's own generator (sampled Fisher)")
 
     @field_validator("aux_betas")

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 
 from fishleg_core.auxiliary import auxiliary_loss
+from fishleg_core.batches import CyclicBatches, batch_inputs
 from fishleg_core.config import FishLegConfig, validate
 from fishleg_core.fisher import fisher_vp
 from fishleg_core.inverse_fisher import LowRankFactors, ModelQ, build_model_q
 from fishleg_core.layers.form_choice import FormChoices
 from fishleg_core.likelihoods import Likelihood, resolve_likelihood
 from fishleg_core.lowrank import GradientFactors
+from fishleg_core.nonfinite import NonFiniteGuard
 from fishleg_core.vectors import ParamDict, norm, scale, trainable_parameters
 
 
@@ -47,9 +49,17 @@ class FishLeg(torch.optim.Optimizer):
         **hyperparameters: Any,
     ) -> None:
         self.config = validate(FishLegConfig, "FishLeg", {"lr": lr, **hyperparameters})
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"FishLeg: model must be a torch.nn.Module, got {type(model).__name__}")
+        # Under DistributedDataParallel, the wrapped module is the model; the auxiliary gradients are
+        # averaged across ranks so that λ stays identical on every rank.
+        self._distributed = isinstance(model, nn.parallel.DistributedDataParallel)
+        model = model.module if self._distributed else model
         self.model = model
         self.likelihood = resolve_likelihood(likelihood)
         params = trainable_parameters(model)
+        if not params:
+            raise ValueError("FishLeg: the model has no trainable parameters (requires_grad=True)")
         self._names = {id(p): name for name, p in params.items()}
         defaults = {"lr": lr, "momentum": self.config.momentum, "weight_decay": self.config.weight_decay}
         super().__init__(list(params.values()), defaults)
@@ -60,35 +70,48 @@ class FishLeg(torch.optim.Optimizer):
         )
         device = next(iter(params.values())).device
         self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(self.config.seed if self.config.seed is not None else torch.initial_seed())
-        self.aux_data = aux_data
-        self._aux_iterator: Iterator[Any] | None = None
+        seed = self.config.seed if self.config.seed is not None else torch.initial_seed()
+        self.generator.manual_seed(seed + (torch.distributed.get_rank() if self._distributed else 0))
+        self.aux_data = CyclicBatches(aux_data) if aux_data is not None else None
         self.steps = 0
         self.last_aux_loss: Tensor | None = None
+        self.nonfinite = NonFiniteGuard(self.config.nonfinite)
         # With momentum on Q·g, each step multiplies Q with the raw minibatch gradient, whose linear-layer
-        # blocks have rank ≤ batch size: capture their factors (paper §4.4).
-        low_rank = self.config.low_rank and self.config.momentum_on == "update" and self.config.weight_decay == 0
+        # blocks have rank ≤ batch size: capture their factors (paper §4.4). Under DDP the gradients are
+        # averaged over ranks and no longer match the local factors.
+        low_rank = (self.config.low_rank and self.config.momentum_on == "update" and self.config.weight_decay == 0
+                    and not self._distributed)
         self._capture = GradientFactors.for_q(model, self.q) if low_rank else None
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None, aux_batch: Any = None) -> Tensor | None:
-        """One FishLeg step from the gradients in ``.grad``; ``aux_batch`` overrides ``aux_data`` once."""
+        """One FishLeg step from the gradients in ``.grad``; ``aux_batch`` overrides ``aux_data`` once.
+
+        A gradient with NaN or Inf skips the whole step (nothing changes; ``nonfinite="raise"`` raises);
+        an auxiliary update meeting them skips only that update, leaving λ and its Adam state as they were.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        aux_due = bool(self.config.aux_every) and self.steps % self.config.aux_every == 0
+        aux_inputs = batch_inputs(aux_batch if aux_batch is not None else self._next_aux_batch()) if aux_due else None
         gradient = self._gradient()
         factors = self._capture.factors(gradient) if self._capture else {}
+        if not self.nonfinite.check("gradient", gradient, "the step is skipped"):
+            return loss
         on_gradient = self.config.momentum_on == "gradient"
         if on_gradient:
-            gradient = self._average("momentum_buffer", gradient)
-        if self.config.aux_every and self.steps % self.config.aux_every == 0:
+            gradient = self._averaged("momentum_buffer", gradient)
+        if aux_due:
             inverse_norm = 1.0 / norm(gradient)
             u_factors = {name: (left * inverse_norm, right) for name, (left, right) in factors.items()}
-            self._update_auxiliary(scale(gradient, inverse_norm), u_factors, aux_batch)
+            self._update_auxiliary(scale(gradient, inverse_norm), u_factors, aux_inputs)
         direction = self.q(gradient, factors)
         if not on_gradient:
-            direction = self._average("momentum_buffer", direction)
+            direction = self._averaged("momentum_buffer", direction)
+        # Only now, with nothing left that can fail, does the optimizer state change.
+        self._store("momentum_buffer", gradient if on_gradient else direction)
         for group in self.param_groups:
             params = group["params"]
             torch._foreach_add_(params, [direction[self._names[id(p)]] for p in params], alpha=-group["lr"])
@@ -109,18 +132,24 @@ class FishLeg(torch.optim.Optimizer):
                 gradient[self._names[id(p)]] = g + group["weight_decay"] * p if group["weight_decay"] else g
         return gradient
 
-    def _average(self, key: str, values: ParamDict) -> ParamDict:
-        """Exponential average b ← β b + (1 − β) x, from b = 0, kept in ``self.state[p][key]``."""
+    def _averaged(self, key: str, values: ParamDict) -> ParamDict:
+        """The exponential average β b + (1 − β) x of the buffers b = ``self.state[p][key]`` (from b = 0),
+        as new tensors: the buffers change only in ``_store``."""
         averaged = {}
         for group in self.param_groups:
             names = [self._names[id(p)] for p in group["params"]]
-            buffers = [self.state[p].setdefault(key, torch.zeros_like(p)) for p in group["params"]]
-            torch._foreach_lerp_(buffers, [values[name] for name in names], 1 - group["momentum"])
-            averaged.update(zip(names, buffers))
+            buffers = [self.state[p].get(key, torch.zeros_like(p)) for p in group["params"]]
+            new = torch._foreach_lerp(buffers, [values[name] for name in names], 1 - group["momentum"])
+            averaged.update(zip(names, new))
         return averaged
 
-    def _update_auxiliary(self, u: ParamDict, u_factors: LowRankFactors, aux_batch: Any) -> None:
-        inputs = _batch_inputs(aux_batch if aux_batch is not None else self._next_aux_batch())
+    def _store(self, key: str, values: ParamDict) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p][key] = values[self._names[id(p)]]
+
+    def _update_auxiliary(self, u: ParamDict, u_factors: LowRankFactors, inputs: Tensor) -> None:
+        """One Adam step on λ for A(λ; u), unless the auxiliary loss or its gradient is not finite."""
 
         def damped_fisher(v: ParamDict) -> ParamDict:
             return fisher_vp(self.model, self.likelihood, inputs, v, method=self.config.fisher_method,
@@ -130,7 +159,12 @@ class FishLeg(torch.optim.Optimizer):
         with torch.enable_grad():
             loss = auxiliary_loss(self.q, u, damped_fisher, u_factors)
             loss.surrogate.backward()
-        self.aux_optimizer.step()
+        grads = {name: p.grad for name, p in self.q.named_parameters() if p.grad is not None}
+        if self._distributed:
+            _average_across_ranks(list(grads.values()))
+        checked = {"auxiliary loss": loss.value, **grads}
+        if self.nonfinite.check("auxiliary update", checked, "λ and its Adam state are left unchanged"):
+            self.aux_optimizer.step()
         self.last_aux_loss = loss.value
 
     def _next_aux_batch(self) -> Any:
@@ -140,26 +174,19 @@ class FishLeg(torch.optim.Optimizer):
                 f"{self.config.aux_every}) but no auxiliary batch is available: pass aux_data=<iterable of "
                 "batches> to FishLeg(...) or call step(aux_batch=<inputs>)"
             )
-        if self._aux_iterator is not None:
-            batch = next(self._aux_iterator, _EXHAUSTED)
-            if batch is not _EXHAUSTED:
-                return batch
-        self._aux_iterator = iter(self.aux_data)  # (re)start the cycle
-        batch = next(self._aux_iterator, _EXHAUSTED)
-        if batch is _EXHAUSTED:
-            raise RuntimeError("FishLeg: aux_data yields no batches (an exhausted iterator cannot be cycled: "
-                               "pass a re-iterable such as a DataLoader or a list)")
-        return batch
+        return self.aux_data.next()
 
     def state_dict(self) -> dict[str, Any]:
         """torch's optimizer state plus the auxiliary parameters λ, their Adam state, the step count and
-        the optimizer's own random generator."""
+        the optimizer's own random generator, the counts of skipped updates and the position in aux_data."""
         state = super().state_dict()
         state["fishleg"] = {
             "q": self.q.state_dict(),
             "aux_optimizer": self.aux_optimizer.state_dict(),
             "steps": self.steps,
             "generator": self.generator.get_state(),
+            "skipped": dict(self.nonfinite.skipped),
+            "aux_data": self.aux_data.state_dict() if self.aux_data else None,
         }
         return state
 
@@ -169,20 +196,26 @@ class FishLeg(torch.optim.Optimizer):
             extra = state_dict.pop("fishleg")
         except KeyError:
             raise ValueError("not a FishLeg state_dict: it has no 'fishleg' entry (λ and its Adam state)") from None
+        expected = {name: tuple(t.shape) for name, t in self.q.state_dict().items()}
+        given = {name: tuple(t.shape) for name, t in extra["q"].items()}
+        if given != expected:
+            differing = sorted(set(given.items()) ^ set(expected.items()))
+            raise ValueError(f"FishLeg state_dict: its auxiliary parameters do not fit this optimizer's QForms "
+                             f"(differing entries: {differing[:4]}...); build the optimizer with the same forms")
+        super().load_state_dict(state_dict)  # checks the parameter groups before changing anything
         self.q.load_state_dict(extra["q"])
         self.aux_optimizer.load_state_dict(extra["aux_optimizer"])
         self.steps = extra["steps"]
         self.generator.set_state(extra["generator"])
-        super().load_state_dict(state_dict)
+        self.nonfinite.skipped = dict(extra["skipped"])
+        if self.aux_data and extra["aux_data"]:
+            self.aux_data.load_state_dict(extra["aux_data"])
 
 
-_EXHAUSTED = object()
-
-
-def _batch_inputs(batch: Any) -> Tensor:
-    """The inputs of a batch given as a tensor or as a tuple/list whose first element is the inputs."""
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-        return batch[0]
-    if isinstance(batch, Tensor):
-        return batch
-    raise TypeError(f"FishLeg: an auxiliary batch must be an input tensor or a tuple (inputs, ...); got {type(batch).__name__}")
+def _average_across_ranks(tensors: list[Tensor]) -> None:
+    """In place, the mean of each tensor over the ranks of the default process group (one all-reduce)."""
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    torch.distributed.all_reduce(flat)
+    flat /= torch.distributed.get_world_size()
+    for t, piece in zip(tensors, torch.split(flat, [t.numel() for t in tensors])):
+        t.copy_(piece.view_as(t))

@@ -1,0 +1,36 @@
+"""Guarding FishLeg's state against NaN and Inf: skip the update that met them (or raise)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal, Mapping
+
+from torch import Tensor
+
+from fishleg_core.vectors import all_finite
+
+NonFinitePolicy = Literal["skip", "raise"]
+
+
+class NonFiniteGuard:
+    """``check(kind, tensors)`` is True when every tensor is finite. Otherwise the caller skips the update
+    of that kind: the guard counts it in ``skipped[kind]`` and warns once per kind, or, with policy
+    ``"raise"``, raises ``FloatingPointError`` naming the entries that are not finite."""
+
+    def __init__(self, policy: NonFinitePolicy) -> None:
+        self.policy = policy
+        self.skipped: dict[str, int] = {}
+        self._warned: set[str] = set()
+
+    def check(self, kind: str, tensors: Mapping[str, Tensor], consequence: str) -> bool:
+        if all_finite(tensors):
+            return True
+        culprits = ", ".join(name for name, t in tensors.items() if not t.isfinite().all())
+        message = f"FishLeg: non-finite values in the {kind} ({culprits}); {consequence}"
+        if self.policy == "raise":
+            raise FloatingPointError(message.replace(f"; {consequence}", " (nonfinite='raise')"))
+        self.skipped[kind] = self.skipped.get(kind, 0) + 1
+        if kind not in self._warned:
+            self._warned.add(kind)
+            warnings.warn(message + " (warned once; counts in optimizer.nonfinite.skipped)", RuntimeWarning, stacklevel=4)
+        return False
