@@ -7,6 +7,7 @@ from typing import Callable, Mapping
 
 from torch import Tensor
 
+from fishleg_core.checks import check_callable, check_mapping, check_type
 from fishleg_core.inverse_fisher import LowRankFactors, ModelQ
 from fishleg_core.vectors import ParamDict, detach, dot
 
@@ -31,8 +32,15 @@ def auxiliary_loss(
     Since ∇_λ A = (∂v/∂λ)ᵀ (F_γ v − u) for symmetric F_γ and Q, ∇_λ s = ∇_λ A; the value is ½⟨v, h⟩ − ⟨v, u⟩.
     ``u_factors`` (low-rank factors of blocks of u) lets Q·u use the cheaper low-rank product.
     """
+    check_type("q", q, ModelQ, "a ModelQ (see build_model_q)")
+    check_mapping("u", u)
+    check_callable("damped_fisher", damped_fisher)
     v = q(u, u_factors)
     h = damped_fisher(detach(v))
+    check_mapping("the result of damped_fisher", h)
+    missing = [name for name in v if name not in h]
+    if missing:
+        raise ValueError(f"damped_fisher returned no entry for the parameters {missing}")
     residual = {name: (h[name] - u[name]).detach() for name in v}
     value = (0.5 * dot(v, h) - dot(v, u)).detach()
     return AuxiliaryLoss(surrogate=dot(v, residual), value=value)

@@ -59,5 +59,6 @@ def batch_inputs(batch: Any) -> Tensor:
     if isinstance(batch, Tensor):
         return batch
     raise TypeError(
-        f"FishLeg: an auxiliary batch must be an input tensor or a tuple (inputs, ...); got {type(batch).__name__}"
+        "FishLeg: an auxiliary batch must be an input tensor or a tuple (inputs, ...), whether given as aux_batch "
+        f"or by aux_data; got {type(batch).__name__}"
     )

@@ -45,7 +45,7 @@ class FishLegConfig(BaseModel):
     init_scale: float | None = Field(None, gt=0, allow_inf_nan=False, description="start Q at init_scale·I")
     aux_lr: float = Field(1e-4, gt=0, allow_inf_nan=False, description="α: Adam learning rate of λ")
     aux_betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas of λ")
-    aux_eps: float = Field(1e-8, gt=0, description="Adam epsilon of λ")
+    aux_eps: float = Field(1e-8, gt=0, allow_inf_nan=False, description="Adam epsilon of λ")
     aux_every: int = Field(10, ge=0, description="one auxiliary update every this many steps; 0: none (Q fixed)")
     fisher_method: str = Field("exact", description="a name in FISHER_METHODS")
     low_rank: bool = Field(True, description="multiply Q with the low-rank factors of linear layers' gradients "

@@ -14,11 +14,30 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from fishleg_core.auxiliary import auxiliary_loss
-from fishleg_core.fisher import fisher_vp
+from fishleg_core.checks import (
+    check_callable,
+    check_generator,
+    check_integer,
+    check_module,
+    check_number,
+    check_tensor,
+    check_type,
+)
+from fishleg_core.fisher import FISHER_METHODS, fisher_vp
 from fishleg_core.inverse_fisher import LowRankFactors, ModelQ
 from fishleg_core.likelihoods import Likelihood, resolve_likelihood
 from fishleg_core.lowrank import GradientFactors
-from fishleg_core.vectors import ParamDict, axpy, dot, flatten, norm, scale, trainable_parameters, unflatten
+from fishleg_core.vectors import (
+    ParamDict,
+    axpy,
+    checked_vector,
+    dot,
+    flatten,
+    norm,
+    scale,
+    trainable_parameters,
+    unflatten,
+)
 
 
 Direction = Union[ParamDict, tuple[ParamDict, LowRankFactors]]
@@ -38,14 +57,33 @@ def normalized_gradients(
     """
     likelihood = resolve_likelihood(likelihood)
     params = trainable_parameters(model)
+    check_type("batches", batches, Iterable, "an iterable of (inputs, targets) pairs")
+    if factors_for is not None:
+        check_type("factors_for", factors_for, ModelQ, "a ModelQ or None")
+    return _normalized_gradients(model, likelihood, params, batches, factors_for)
+
+
+def _normalized_gradients(
+    model: nn.Module,
+    likelihood: Likelihood,
+    params: dict[str, nn.Parameter],
+    batches: Iterable[tuple[Tensor, Tensor]],
+    factors_for: ModelQ | None,
+) -> Iterator[Direction]:
     capture = GradientFactors.for_q(model, factors_for) if factors_for else None
     try:
-        for inputs, targets in batches:
+        for batch in batches:
+            if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+                raise TypeError(f"batches must yield (inputs, targets) pairs, got {type(batch).__name__}")
+            inputs, targets = batch
             with torch.enable_grad():
                 loss = likelihood.nll(model(inputs), targets)
                 grads = torch.autograd.grad(loss, list(params.values()))
             g = dict(zip(params, grads))
-            inverse_norm = 1.0 / norm(g)
+            g_norm = norm(g)
+            if g_norm == 0:
+                raise ValueError("normalized_gradients: a batch has a zero gradient, which gives no direction u")
+            inverse_norm = 1.0 / g_norm
             u = scale(g, inverse_norm)
             if capture is None:
                 yield u
@@ -90,7 +128,22 @@ def fit_q(
     LR scheduler for the Adam optimizer; ``stop(curve)`` may end the fit early (``stopped_early``).
     ``progress`` shows a progress bar (a string names it).
     """
+    check_module(model)
     likelihood = resolve_likelihood(likelihood)
+    check_type("q", q, ModelQ, "a ModelQ (see build_model_q)")
+    check_type("directions", directions, Iterable, "an iterable of unit vectors")
+    check_type("curvature_batches", curvature_batches, Iterable, "an iterable of input tensors")
+    check_integer("steps", steps, 0)
+    check_number("lr", lr, 0.0)
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2) in [0, 1), got {betas!r}")
+    for i, beta in enumerate(betas):
+        check_number(f"betas[{i}]", beta, 0.0, inclusive=True, below=1.0)
+    check_number("damping", damping, 0.0, inclusive=True)
+    FISHER_METHODS.get(method)
+    check_callable("schedule", schedule, optional=True)
+    check_callable("stop", stop, optional=True)
+    check_generator(generator)
     optimizer = torch.optim.Adam(q.parameters(), lr=lr, betas=betas, foreach=True)
     scheduler = schedule(optimizer) if schedule else None
     result = FitResult()
@@ -158,14 +211,25 @@ class ProbeEvaluator:
         cg_rtol: float | None = None,
         cg_maxiter: int | None = None,
     ) -> None:
-        if not probes:
-            raise ValueError("ProbeEvaluator needs at least one probe direction")
+        self.params = trainable_parameters(model)
         self.model = model
         self.likelihood = resolve_likelihood(likelihood)
-        self.probes = list(probes)
+        check_type("probes", probes, Sequence, "a list of probe directions (dicts of tensors by parameter name)")
+        if not probes:
+            raise ValueError("probes: ProbeEvaluator needs at least one probe direction")
+        self.probes = [checked_vector(self.params, u, f"probes[{i}]") for i, u in enumerate(probes)]
+        check_tensor("curvature_inputs", curvature_inputs)
+        if curvature_inputs.dim() == 0 or len(curvature_inputs) == 0:
+            shape = tuple(curvature_inputs.shape)
+            raise ValueError(f"curvature_inputs must hold at least one example, got shape {shape}")
+        if chunk_size is not None:
+            check_integer("chunk_size", chunk_size, 1)
         self.chunks = torch.split(curvature_inputs, chunk_size or len(curvature_inputs))
-        self.damping = damping
-        self.params = trainable_parameters(model)
+        self.damping = check_number("damping", damping, 0.0, inclusive=True)
+        if cg_rtol is not None:
+            check_number("cg_rtol", cg_rtol, 0.0)
+        if cg_maxiter is not None:
+            check_integer("cg_maxiter", cg_maxiter, 1)
         dtype = next(iter(self.params.values())).dtype
         self.cg_rtol = cg_rtol if cg_rtol is not None else (1e-10 if dtype == torch.float64 else 1e-5)
         self.cg_maxiter = cg_maxiter

@@ -9,9 +9,11 @@ from typing import Iterable, Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
+from fishleg_core.checks import check_mapping, check_number
 from fishleg_core.layers.form_choice import FormChoices, choose_forms
 from fishleg_core.layers.mapping import Block, map_blocks
 from fishleg_core.qforms import QFORMS, QForm
+from fishleg_core.vectors import check_entry
 
 
 LowRankFactors = Mapping[str, tuple[Tensor, Tensor]]
@@ -58,7 +60,10 @@ class BlockQ(QGroup):
         if low_rank is not None and self.form.low_rank_pays(low_rank[0].shape[-1]):
             QG = self.form.multiply_low_rank(*low_rank)
         else:
-            QG = self.form(self.block.layout.pack([tensors[name] for name in self.param_names]))
+            pieces = [tensors[name] for name in self.param_names]
+            for name, piece, shape in zip(self.param_names, pieces, self.block.layout.param_shapes):
+                check_entry("vector", name, piece, shape)
+            QG = self.form(self.block.layout.pack(pieces))
         return dict(zip(self.param_names, self.block.layout.unpack(QG)))
 
     def to_dense(self) -> Tensor:
@@ -86,9 +91,10 @@ class ModelQ(nn.Module):
     def forward(self, vector: Mapping[str, Tensor], factors: LowRankFactors | None = None) -> dict[str, Tensor]:
         """Q·x for x = ``vector``; ``factors`` optionally gives low-rank forms of some of its blocks, which
         must agree with the dense tensors (``GradientFactors`` checks this)."""
+        check_mapping("vector", vector)
         missing = [name for name in self.param_names if name not in vector]
         if missing:
-            raise KeyError(f"ModelQ needs a tensor for every parameter it covers; missing: {', '.join(missing)}")
+            raise KeyError(f"ModelQ: vector needs a tensor for every parameter Q covers; missing: {', '.join(missing)}")
         result: dict[str, Tensor] = {}
         for group in self.groups:
             result.update(group(vector, factors))
@@ -117,7 +123,10 @@ def build_model_q(
 ) -> ModelQ:
     """Map ``model`` to blocks (``map_blocks``), give each its QForm (``choose_forms``), all started at
     ``init_scale · I``, with the dtype and device of the block's parameters."""
+    check_number("init_scale", init_scale, 0.0)
     blocks = map_blocks(model, strict=strict)
+    if not blocks:
+        raise ValueError("build_model_q: the model has no trainable parameters (requires_grad=True)")
     params = dict(model.named_parameters())
     groups = []
     for block, (form_name, options) in zip(blocks, choose_forms(blocks, forms)):

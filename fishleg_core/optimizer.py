@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from fishleg_core.auxiliary import auxiliary_loss
 from fishleg_core.batches import CyclicBatches, batch_inputs
+from fishleg_core.checks import check_callable
 from fishleg_core.config import FishLegConfig, validate
 from fishleg_core.fisher import fisher_vp
 from fishleg_core.inverse_fisher import LowRankFactors, ModelQ, build_model_q
@@ -90,12 +91,14 @@ class FishLeg(torch.optim.Optimizer):
         A gradient with NaN or Inf skips the whole step (nothing changes; ``nonfinite="raise"`` raises);
         an auxiliary update meeting them skips only that update, leaving λ and its Adam state as they were.
         """
+        check_callable("closure", closure, optional=True)
+        given = batch_inputs(aux_batch) if aux_batch is not None else None
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         aux_due = bool(self.config.aux_every) and self.steps % self.config.aux_every == 0
-        aux_inputs = batch_inputs(aux_batch if aux_batch is not None else self._next_aux_batch()) if aux_due else None
+        aux_inputs = (given if given is not None else batch_inputs(self._next_aux_batch())) if aux_due else None
         gradient = self._gradient()
         factors = self._capture.factors(gradient) if self._capture else {}
         if not self.nonfinite.check("gradient", gradient, "the step is skipped"):
@@ -103,8 +106,9 @@ class FishLeg(torch.optim.Optimizer):
         on_gradient = self.config.momentum_on == "gradient"
         if on_gradient:
             gradient = self._averaged("momentum_buffer", gradient)
-        if aux_due:
-            inverse_norm = 1.0 / norm(gradient)
+        gradient_norm = norm(gradient) if aux_due else None
+        if aux_due and gradient_norm > 0:  # a zero gradient gives no direction to learn from
+            inverse_norm = 1.0 / gradient_norm
             u_factors = {name: (left * inverse_norm, right) for name, (left, right) in factors.items()}
             self._update_auxiliary(scale(gradient, inverse_norm), u_factors, aux_inputs)
         direction = self.q(gradient, factors)

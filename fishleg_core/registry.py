@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Generic, Hashable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -23,6 +24,10 @@ class Registry(Generic[T]):
 
     def register(self, key: Hashable, *, replace: bool = False) -> Callable[[T], T]:
         """Decorator registering ``factory`` under ``key``; re-registering a key needs ``replace=True``."""
+        try:
+            hash(key)
+        except TypeError:
+            raise TypeError(f"{self.kind} key must be hashable (a name or a type), got {type(key).__name__}") from None
 
         def decorator(factory: T) -> T:
             if key in self._entries and not replace:
@@ -44,8 +49,21 @@ class Registry(Generic[T]):
             ) from None
 
     def build(self, key: Hashable, **kwargs: Any) -> Any:
-        """Instantiate the factory registered under ``key`` with ``kwargs``."""
-        return self.get(key)(**kwargs)  # type: ignore[operator]
+        """Instantiate the factory registered under ``key`` with ``kwargs``; an option the factory does not
+        take raises a ``TypeError`` naming it and the options it takes."""
+        factory = self.get(key)
+        try:
+            signature = inspect.signature(factory)  # type: ignore[arg-type]
+        except (TypeError, ValueError):  # no signature to check against (some builtins)
+            signature = None
+        if signature is not None:
+            try:
+                signature.bind(**kwargs)
+            except TypeError as error:
+                raise TypeError(
+                    f"{self.kind} {_label(key)!r}: {error}; it takes: {', '.join(signature.parameters) or '(nothing)'}"
+                ) from None
+        return factory(**kwargs)  # type: ignore[operator]
 
     def names(self) -> list[str]:
         """The registered keys as readable names, in registration order."""

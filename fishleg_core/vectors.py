@@ -7,12 +7,15 @@ from typing import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from fishleg_core.checks import check_mapping, check_module
+
 ParamDict = dict[str, Tensor]
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """The trainable parameters by name (``requires_grad=True``); a parameter shared by several modules
     appears once, under its first name, as ``named_parameters`` gives it."""
+    check_module(model)
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
@@ -41,8 +44,9 @@ def detach(a: Mapping[str, Tensor]) -> ParamDict:
 
 
 def all_finite(a: Mapping[str, Tensor]) -> bool:
-    """True when every entry of every tensor is finite (one host synchronisation)."""
-    return bool(torch.stack([torch.isfinite(t).all() for t in a.values()]).all())
+    """True when every entry of every tensor is finite: their max-norms are (NaN and ±Inf propagate),
+    computed in one fused pass with one host synchronisation."""
+    return bool(torch.stack(torch._foreach_norm(list(a.values()), float("inf"))).isfinite().all())
 
 
 def flatten(a: Mapping[str, Tensor], names: Iterable[str]) -> Tensor:
@@ -57,3 +61,27 @@ def unflatten(flat: Tensor, like: Mapping[str, Tensor]) -> ParamDict:
         raise ValueError(f"a flat vector of {flat.numel()} entries cannot fill parameters of {sum(sizes)} entries")
     pieces = torch.split(flat, sizes)
     return {name: piece.reshape(t.shape) for (name, t), piece in zip(like.items(), pieces)}
+
+
+def checked_vector(params: Mapping[str, Tensor], vector: object, name: str = "vector") -> ParamDict:
+    """``vector`` detached, in parameter order, cast to each parameter's dtype and device, after checking
+    that it holds a tensor of the right shape for each of ``params`` and nothing else (errors name it)."""
+    if not params:
+        raise ValueError("the model has no trainable parameters (requires_grad=True)")
+    check_mapping(name, vector)
+    missing = [key for key in params if key not in vector]
+    if missing:
+        raise ValueError(f"{name} has no entry for the trainable parameters {missing}")
+    extra = [key for key in vector if key not in params]
+    if extra:
+        raise ValueError(f"{name} has entries {extra} that are not trainable parameters of the model")
+    for key, p in params.items():
+        check_entry(name, key, vector[key], p.shape)
+    return {key: vector[key].detach().to(dtype=p.dtype, device=p.device) for key, p in params.items()}
+
+
+def check_entry(name: str, key: str, value: object, shape: torch.Size) -> None:
+    """Raise ``ValueError`` unless ``value``, the entry ``key`` of the vector ``name``, is a tensor of ``shape``."""
+    if not isinstance(value, Tensor) or value.shape != shape:
+        got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"{name}[{key!r}] must have the shape {tuple(shape)} of the parameter; got {got}")

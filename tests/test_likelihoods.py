@@ -19,6 +19,7 @@ LIKELIHOOD_CASES = [
     pytest.param("gaussian", {"sigma": 0.7}, id="gaussian"),
     pytest.param("bernoulli", {}, id="bernoulli"),
     pytest.param("categorical", {}, id="categorical"),
+    pytest.param("poisson", {}, id="poisson"),
 ]
 
 # Outputs (B, 4) and (B, 3, 2): the second has an extra dim after the class dim for categorical.

@@ -47,11 +47,12 @@ def adapter_for(module: nn.Module) -> LayerAdapter | None:
 
 
 @LAYER_ADAPTERS.register(nn.Linear)
+@LAYER_ADAPTERS.register(nn.Bilinear)
 @LAYER_ADAPTERS.register(nn.Conv1d)
 @LAYER_ADAPTERS.register(nn.Conv2d)
 @LAYER_ADAPTERS.register(nn.Conv3d)
 class OutputRowsAdapter(LayerAdapter):
-    """Linear and convolution layers: [W.reshape(out, −1) | b] of shape (out, fan_in (+1))."""
+    """Linear, bilinear and convolution layers: [W.reshape(out, −1) | b] of shape (out, fan_in (+1))."""
 
 
 @LAYER_ADAPTERS.register(nn.Embedding)

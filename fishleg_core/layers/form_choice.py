@@ -6,6 +6,7 @@ import warnings
 from fnmatch import fnmatchcase
 from typing import Any, Mapping, Sequence, Union
 
+from fishleg_core.checks import check_mapping
 from fishleg_core.layers.adapters import LAYER_ADAPTERS
 from fishleg_core.layers.mapping import Block
 from fishleg_core.qforms import QFORMS
@@ -17,14 +18,18 @@ FormChoices = Mapping[str, FormSpec]
 """Keys are ``"default"``, layer type names (``"Linear"``) or module-name patterns (``"decoder.*"``)."""
 
 
-def choose_forms(blocks: Sequence[Block], choices: FormChoices | None) -> list[tuple[str, dict[str, Any]]]:
+def choose_forms(blocks: Sequence[Block], forms: FormChoices | None) -> list[tuple[str, dict[str, Any]]]:
     """(form name, options) for each block.
 
     Precedence: the first module-name pattern (``fnmatch``, matched against the block name) that
     matches; else the closest layer type along the block's module class hierarchy; else
     ``"default"``; else the adapter's default form. A key that matches no block is warned about.
     """
-    choices = dict(choices or {})
+    if forms is not None:
+        check_mapping("forms", forms, "a mapping {'default', layer type name or module-name pattern: form}")
+    if not isinstance(blocks, Sequence) or not all(isinstance(block, Block) for block in blocks):
+        raise TypeError("blocks must be a sequence of Block (as map_blocks or joint_block give them)")
+    choices = dict(forms or {})
     default = choices.pop("default", None)
     specs = {key: _parse(key, spec) for key, spec in choices.items()}
     if default is not None:
@@ -46,6 +51,9 @@ def choose_forms(blocks: Sequence[Block], choices: FormChoices | None) -> list[t
 
 
 def _parse(key: str, spec: FormSpec) -> tuple[str, dict[str, Any]]:
+    if not isinstance(key, str):
+        raise TypeError(f"forms: key {key!r} must be a string: 'default', a layer type name such as 'Linear', "
+                        "or a module-name pattern")
     if isinstance(spec, str):
         name, options = spec, {}
     elif isinstance(spec, Mapping) and isinstance(spec.get("form"), str):

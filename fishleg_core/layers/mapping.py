@@ -8,6 +8,7 @@ from typing import Sequence
 
 from torch import nn
 
+from fishleg_core.checks import check_type
 from fishleg_core.layers.adapters import LayerAdapter, ParameterAdapter, adapter_for
 from fishleg_core.layers.layout import BlockLayout
 from fishleg_core.vectors import trainable_parameters
@@ -41,6 +42,7 @@ def map_blocks(model: nn.Module, strict: bool = False) -> list[Block]:
     already claimed) gets its own (numel, 1) diagonal block, with one warning naming these parameters,
     or an ``UnsupportedLayerError`` when ``strict``.
     """
+    check_type("strict", strict, bool, "True or False")
     params = trainable_parameters(model)
     name_of = {id(p): name for name, p in params.items()}
     blocks: list[Block] = []
@@ -78,7 +80,11 @@ def joint_block(model: nn.Module, param_names: Sequence[str] | None = None, name
     an (n, 1) matrix, so that one QForm couples them across layers; with ``dense`` it can represent any
     SPD matrix on them (the exact reference on small models)."""
     params = trainable_parameters(model)
+    if isinstance(param_names, str):
+        raise TypeError(f"joint_block: param_names must be a sequence of names, not the string {param_names!r}")
     names = tuple(params) if param_names is None else tuple(param_names)
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"joint_block: param_names must name at least one parameter, each once; got {names}")
     unknown = [n for n in names if n not in params]
     if unknown:
         raise ValueError(f"joint_block: {', '.join(unknown)} are not trainable parameters of the model")

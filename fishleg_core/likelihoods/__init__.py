@@ -10,6 +10,7 @@ from fishleg_core.likelihoods.registry import LIKELIHOODS, resolve_likelihood
 from fishleg_core.likelihoods.gaussian import GaussianLikelihood  # isort: skip
 from fishleg_core.likelihoods.bernoulli import BernoulliLikelihood  # isort: skip
 from fishleg_core.likelihoods.categorical import CategoricalLikelihood  # isort: skip
+from fishleg_core.likelihoods.poisson import PoissonLikelihood  # isort: skip
 
 __all__ = [
     "LIKELIHOODS",
@@ -18,4 +19,5 @@ __all__ = [
     "GaussianLikelihood",
     "BernoulliLikelihood",
     "CategoricalLikelihood",
+    "PoissonLikelihood",
 ]

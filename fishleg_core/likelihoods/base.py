@@ -7,6 +7,8 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
+from fishleg_core.checks import check_generator
+
 
 class Likelihood(ABC):
     """A likelihood p(y | f) of targets y given network outputs f of shape ``(B, ...)``.
@@ -35,6 +37,7 @@ class Likelihood(ABC):
     def sample(self, outputs: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Targets y ~ p(y | outputs), drawn from ``generator`` (the global RNG if None); no graph."""
         self._check_outputs(outputs)
+        check_generator(generator)
         return self._sample(outputs.detach(), generator)
 
     def hessian_vp(self, outputs: Tensor, vector: Tensor) -> Tensor:
@@ -75,6 +78,8 @@ class Likelihood(ABC):
                 f"{self!r} needs outputs of shape {self.output_layout} (at least {self.min_output_dims} dims); "
                 f"got shape {tuple(outputs.shape)}"
             )
+        if outputs.shape[0] == 0:
+            raise ValueError(f"{self!r}: outputs must hold at least one example; got shape {tuple(outputs.shape)}")
 
     def _check_targets(self, outputs: Tensor, targets: Tensor) -> None:
         if not isinstance(targets, Tensor):

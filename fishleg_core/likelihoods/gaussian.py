@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor
 
+from fishleg_core.checks import check_number
 from fishleg_core.likelihoods.base import Likelihood
 from fishleg_core.likelihoods.registry import LIKELIHOODS
 
@@ -19,9 +20,7 @@ class GaussianLikelihood(Likelihood):
     """
 
     def __init__(self, sigma: float = 1.0) -> None:
-        if not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
-            raise ValueError(f"GaussianLikelihood: sigma must be a finite number > 0, got {sigma!r}")
-        self.sigma = float(sigma)
+        self.sigma = check_number("sigma", sigma, 0.0)
 
     def _nll_terms(self, outputs: Tensor, targets: Tensor) -> Tensor:
         z = (targets.to(outputs.dtype) - outputs) / self.sigma

@@ -12,5 +12,6 @@ from fishleg_core.qforms.kron import KronQ  # isort: skip
 from fishleg_core.qforms.ekfac import EKFACQ  # isort: skip
 from fishleg_core.qforms.kron_sum import KronSumQ  # isort: skip
 from fishleg_core.qforms.dense import DenseQ  # isort: skip
+from fishleg_core.qforms.diag_low_rank import DiagLowRankQ  # isort: skip
 
-__all__ = ["QFORMS", "QForm", "DiagonalQ", "KronQ", "EKFACQ", "KronSumQ", "DenseQ"]
+__all__ = ["QFORMS", "QForm", "DiagonalQ", "KronQ", "EKFACQ", "KronSumQ", "DenseQ", "DiagLowRankQ"]

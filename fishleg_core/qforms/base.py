@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 
 import torch
 from torch import Tensor, nn
+
+from fishleg_core.checks import check_number
 
 
 class QForm(nn.Module, ABC):
@@ -18,14 +19,17 @@ class QForm(nn.Module, ABC):
     - ``multiply(G)``: Q·G for G of shape ``(..., rows, cols)``, differentiable in λ;
     - ``to_dense()``: the ``(rows·cols, rows·cols)`` matrix in row-major vec order, so that
       ``q(G).reshape(-1) == q.to_dense() @ G.reshape(-1)``.
+
+    A form whose start needs small random terms (factors started at zero would never move) declares how
+    far from ``init_scale · I`` it may start, as a fraction of init_scale in spectral norm.
     """
+
+    init_deviation: float = 0.0
 
     def __init__(self, shape: tuple[int, int], init_scale: float = 1.0) -> None:
         super().__init__()
         self.shape = _validate_shape(shape)
-        if not isinstance(init_scale, (int, float)) or not math.isfinite(init_scale) or init_scale <= 0:
-            raise ValueError(f"{type(self).__name__}: init_scale must be a finite number > 0, got {init_scale!r}")
-        self.init_scale = float(init_scale)
+        self.init_scale = check_number("init_scale", init_scale, 0.0)
 
     @property
     def rows(self) -> int:

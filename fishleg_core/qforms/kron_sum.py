@@ -22,6 +22,7 @@ class KronSumQ(QForm):
     """
 
     EXTRA_TERMS_NORM = 0.005
+    init_deviation = 0.01
 
     def __init__(self, shape: tuple[int, int], init_scale: float = 1.0, K: int = 2) -> None:
         super().__init__(shape, init_scale)

@@ -1,0 +1,94 @@
+"""Wall-clock time for FishLeg to reach the training loss SGD with momentum reaches, on the deep autoencoder.
+
+SGD with momentum (torch convention, β = 0.9) is run at several learning rates for ``--iterations``
+iterations; the best stable one sets the target: its training loss at the end (mean of the last
+``--window`` minibatch losses). FishLeg (auxiliary update every 10 steps, both momentum placements) then
+trains from the same initial model on the same batch sequence until its running mean loss reaches the
+target, or for 2× the iterations. Times are cumulative wall-clock seconds of the training loop (2 threads).
+
+    python -m benchmarks.bench_time_to_loss [--iterations N] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+import fishleg_core as fl
+from benchmarks.common import DEEP_AUTOENCODER, autoencoder, minibatches, mnist_digits
+
+LIKELIHOOD = fl.LIKELIHOODS.build("bernoulli")
+SGD_RATES = (0.001, 0.003, 0.01, 0.03)
+MOMENTUM = 0.9
+
+
+def run(make: Callable[[nn.Module], torch.optim.Optimizer], data: torch.Tensor, iterations: int, window: int,
+        target: float = -math.inf) -> dict:
+    """Train from the shared initial model; stop early once the running mean loss is ≤ ``target``."""
+    model = autoencoder(DEEP_AUTOENCODER, seed=0)
+    optimizer = make(model)
+    batches = minibatches(data, 100, seed=1)
+    losses, seconds, start = [], [], time.perf_counter()
+    for _ in range(iterations):
+        x = next(batches)
+        optimizer.zero_grad(set_to_none=True)
+        loss = LIKELIHOOD.nll(model(x), x)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        seconds.append(time.perf_counter() - start)
+        running = sum(losses[-window:]) / len(losses[-window:])
+        if not math.isfinite(running):
+            break
+        if len(losses) >= window and running <= target:
+            return {"reached": True, "iterations": len(losses), "seconds": seconds[-1], "loss": running}
+    return {"reached": False, "iterations": len(losses), "seconds": seconds[-1], "loss": running}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=400)
+    parser.add_argument("--window", type=int, default=20, help="minibatch losses in the running mean")
+    parser.add_argument("--json", help="write the measurements to this file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    data = mnist_digits()
+    sgd = {lr: run(lambda m, lr=lr: torch.optim.SGD(m.parameters(), lr=lr, momentum=MOMENTUM), data,
+                   args.iterations, args.window) for lr in SGD_RATES}
+    stable = {lr: r for lr, r in sgd.items() if math.isfinite(r["loss"]) and r["iterations"] == args.iterations}
+    best_lr = min(stable, key=lambda lr: stable[lr]["loss"])
+    target = stable[best_lr]["loss"]
+    aux_stream = minibatches(data, 100, seed=2)
+    fishleg = {}
+    for momentum_on in ("update", "gradient"):
+        # Q₀ = (sgd_lr / lr)·I: FishLeg starts as the best SGD (sgd_lr in Algorithm 1's (1 − β) convention)
+        fishleg[momentum_on] = run(
+            lambda m, on=momentum_on: fl.FishLeg(m, LIKELIHOOD, lr=0.05, sgd_lr=best_lr / (1 - MOMENTUM),
+                                                 momentum=MOMENTUM, momentum_on=on, damping=0.3, aux_lr=3e-3,
+                                                 aux_every=10, aux_data=aux_stream),
+            data, 2 * args.iterations, args.window, target)
+    print(f"SGD with momentum {MOMENTUM}, learning rates tried: {', '.join(f'{lr:g}' for lr in SGD_RATES)}")
+    for lr, r in sgd.items():
+        print(f"  lr {lr:<6g} loss after {r['iterations']} iterations {r['loss']:8.2f}  ({r['seconds']:.1f} s)")
+    print(f"target: SGDm at lr {best_lr:g}: {target:.2f} nats after {args.iterations} iterations, "
+          f"{stable[best_lr]['seconds']:.1f} s")
+    for on, r in fishleg.items():
+        verdict = "reached" if r["reached"] else "NOT reached"
+        print(f"FishLeg (momentum on {on}, aux every 10): {verdict} after {r['iterations']} iterations, "
+              f"{r['seconds']:.1f} s (loss {r['loss']:.2f})")
+    result = {"sgd_lr": best_lr, "target_loss": target, "sgd_seconds": stable[best_lr]["seconds"],
+              "sgd_runs": {str(lr): r for lr, r in sgd.items()}, "fishleg": fishleg}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
