@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import fishleg_core as fl
-from benchmarks.common import A6_AUTOENCODER, autoencoder, median, minibatches, mnist_digits, timed
+from benchmarks.common import A6_AUTOENCODER, autoencoder, median, minibatches, mnist_digits, timed, write_json
 
 FORMS = ("diagonal", "kron", "ekfac", "kron_sum")
 STEPS = 10
@@ -79,10 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["kron_step_gflop"] = flops.get_total_flops() / 1e9
     print(f"kron step: {result['kron_step_gflop']:.2f} GFLOP in matrix products, {result['kron_gflops_per_s']:.1f} "
           f"GFLOP/s; a 2048² matmul runs at {result['matmul_gflops_per_s']:.1f} GFLOP/s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
+    return write_json(result, args.json)
 
 
 if __name__ == "__main__":

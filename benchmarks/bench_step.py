@@ -13,14 +13,13 @@ momentum from the same run.
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Callable
 
 import torch
 from torch import nn
 
 import fishleg_core as fl
-from benchmarks.common import DEEP_AUTOENCODER, autoencoder, median, minibatches, mnist_digits, timed
+from benchmarks.common import DEEP_AUTOENCODER, autoencoder, median, minibatches, mnist_digits, timed, write_json
 
 LIKELIHOOD = fl.LIKELIHOODS.build("bernoulli")
 
@@ -82,10 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in runs:
         print(f"{name:<22}{1e3 * medians[name]:>12.2f}{medians[name] / medians['sgdm']:>9.2f}"
               f"{result[f'{name}_final_loss']:>16.2f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
+    return write_json(result, args.json)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ target, or for 2× the iterations. Times are cumulative wall-clock seconds of th
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from typing import Callable
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 import fishleg_core as fl
-from benchmarks.common import DEEP_AUTOENCODER, autoencoder, minibatches, mnist_digits
+from benchmarks.common import DEEP_AUTOENCODER, autoencoder, minibatches, mnist_digits, write_json
 
 LIKELIHOOD = fl.LIKELIHOODS.build("bernoulli")
 SGD_RATES = (0.001, 0.003, 0.01, 0.03)
@@ -84,10 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['seconds']:.1f} s (loss {r['loss']:.2f})")
     result = {"sgd_lr": best_lr, "target_loss": target, "sgd_seconds": stable[best_lr]["seconds"],
               "sgd_runs": {str(lr): r for lr, r in sgd.items()}, "fishleg": fishleg}
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
+    return write_json(result, args.json)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from typing import Callable, Iterator, Sequence
@@ -51,3 +52,11 @@ def timed(fn: Callable[[], object]) -> float:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
+
+
+def write_json(result: dict, path: str | None) -> dict:
+    """Write ``result`` to ``path`` (if given) and return it."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2)
+    return result

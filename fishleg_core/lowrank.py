@@ -34,8 +34,8 @@ class GradientFactors:
 
     Forward passes with autograd on (outside Fisher computations) record their inputs; a tensor hook on
     the output records Δ. ``factors(gradient)`` returns the factors of every block whose capture
-    reproduces its entry in ``gradient`` (checked along a fixed random probe vector, relative tolerance
-    1e-4), then starts a new capture. Blocks whose ``.grad`` was changed after backward (clipping,
+    reproduces its entry in ``gradient`` (checked along a fixed random probe vector r: ‖Gr − left(rightᵀr)‖
+    within 1e-4 ‖Gr‖ plus 100 ε ‖|left|(|right|ᵀ|r|)‖, the round-off of the sums), then starts a new capture. Blocks whose ``.grad`` was changed after backward (clipping,
     weight decay, accumulation across ``zero_grad``), or forward passes without a backward, fall back to
     the dense product, with one warning per block.
     """
@@ -56,7 +56,7 @@ class GradientFactors:
 
     def factors(self, gradient: Mapping[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
         """{block name: (left, right)} with left @ rightᵀ equal to the block of ``gradient``."""
-        candidates, errors, scales = {}, [], []
+        candidates, errors, allowed = {}, [], []
         for name, record in self._records.items():
             if not record.inputs:
                 continue
@@ -72,12 +72,15 @@ class GradientFactors:
             pieces = torch.split(probe, block.layout.widths)  # G r = W r_W + b r_b, without packing G
             Gr = sum(gradient[p].reshape(len(left), -1) @ piece for p, piece in zip(block.param_names, pieces))
             errors.append(torch.linalg.vector_norm(Gr - left @ (inputs @ probe)))
-            scales.append(torch.linalg.vector_norm(Gr))
+            # allowed: a relative error of the product, plus the round-off of summing N terms of this size
+            magnitude = torch.linalg.vector_norm(left.abs() @ (inputs.abs() @ probe.abs()))
+            rounding = 100 * torch.finfo(inputs.dtype).eps
+            allowed.append(RELATIVE_TOLERANCE * torch.linalg.vector_norm(Gr) + rounding * magnitude)
             candidates[name] = (left, inputs.mT)
         self.clear()
         if not candidates:
             return {}
-        agree = (torch.stack(errors) <= RELATIVE_TOLERANCE * torch.stack(scales)).tolist()  # one synchronisation
+        agree = (torch.stack(errors) <= torch.stack(allowed)).tolist()  # one synchronisation
         for name, ok in zip(list(candidates), agree):
             if not ok:
                 self._warn(name, "its .grad differs from the captured factors (clipped, decayed or accumulated?)")

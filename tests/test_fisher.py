@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from models import CNN_INPUT, MLP_INPUT, batchnorm_dropout_mlp, random_inputs, tiny_cnn, tiny_mlp
+from reference import flat, gaussian_fisher, trainable, unflat
 from torch import nn
 from torch.func import functional_call
 
 from fishleg_core.fisher import FISHER_METHODS, fisher_vp
 from fishleg_core.likelihoods import LIKELIHOODS
 from fishleg_core.registry import UnknownNameError
-
 
 BATCH = 3
 SIGMA = 0.7
@@ -24,17 +24,10 @@ SIGMA = 0.7
 # ---------------------------------------------------------------- helpers: flat vectors, dense Fishers
 
 
-def trainable(model):
-    return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
-def flat(d, names):
-    return torch.cat([d[name].reshape(-1) for name in names])
 
 
-def unflat(x, like):
-    pieces = torch.split(x, [t.numel() for t in like.values()])
-    return {name: piece.reshape(t.shape) for (name, t), piece in zip(like.items(), pieces)}
 
 
 def random_vector(model, seed):
@@ -50,13 +43,6 @@ def flat_fvp(model, likelihood, inputs, vector, **options):
     return flat(fisher_vp(model, likelihood, inputs, vector, **options), trainable(model))
 
 
-def gaussian_fisher(model, inputs, sigma):
-    """F = (1/B) Σ_b J_bᵀ J_b / σ², J from torch.func.jacrev over all outputs."""
-    params = trainable(model)
-    theta = flat(params, params).detach()
-    J = torch.func.jacrev(lambda t: functional_call(model, unflat(t, params), (inputs,)))(theta)
-    J = J.reshape(-1, theta.numel())
-    return J.T @ J / (sigma**2 * inputs.shape[0])
 
 
 def log_likelihood(name, logits, y):

@@ -57,8 +57,8 @@ def test_closed_form_linear_gaussian(correlated):
     F = gaussian_fisher(model, inputs, SIGMA) + DAMPING * torch.eye(12)
     torch.testing.assert_close(F, expected_fisher)
 
-    kron = fit_and_evaluate(model, likelihood, fl.build_model_q(model, {"Linear": "kron"}), inputs, 1500, 0.05)
-    diagonal = fit_and_evaluate(model, likelihood, fl.build_model_q(model, {"Linear": "diagonal"}), inputs, 1500, 0.05)
+    kron, diagonal = (fit_and_evaluate(model, likelihood, fl.build_model_q(model, {"Linear": form}), inputs, 1500, 0.05)
+                      for form in ("kron", "diagonal"))
     assert kron.mean_normalized_error < 0.05
     if correlated:
         assert diagonal.mean_normalized_error > 0.2

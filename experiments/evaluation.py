@@ -1,0 +1,31 @@
+"""Held-out evaluation in float64: fixed probe directions and a fixed curvature set (DESIGN §3)."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import torch
+from torch import Tensor, nn
+
+import fishleg_core as fl
+from experiments.data import minibatches
+
+
+def float64_copy(module: nn.Module) -> nn.Module:
+    """A float64 deep copy (of the frozen model, or of a fitted Q), so that CG and A are accurate."""
+    return copy.deepcopy(module).double()
+
+
+def heldout_evaluator(
+    model: nn.Module, likelihood: fl.Likelihood, heldout: Tensor, n_curvature: int, n_probes: int, batch: int,
+    damping: float, cg_rtol: float, seed: int,
+) -> fl.ProbeEvaluator:
+    """A ``ProbeEvaluator`` on a float64 copy of ``model``: the curvature set is the first ``n_curvature``
+    held-out inputs, the probes u = g/‖g‖ are gradients of ``n_probes`` seeded minibatches of the other
+    held-out inputs (so no probe gradient shares an example with the curvature set)."""
+    model64, heldout64 = float64_copy(model), heldout.double()
+    pool = heldout64[n_curvature:]
+    batches = minibatches(pool, batch, torch.Generator().manual_seed(seed))
+    probes = list(fl.normalized_gradients(model64, likelihood, ((x, x) for x in itertools.islice(batches, n_probes))))
+    return fl.ProbeEvaluator(model64, likelihood, probes, heldout64[:n_curvature], damping, cg_rtol=cg_rtol)

@@ -1,0 +1,157 @@
+"""The study's outputs: result rows, ``results.json``, ``figure4.png`` and ``summary.md``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+import fishleg_core as fl  # noqa: E402
+from experiments.config import StudyConfig  # noqa: E402
+from experiments.fit import last_tenth_mean  # noqa: E402
+from experiments.store import save_json, write_atomic  # noqa: E402
+
+Row = dict[str, Any]
+
+PLATEAU_CRITERION = (
+    "M(Q) = the mean of A(Q; u) over fixed training directions u (each with F_γ on its own fixed training "
+    "minibatch: the monitor_directions that also set Q₀), recorded every steps/20 steps; the fit is on a plateau "
+    "when M's gain over the last tenth of the steps, M(0.9 S) - M(S), is at most plateau_tolerance times its "
+    "gain over the whole fit, M(0) - M(S). (The training curve itself changes u at every step, so its tenths "
+    "differ by the spread of A*(u) between directions as much as by Q's progress.)"
+)
+
+
+def result_row(
+    name: str, kind: str, evaluation: fl.QEvaluation, n_params: int, seconds: float,
+    curve: Sequence[float] = (), plateau: dict[str, Any] | None = None, **details: Any,
+) -> Row:
+    """One row of the table: a fitted form (``kind="form"``, with its training curve and plateau test) or a
+    reference (``kind="reference"``, empty curve). ``probe_*`` and ``normalized_error`` are per probe."""
+    return {
+        "name": name,
+        "kind": kind,
+        "n_params": n_params,
+        "final_aux_loss": last_tenth_mean(curve) if curve else None,
+        "aux_loss_curve": list(curve),
+        "probe_aux_loss": evaluation.aux_loss,
+        "probe_optimal_aux_loss": evaluation.optimal_aux_loss,
+        "normalized_error": evaluation.normalized_error,
+        "mean_probe_aux_loss": evaluation.mean_aux_loss,
+        "mean_probe_optimal_aux_loss": evaluation.mean_optimal_aux_loss,
+        "mean_normalized_error": evaluation.mean_normalized_error,
+        "seconds": seconds,
+        "plateau": plateau,
+        **details,
+    }
+
+
+def write_reports(out: Path, config: StudyConfig, pretraining: dict[str, Any], forms: list[Row],
+                  references: list[Row]) -> None:
+    """``results.json`` (resolved configuration, pre-training, rows), ``figure4.png`` and ``summary.md``."""
+    save_json(out / "results.json", {
+        "config": config.model_dump(),
+        "pretraining": pretraining,
+        "plateau_criterion": PLATEAU_CRITERION,
+        "forms": forms,
+        "references": references,
+    })
+    write_atomic(out / "figure4.png", lambda path: _figure(path, forms, references))
+    write_atomic(out / "summary.md", lambda path: path.write_text(summary(config, pretraining, forms, references)))
+
+
+def summary(config: StudyConfig, pretraining: dict[str, Any], forms: list[Row], references: list[Row]) -> str:
+    """The Markdown table: form, aux params, final training aux loss, held-out A, A*, e, seconds, plateau."""
+    lines = [
+        "| form | aux params | final training aux loss | held-out A | A* | e | seconds | plateau |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for row in forms + references:
+        final = "–" if row["final_aux_loss"] is None else f"{row['final_aux_loss']:.5g}"
+        verdict = "–" if row["plateau"] is None else _verdict(row["plateau"])
+        name = row["name"] if row["kind"] == "form" else f"*{row['name']}* (reference)"
+        lines.append(
+            f"| {name} | {row['n_params']:,} | {final} | {row['mean_probe_aux_loss']:.5g} | "
+            f"{row['mean_probe_optimal_aux_loss']:.5g} | {row['mean_normalized_error']:.3f} | "
+            f"{row['seconds']:.1f} | {verdict} |"
+        )
+    n_probes = len((forms + references)[0]["normalized_error"])
+    rates = ", ".join(f"{name} {lr:g}" for name, lr in config.aux_lr.items())
+    return "\n".join([
+        "# Appendix A.6 study: forms of Q on a frozen MNIST autoencoder",
+        "",
+        f"Autoencoder [784, 300, 100, 30, 100, 300, 784], Bernoulli likelihood, pre-trained for "
+        f"{config.pretrain_iterations} SGD-with-momentum iterations (lr {config.pretrain_lr:g}, momentum "
+        f"{config.pretrain_momentum:g}, batch {config.batch_size}; training NLL {pretraining['final_loss']:.1f}, "
+        f"held-out NLL {pretraining['heldout_loss']:.1f} nats). Each form: {config.steps} Adam steps "
+        f"(lr: {rates}; cosine decay to 0 over the last {config.decay_fraction:.0%}), damping "
+        f"γ = {config.damping:g}, exact Fisher on curvature batches of {config.curvature_batch}, u from other "
+        f"training minibatches of {config.batch_size}; every form starts at the same Q₀ = c·I, c the best "
+        f"identity multiple on {config.monitor_directions} fixed training directions.",
+        "",
+        *lines,
+        "",
+        f"Held-out columns: means over {n_probes} probe directions (normalised gradients of held-out "
+        f"minibatches) with the exact damped Fisher on {config.n_curvature} other held-out inputs, in float64; "
+        "A* = −½ uᵀF_γ⁻¹u by conjugate gradients; e = ‖Qu − F_γ⁻¹u‖_F_γ / ‖F_γ⁻¹u‖_F_γ (0: exact, 1: Q = 0). "
+        "Final training aux loss: mean over the last tenth of the training curve. Seconds: the fit, its monitor "
+        "included (for a reference, its estimation). References: the best identity multiple c*·I on the probes (what SGD "
+        "amounts to) and the inverse of the damped KFAC approximation (G ⊗ A + γI)⁻¹ per layer, estimated on "
+        "the training data.",
+        "",
+        f"Plateau (tolerance {config.plateau_tolerance:g}; in brackets the last tenth's share of the gain): "
+        f"{PLATEAU_CRITERION}",
+        "",
+    ])
+
+
+def _verdict(plateau: dict[str, Any]) -> str:
+    share = plateau["relative_last_gain"]
+    return f"{'yes' if plateau['on_plateau'] else 'NO'} ({'n/a' if share is None else f'{share:.1%}'})"
+
+
+def _figure(path: Path, forms: list[Row], references: list[Row]) -> None:
+    """Left: the auxiliary loss per step (raw, faint; moving average), held-out A at the end (dots), the
+    exact optimum and the references' held-out A as horizontal lines (values off the curves' scale are
+    given in the legend). Right: the normalised error per form and reference (bars: mean; dots: probes)."""
+    fig, (curves, errors) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    rows = forms + references
+    optimum = rows[0]["mean_probe_optimal_aux_loss"]
+    shown = [optimum]
+    for i, row in enumerate(forms):
+        curve = np.asarray(row["aux_loss_curve"])
+        window = max(1, len(curve) // 50)
+        smooth = np.convolve(curve, np.ones(window) / window, mode="valid")
+        curves.plot(np.arange(1, len(curve) + 1), curve, color=colors[i % len(colors)], alpha=0.06, lw=0.5)
+        curves.plot(np.arange(window, len(curve) + 1), smooth, color=colors[i % len(colors)], label=row["name"])
+        curves.plot(row["monitor"]["steps"], row["monitor"]["aux_loss"], "--", color=colors[i % len(colors)], lw=0.8)
+        curves.plot(len(curve), row["mean_probe_aux_loss"], "o", color=colors[i % len(colors)])
+        shown += [smooth.min(), smooth.max(), row["mean_probe_aux_loss"], *row["monitor"]["aux_loss"]]
+    low, high = min(shown), max(shown)
+    low, high = low - 0.05 * (high - low), high + 0.05 * (high - low)
+    for i, row in enumerate(references, start=len(forms)):
+        value = row["mean_probe_aux_loss"]
+        off_scale = "" if low <= value <= high else f" = {value:.3g}, off scale"
+        curves.axhline(value, color=colors[i % len(colors)], ls=":", label=f"{row['name']} (reference, held-out A{off_scale})")
+    curves.axhline(optimum, color="black", ls="--", label=f"exact optimum A* (held-out) = {optimum:.4g}")
+    curves.set(xlabel="Adam step", ylabel="auxiliary loss A(Q; u)", ylim=(low, high),
+               title="Auxiliary loss: training (solid, smoothed), monitor (dashed), held-out (dots)")
+    curves.legend(fontsize=8)
+    for i, row in enumerate(rows):
+        mean = row["mean_normalized_error"]
+        errors.bar(i, mean, color=colors[i % len(colors)], alpha=0.7)
+        errors.plot([i] * len(row["normalized_error"]), row["normalized_error"], "k.", ms=3)
+        errors.annotate(f"{mean:.3f}", (i, mean), ha="center", va="bottom", fontsize=8)
+    top = max([1.0] + [e for row in rows for e in row["normalized_error"]])
+    errors.set_xticks(range(len(rows)), [row["name"] for row in rows], rotation=30, ha="right")
+    errors.set(ylim=(0, 1.08 * top), ylabel="normalised error e(Q)", title="Held-out normalised error (0: exact, 1: Q = 0)")
+    errors.axhline(1.0, color="gray", lw=0.5)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=120)
+    plt.close(fig)
