@@ -23,7 +23,7 @@ import fishleg_core as fl
 from benchmarks.common import DEEP_AUTOENCODER, autoencoder, minibatches, mnist_digits, write_json
 
 LIKELIHOOD = fl.LIKELIHOODS.build("bernoulli")
-SGD_RATES = (0.001, 0.003, 0.01, 0.03)
+SGD_RATES = (0.001, 0.002, 0.003, 0.005, 0.01)
 MOMENTUM = 0.9
 
 
@@ -52,7 +52,7 @@ def run(make: Callable[[nn.Module], torch.optim.Optimizer], data: torch.Tensor, 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=400)
+    parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--window", type=int, default=20, help="minibatch losses in the running mean")
     parser.add_argument("--json", help="write the measurements to this file")
     args = parser.parse_args(argv)
@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
     for momentum_on in ("update", "gradient"):
         # Q₀ = (sgd_lr / lr)·I: FishLeg starts as the best SGD (sgd_lr in Algorithm 1's (1 − β) convention)
         fishleg[momentum_on] = run(
-            lambda m, on=momentum_on: fl.FishLeg(m, LIKELIHOOD, lr=0.05, sgd_lr=best_lr / (1 - MOMENTUM),
-                                                 momentum=MOMENTUM, momentum_on=on, damping=0.3, aux_lr=3e-3,
+            lambda m, on=momentum_on: fl.FishLeg(m, LIKELIHOOD, lr=1.0, sgd_lr=best_lr / (1 - MOMENTUM),
+                                                 momentum=MOMENTUM, momentum_on=on, damping=1.0, aux_lr=3e-3,
                                                  aux_every=10, aux_data=aux_stream),
             data, 2 * args.iterations, args.window, target)
     print(f"SGD with momentum {MOMENTUM}, learning rates tried: {', '.join(f'{lr:g}' for lr in SGD_RATES)}")

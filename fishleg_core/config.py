@@ -37,7 +37,8 @@ class FishLegConfig(BaseModel):
     lr: float = Field(gt=0, allow_inf_nan=False, description="η: θ ← θ − η Q ḡ")
     momentum: float = Field(0.9, ge=0, lt=1, description="β of ḡ ← β ḡ + (1 − β) g")
     momentum_on: Literal["gradient", "update"] = Field(
-        "gradient", description="average g (Algorithm 1) or Q·g (keeps the low-rank structure of g)"
+        "update", description="average Q·g (the default: keeps the low-rank structure of g, paper §4.4) or g "
+        "(Algorithm 1 line 16)"
     )
     weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False, description="adds weight_decay·θ to g")
     damping: float = Field(1.0, ge=0, allow_inf_nan=False, description="γ of F_γ = F + γ I")

@@ -13,6 +13,7 @@ from fishleg_core.checks import check_mapping, check_number
 from fishleg_core.layers.form_choice import FormChoices, choose_forms
 from fishleg_core.layers.mapping import Block, map_blocks
 from fishleg_core.qforms import QFORMS, QForm
+from fishleg_core.qforms.positive import TriangularFactor
 from fishleg_core.vectors import check_entry
 
 
@@ -99,6 +100,13 @@ class ModelQ(nn.Module):
         for group in self.groups:
             result.update(group(vector, factors))
         return {name: result[name] for name in self.param_names}
+
+    def cache_grams(self, enabled: bool) -> None:
+        """Whether the triangular factors of the forms cache their Gram matrices M = L Lᵀ outside autograd
+        (pays when λ serves several products between changes; see ``TriangularFactor``)."""
+        for module in self.modules():
+            if isinstance(module, TriangularFactor):
+                module.cache_gram = enabled
 
     def to_dense(self) -> Tensor:
         """The dense Q on all parameters flattened and concatenated in ``param_names`` order."""

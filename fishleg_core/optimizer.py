@@ -23,13 +23,15 @@ from fishleg_core.vectors import ParamDict, norm, scale, trainable_parameters
 class FishLeg(torch.optim.Optimizer):
     """Natural-gradient descent with a learned inverse Fisher Q(λ).
 
-    Each ``step()`` (after ``loss.backward()``):
+    Each ``step()`` (after ``loss.backward()``), with the default ``momentum_on="update"`` (paper §4.4):
 
-    1. momentum: ḡ ← β ḡ + (1 − β) g (``momentum_on="gradient"``, Algorithm 1), from ḡ = 0;
-    2. every ``aux_every`` steps (the first step included; never if 0), one Adam step on λ for the auxiliary loss
-       A(λ; u) at u = ḡ/‖ḡ‖ (or g/‖g‖ with ``momentum_on="update"``), with F_γ = F + γ I evaluated on
-       an auxiliary minibatch;
-    3. θ ← θ − η Q(λ) ḡ; with ``momentum_on="update"`` instead m ← β m + (1 − β) Q(λ) g and θ ← θ − η m.
+    1. every ``aux_every`` steps (the first step included; never if 0), one Adam step on λ for the
+       auxiliary loss A(λ; u) at u = g/‖g‖, with F_γ = F + γ I evaluated on an auxiliary minibatch;
+    2. m ← β m + (1 − β) Q(λ) g (from m = 0) and θ ← θ − η m. The minibatch gradient of a linear layer
+       has rank ≤ batch size, and Q·g uses it (``GradientFactors``; off with ``low_rank=False``).
+
+    With ``momentum_on="gradient"`` (Algorithm 1 as written): ḡ ← β ḡ + (1 − β) g, u = ḡ/‖ḡ‖ and
+    θ ← θ − η Q(λ) ḡ; ḡ is dense, so every product with Q is.
 
     Q starts at (sgd_lr / lr)·I (so FishLeg starts out as SGD with momentum at ``sgd_lr``), or at
     ``init_scale``·I, or at I. The auxiliary minibatch must differ from the one that produced g: pass an
@@ -65,6 +67,7 @@ class FishLeg(torch.optim.Optimizer):
         defaults = {"lr": lr, "momentum": self.config.momentum, "weight_decay": self.config.weight_decay}
         super().__init__(list(params.values()), defaults)
         self.q: ModelQ = build_model_q(model, forms, self.config.q_init_scale, self.config.strict)
+        self.q.cache_grams(self.config.aux_every != 1)  # Gram matrices pay when λ serves several steps
         self.aux_optimizer = torch.optim.Adam(
             self.q.parameters(), lr=self.config.aux_lr, betas=self.config.aux_betas, eps=self.config.aux_eps,
             foreach=True,
@@ -100,9 +103,11 @@ class FishLeg(torch.optim.Optimizer):
         aux_due = bool(self.config.aux_every) and self.steps % self.config.aux_every == 0
         aux_inputs = (given if given is not None else batch_inputs(self._next_aux_batch())) if aux_due else None
         gradient = self._gradient()
-        factors = self._capture.factors(gradient) if self._capture else {}
         if not self.nonfinite.check("gradient", gradient, "the step is skipped"):
+            if self._capture:
+                self._capture.clear()
             return loss
+        factors = self._capture.factors(gradient) if self._capture else {}
         on_gradient = self.config.momentum_on == "gradient"
         if on_gradient:
             gradient = self._averaged("momentum_buffer", gradient)

@@ -56,9 +56,10 @@ def test_q_on_factors_equals_q_on_the_dense_gradient():
             p.add_(0.1 * torch.randn_like(p))
     factors = capture.factors(gradient)
     assert all(g.form.low_rank_pays(3) for g in q.groups)
-    for mode in (torch.no_grad, torch.enable_grad):
+    for mode, cache in [(torch.no_grad, True), (torch.no_grad, False), (torch.enable_grad, True)]:
+        q.cache_grams(cache)
         with mode():
-            for _ in range(3):  # first use, cache built on the second, cache hit on the third
+            for _ in range(2):  # with a cached Gram matrix: built, then reused
                 low_rank, dense = q(gradient, factors), q(gradient)
                 for n in dense:
                     torch.testing.assert_close(low_rank[n], dense[n], rtol=1e-10, atol=1e-12)
@@ -119,8 +120,8 @@ def test_triangular_factor_caches_follow_parameter_changes():
     factor = TriangularFactor(torch.randn(300, 300).tril() + 20 * torch.eye(300))
     X = torch.randn(300, 4)
     with torch.no_grad():
-        first = factor.gram_matmul(X)
-        torch.testing.assert_close(factor.gram_matmul(X), first)  # now from the cached Gram
+        first = factor.gram_matmul(X)  # builds and caches the Gram matrix
+        torch.testing.assert_close(factor.gram_matmul(X), first)
         factor.off.add_(0.1)
         L = factor()
         torch.testing.assert_close(factor.gram_matmul(X), L @ (L.T @ X))

@@ -38,10 +38,14 @@ class TriangularFactor(nn.Module):
     M = L Lᵀ is symmetric positive definite for any parameter values.
 
     Outside autograd (an optimizer's parameter step), L and M are cached until the parameters change
-    (detected through their storage and in-place version counters), and M is built only when the same
-    parameters are used a second time: with auxiliary updates every step, M X = L (Lᵀ X) costs 4n²r for
-    X of rank r, whereas building M costs about n³.
+    (detected through their storage and in-place version counters). M X = L (Lᵀ X) costs 4n²r for X of
+    rank r, M X with a cached M 2n²r, building M about n³: M pays when the same parameters serve several
+    products, so ``cache_gram`` (default True) chooses; an optimizer whose λ changes every step turns it
+    off. The choice never depends on history, so a resumed run computes exactly what an uninterrupted one
+    does.
     """
+
+    cache_gram: bool = True
 
     def __init__(self, init: Tensor) -> None:
         super().__init__()
@@ -75,9 +79,9 @@ class TriangularFactor(nn.Module):
         return self._cached("M", lambda: triangular_gram(self()))
 
     def gram_matmul(self, X: Tensor) -> Tensor:
-        """M X for X of shape (..., n, r), as L (Lᵀ X) or, from the second use of the same parameters on
-        outside autograd, with the cached M."""
-        if not self._tracking_gradients() and (self._has_cached("M") or self._has_cached("L")):
+        """M X for X of shape (..., n, r): outside autograd with the cached M if ``cache_gram``, else as
+        L (Lᵀ X)."""
+        if self.cache_gram and not self._tracking_gradients():
             return self.gram() @ X
         L = self()
         return L @ (L.mT @ X)
