@@ -39,6 +39,10 @@ class QGroup(nn.Module, ABC):
     def to_dense(self) -> Tensor:
         """The dense matrix of this group on its parameters flattened and concatenated in order."""
 
+    def describe(self) -> tuple[str, str, str, str]:
+        """(name, layer type, block shape, form) for ``ModelQ.summary``."""
+        return ", ".join(self.param_names), type(self).__name__, "-", type(self).__name__
+
 
 class BlockQ(QGroup):
     """One block with one QForm: G = pack(tensors), Q·G, unpack."""
@@ -73,6 +77,9 @@ class BlockQ(QGroup):
         dense = torch.empty_like(block_dense)
         dense[order[:, None], order[None, :]] = block_dense
         return dense
+
+    def describe(self) -> tuple[str, str, str, str]:
+        return self.block.name, self.block.module_type.__name__, str(self.block.shape), type(self.form).__name__
 
     def extra_repr(self) -> str:
         return f"block={self.block.name!r} ({self.block.module_type.__name__}, shape={self.block.shape})"
@@ -116,13 +123,9 @@ class ModelQ(nn.Module):
         """A table of blocks, their shapes, forms and numbers of auxiliary parameters."""
         lines = [f"{'block':<28} {'layer':<14} {'shape':<14} {'form':<10} {'aux params':>10}"]
         for group in self.groups:
-            block, form = getattr(group, "block", None), getattr(group, "form", None)
-            name = block.name if block else ", ".join(group.param_names)
-            layer = block.module_type.__name__ if block else type(group).__name__
-            shape = str(block.shape) if block else "-"
-            form_name = type(form).__name__ if form else type(group).__name__
+            name, layer, shape, form = group.describe()
             count = sum(p.numel() for p in group.parameters())
-            lines.append(f"{name:<28} {layer:<14} {shape:<14} {form_name:<10} {count:>10}")
+            lines.append(f"{name:<28} {layer:<14} {shape:<14} {form:<10} {count:>10}")
         return "\n".join(lines)
 
 
