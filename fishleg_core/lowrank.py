@@ -8,7 +8,6 @@ M_L Δᵀ [A | 1] M_R = (M_L Δᵀ)(M_R [A | 1]ᵀ)ᵀ, far cheaper than M_L G M
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Iterable, Mapping
@@ -19,6 +18,7 @@ from torch import Tensor, nn
 from fishleg_core.fisher.functional import in_functional_view
 from fishleg_core.inverse_fisher import BlockQ, ModelQ
 from fishleg_core.layers.mapping import Block
+from fishleg_core.user_warnings import warn_user
 
 RELATIVE_TOLERANCE = 1e-4
 
@@ -64,8 +64,8 @@ class GradientFactors:
                 self._warn(name, "a forward pass with autograd on had no backward pass")
                 continue
             block = self.blocks[name]
-            left = torch.cat([record.output_grads[i] for i in range(len(record.inputs))]).mT
-            inputs = torch.cat(record.inputs)
+            left = _joined([record.output_grads[i] for i in range(len(record.inputs))]).mT
+            inputs = _joined(record.inputs)
             if len(block.param_names) == 2:
                 inputs = torch.cat([inputs, inputs.new_ones(len(inputs), 1)], dim=1)
             probe = self._probe(name, inputs)
@@ -123,7 +123,12 @@ class GradientFactors:
     def _warn(self, name: str, reason: str) -> None:
         if name not in self._warned:
             self._warned.add(name)
-            warnings.warn(f"layer {name!r}: using the dense Q·g product because {reason}", stacklevel=4)
+            warn_user(f"layer {name!r}: using the dense Q·g product because {reason}")
+
+
+def _joined(pieces: list[Tensor]) -> Tensor:
+    """The pieces stacked along the first dimension (no copy for the usual single forward pass)."""
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
 def _is_linear_block(model: nn.Module, block: Block) -> bool:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Literal, Mapping
 
 from torch import Tensor
 
+from fishleg_core.user_warnings import warn_user
 from fishleg_core.vectors import all_finite
 
 NonFinitePolicy = Literal["skip", "raise"]
@@ -32,5 +32,5 @@ class NonFiniteGuard:
         self.skipped[kind] = self.skipped.get(kind, 0) + 1
         if kind not in self._warned:
             self._warned.add(kind)
-            warnings.warn(message + " (warned once; counts in optimizer.nonfinite.skipped)", RuntimeWarning, stacklevel=4)
+            warn_user(message + " (warned once; counts in optimizer.nonfinite.skipped)", RuntimeWarning)
         return False

@@ -11,6 +11,7 @@ from models import MLP_INPUT, random_inputs, tiny_mlp
 
 import fishleg_core as fl
 import fishleg_core.optimizer as optimizer_module
+from fishleg_core.vectors import all_finite
 
 LIKELIHOOD = fl.LIKELIHOODS.build("gaussian")
 
@@ -58,6 +59,19 @@ def trained(momentum_on="gradient", steps=3, **options):
 def backward(model, optimizer, x, y):
     optimizer.zero_grad()
     LIKELIHOOD.nll(model(x), y).backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("size", [1, 31, 100_003])
+def test_all_finite_finds_one_bad_entry_anywhere(dtype, bad, size):
+    for position in (0, size // 2, size - 1):
+        tensors = {"empty": torch.empty(0, dtype=dtype), "finite": torch.full((3,), 3e38).to(dtype),
+                   "x": torch.randn(size).to(dtype)}
+        assert all_finite(tensors)
+        tensors["x"][position] = bad
+        assert not all_finite(tensors), (position, tensors["x"][position])
+    assert all_finite({})
 
 
 @pytest.mark.parametrize("momentum_on", ["gradient", "update"])

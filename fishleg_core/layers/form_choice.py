@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from fnmatch import fnmatchcase
 from typing import Any, Mapping, Sequence, Union
 
@@ -10,6 +9,7 @@ from fishleg_core.checks import check_mapping
 from fishleg_core.layers.adapters import LAYER_ADAPTERS
 from fishleg_core.layers.mapping import Block
 from fishleg_core.qforms import QFORMS
+from fishleg_core.user_warnings import warn_user
 
 FormSpec = Union[str, Mapping[str, Any]]
 """A form name (``"kron"``) or a name with options (``{"form": "kron_sum", "K": 3}``)."""
@@ -40,13 +40,14 @@ def choose_forms(blocks: Sequence[Block], forms: FormChoices | None) -> list[tup
     chosen = []
     for block in blocks:
         key = _first_pattern(block, specs, type_names) or _closest_type(block, specs)
-        used.add(key) if key else None
+        if key:
+            used.add(key)
         spec = specs[key] if key else default or (block.default_form, {})
         chosen.append(spec)
     unused = [key for key in specs if key not in used]
     if unused:
-        warnings.warn(f"form choices {', '.join(map(repr, unused))} match no layer type or module name "
-                      f"(blocks: {', '.join(block.name for block in blocks)})", stacklevel=3)
+        warn_user(f"form choices {', '.join(map(repr, unused))} match no layer type or module name "
+                      f"(blocks: {', '.join(block.name for block in blocks)})")
     return chosen
 
 

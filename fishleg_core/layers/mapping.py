@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -11,6 +10,7 @@ from torch import nn
 from fishleg_core.checks import check_type
 from fishleg_core.layers.adapters import LayerAdapter, ParameterAdapter, adapter_for
 from fishleg_core.layers.layout import BlockLayout
+from fishleg_core.user_warnings import warn_user
 from fishleg_core.vectors import trainable_parameters
 
 
@@ -64,8 +64,7 @@ def map_blocks(model: nn.Module, strict: bool = False) -> list[Block]:
                 f"strict mode: no layer adapter covers the trainable parameters {listed}; register a "
                 "LayerAdapter for their module type, or pass strict=False to give each its own diagonal block"
             )
-        warnings.warn(f"no layer adapter covers the trainable parameters {listed}; each gets its own diagonal block",
-                      stacklevel=3)
+        warn_user(f"no layer adapter covers the trainable parameters {listed}; each gets its own diagonal block")
     fallback = ParameterAdapter()
     for name in leftover:
         owner = model.get_submodule(name.rpartition(".")[0])
