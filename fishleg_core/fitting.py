@@ -13,7 +13,7 @@ from scipy.sparse.linalg import LinearOperator, cg
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from fishleg_core.auxiliary import auxiliary_loss
+from fishleg_core.auxiliary import AuxiliaryAdam, auxiliary_loss
 from fishleg_core.checks import (
     check_callable,
     check_generator,
@@ -145,7 +145,7 @@ def fit_q(
     check_callable("schedule", schedule, optional=True)
     check_callable("stop", stop, optional=True)
     check_generator(generator)
-    optimizer = torch.optim.Adam(q.parameters(), lr=lr, betas=betas, foreach=True)
+    optimizer = AuxiliaryAdam(q.parameters(), lr, tuple(betas))
     scheduler = schedule(optimizer) if schedule else None
     result = FitResult()
     start = time.perf_counter()

@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from fishleg_core.auxiliary import auxiliary_loss
+from fishleg_core.auxiliary import AuxiliaryAdam, auxiliary_loss
 from fishleg_core.batches import CyclicBatches, batch_inputs
 from fishleg_core.checks import check_callable
 from fishleg_core.config import FishLegConfig, validate
@@ -68,10 +68,8 @@ class FishLeg(torch.optim.Optimizer):
         super().__init__(list(params.values()), defaults)
         self.q: ModelQ = build_model_q(model, forms, self.config.q_init_scale, self.config.strict)
         self.q.cache_grams(self.config.aux_every != 1)  # Gram matrices pay when λ serves several steps
-        self.aux_optimizer = torch.optim.Adam(
-            self.q.parameters(), lr=self.config.aux_lr, betas=self.config.aux_betas, eps=self.config.aux_eps,
-            foreach=True,
-        )
+        self.aux_optimizer = AuxiliaryAdam(self.q.parameters(), self.config.aux_lr, self.config.aux_betas,
+                                           self.config.aux_eps)
         device = next(iter(params.values())).device
         self.generator = torch.Generator(device=device)
         seed = self.config.seed if self.config.seed is not None else torch.initial_seed()

@@ -10,6 +10,7 @@ import torch
 from torch.func import functional_call
 
 from fishleg_core import QFORMS, UnknownNameError
+from fishleg_core.auxiliary import AuxiliaryAdam
 
 SHAPE = (3, 4)
 INIT_SCALE = 0.7
@@ -101,6 +102,21 @@ class TestQFormContract:
 
         values = tuple(p.detach().clone().requires_grad_() for p in q.parameters())
         assert torch.autograd.gradcheck(apply, values)
+
+    def test_products_outside_autograd_follow_every_auxiliary_adam_step(self, name, options):
+        """Cached factors and Gram matrices are rebuilt after each step of the (fused) auxiliary Adam."""
+        q = build(name, options)
+        optimizer = AuxiliaryAdam(q.parameters(), lr=0.1, betas=(0.9, 0.999))
+        G = torch.randn(*SHAPE)
+        for _ in range(3):
+            with torch.no_grad():
+                q(G)  # fills the caches
+            optimizer.zero_grad()
+            q(G).square().sum().backward()
+            optimizer.step()
+            with torch.no_grad():
+                outside_autograd = q(G)
+            torch.testing.assert_close(outside_autograd, q(G).detach(), rtol=1e-12, atol=1e-12)
 
     def test_wrong_block_shape_is_rejected(self, name, options):
         q = build(name, options)
