@@ -15,8 +15,8 @@ test: $(INSTALLED)
 	$(PY) -m pytest -q $(ARGS)
 
 bench: $(INSTALLED)
-	$(PY) benchmarks/bench_step.py
-	$(PY) benchmarks/bench_aux.py
+	$(PY) -m benchmarks.bench_step
+	$(PY) -m benchmarks.bench_aux
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

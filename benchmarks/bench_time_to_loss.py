@@ -50,12 +50,17 @@ def run(make: Callable[[nn.Module], torch.optim.Optimizer], data: torch.Tensor, 
     return {"reached": False, "iterations": len(losses), "seconds": seconds[-1], "loss": running}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=1000)
+def arguments(description: str, iterations: int, help: str) -> argparse.ArgumentParser:
+    """The options shared by the time-to-loss benchmarks: --iterations, --window, --json."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--iterations", type=int, default=iterations, help=help)
     parser.add_argument("--window", type=int, default=20, help="minibatch losses in the running mean")
     parser.add_argument("--json", help="write the measurements to this file")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = arguments(__doc__.splitlines()[0], 1000, "SGD's iterations (FishLeg gets twice as many)").parse_args(argv)
     torch.set_num_threads(2)
     data = mnist_digits()
     sgd = {lr: run(lambda m, lr=lr: torch.optim.SGD(m.parameters(), lr=lr, momentum=MOMENTUM), data,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
 
 import torch
 
-_INTERNAL = (str(Path(__file__).parent), str(Path(torch.__file__).parent))
+_INTERNAL = tuple(str(Path(path).parent) + os.sep for path in (__file__, torch.__file__))
 
 
 def warn_user(message: str, category: type[Warning] = UserWarning) -> None:

@@ -1,0 +1,59 @@
+"""Smoke runs of the speed benchmarks at tiny sizes: they run, and what they report hangs together.
+
+The measured numbers themselves are in README.md; timings are never asserted here (machines are noisy).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from benchmarks import bench_aux, bench_step, bench_time_to_loss, sweep_time_to_loss
+
+
+@pytest.fixture(autouse=True)
+def keep_thread_count():
+    """The benchmarks pin torch to 2 threads; give the other tests back what they had."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bench_step_reports_ratios_against_sgd_from_the_same_run(tmp_path, capsys):
+    result = bench_step.main(["--cycles", "1", "--warmup", "0", "--json", str(tmp_path / "step.json")])
+    assert json.loads((tmp_path / "step.json").read_text()) == result
+    for name in ("aux10", "aux1", "aux10_gmom", "adam"):
+        assert result[f"ratio_{name}"] == pytest.approx(result[f"fishleg_{name}_s" if name != "adam" else "adam_s"]
+                                                        / result["sgdm_s"])
+    assert all(math.isfinite(result[f"{name}_final_loss"]) for name in ("sgdm", "adam", "fishleg_aux10"))
+    assert "fishleg_aux10" in capsys.readouterr().out
+
+
+def test_bench_aux_counts_the_flops_of_a_kron_fit_step(tmp_path):
+    result = bench_aux.main(["--rounds", "1", "--json", str(tmp_path / "aux.json")])
+    assert set(bench_aux.FORMS) <= {key.removeprefix("ratio_") for key in result}
+    assert result["ratio_kron"] > 1  # a fit step holds a forward+backward and more
+    # Q·u forward and backward alone is over 1 GFLOP on the A.6 autoencoder (see README)
+    assert 1.0 < result["kron_step_gflop"] < 10.0
+    assert result["kron_gflops_per_s"] == pytest.approx(result["kron_step_gflop"] / result["kron_step_s"])
+
+
+@pytest.mark.filterwarnings("ignore:FishLeg. non-finite values:RuntimeWarning")  # momentum on g diverges there
+def test_time_to_loss_sets_its_target_from_the_best_stable_sgd_rate():
+    result = bench_time_to_loss.main(["--iterations", "15", "--window", "5"])
+    stable = {lr: r for lr, r in result["sgd_runs"].items() if r["iterations"] == 15 and math.isfinite(r["loss"])}
+    assert result["target_loss"] == min(r["loss"] for r in stable.values())
+    for run in result["fishleg"].values():
+        assert run["iterations"] <= 30
+        assert run["reached"] == (run["loss"] <= result["target_loss"])
+
+
+def test_sweep_runs_every_setting_of_its_grid(monkeypatch):
+    monkeypatch.setattr(sweep_time_to_loss, "GRID", {"lr": (1.0,), "damping": (1.0,), "aux_lr": (1e-3, 3e-3),
+                                                     "aux_every": (10,)})
+    result = sweep_time_to_loss.main(["--iterations", "4", "--sgd-iterations", "10", "--window", "4"])
+    assert [run["aux_lr"] for run in result["fishleg"]] == [1e-3, 3e-3, sweep_time_to_loss.REFERENCE["aux_lr"]]
+    assert all(run["iterations"] <= 4 for run in result["fishleg"])
