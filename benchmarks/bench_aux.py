@@ -19,7 +19,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import fishleg_core as fl
-from benchmarks.common import A6_AUTOENCODER, autoencoder, median, minibatches, mnist_digits, timed, write_json
+from benchmarks.common import median, minibatches, mnist_digits, timed, write_json
+from experiments.autoencoder import SIZES, build_autoencoder
 
 FORMS = ("diagonal", "kron", "ekfac", "kron_sum")
 STEPS = 10
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(2)
     data = mnist_digits()
     batches, curvature = minibatches(data, 100, seed=1), minibatches(data, 100, seed=2)
-    model = autoencoder(A6_AUTOENCODER, seed=0)
+    model = build_autoencoder(SIZES, seed=0)
     qs = {form: fl.build_model_q(model, {"Linear": form}) for form in FORMS}
     times: dict[str, list[float]] = {name: [] for name in ("sgd", *FORMS)}
     big = torch.randn(2048, 2048)

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 import fishleg_core as fl
-from benchmarks.common import DEEP_AUTOENCODER, autoencoder, median, minibatches, mnist_digits, timed, write_json
+from benchmarks.common import DEEP_AUTOENCODER, median, minibatches, mnist_digits, timed, write_json
+from experiments.autoencoder import build_autoencoder
 
 LIKELIHOOD = fl.LIKELIHOODS.build("bernoulli")
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     aux_stream = minibatches(data, 100, seed=2)
     runs = {}
     for name, make in contenders(aux_stream).items():
-        model = autoencoder(DEEP_AUTOENCODER, seed=0)
+        model = build_autoencoder(DEEP_AUTOENCODER, seed=0)
         runs[name] = (model, make(model))
     times: dict[str, list[float]] = {name: [] for name in runs}
     losses: dict[str, list[float]] = {name: [] for name in runs}

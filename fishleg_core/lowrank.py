@@ -35,9 +35,10 @@ class GradientFactors:
     Forward passes with autograd on (outside Fisher computations) record their inputs; a tensor hook on
     the output records Δ. ``factors(gradient)`` returns the factors of every block whose capture
     reproduces its entry in ``gradient`` (checked along a fixed random probe vector r: ‖Gr − left(rightᵀr)‖
-    within 1e-4 ‖Gr‖ plus 100 ε ‖|left|(|right|ᵀ|r|)‖, the round-off of the sums), then starts a new capture. Blocks whose ``.grad`` was changed after backward (clipping,
-    weight decay, accumulation across ``zero_grad``), or forward passes without a backward, fall back to
-    the dense product, with one warning per block.
+    within 1e-4 ‖Gr‖ plus 100 ε ‖|left|(|right|ᵀ|r|)‖, the round-off of the sums), then starts a new
+    capture. Blocks whose ``.grad`` was changed after backward (clipping, weight decay, accumulation across
+    ``zero_grad``), or forward passes without a backward, fall back to the dense product, with one warning
+    per block.
     """
 
     def __init__(self, model: nn.Module, blocks: Iterable[Block]) -> None:
@@ -136,5 +137,6 @@ def _is_linear_block(model: nn.Module, block: Block) -> bool:
     if not issubclass(block.module_type, nn.Linear) or block.layout.axis != 1:
         return False
     module = model.get_submodule(block.name)
-    own = [f"{block.name}.{attr}" if block.name else attr for attr in ("weight", "bias") if getattr(module, attr) is not None]
+    own = [f"{block.name}.{attr}" if block.name else attr
+           for attr in ("weight", "bias") if getattr(module, attr) is not None]
     return list(block.param_names) == own

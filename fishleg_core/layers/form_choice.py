@@ -47,7 +47,7 @@ def choose_forms(blocks: Sequence[Block], forms: FormChoices | None) -> list[tup
     unused = [key for key in specs if key not in used]
     if unused:
         warn_user(f"form choices {', '.join(map(repr, unused))} match no layer type or module name "
-                      f"(blocks: {', '.join(block.name for block in blocks)})")
+                  f"(blocks: {', '.join(block.name for block in blocks)})")
     return chosen
 
 
