@@ -20,7 +20,14 @@ import torch
 from torch import nn
 
 import fishleg_core as fl
-from benchmarks.common import DEEP_AUTOENCODER, median, minibatches, mnist_digits, timed, write_json
+from benchmarks.common import (
+    DEEP_AUTOENCODER,
+    median,
+    minibatches,
+    mnist_digits,
+    timed,
+    write_json,
+)
 from experiments.autoencoder import build_autoencoder
 
 LIKELIHOOD = fl.LIKELIHOODS.build("bernoulli")

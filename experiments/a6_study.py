@@ -26,10 +26,22 @@ from torch import Tensor, nn
 
 import fishleg_core as fl
 from experiments.autoencoder import build_autoencoder, pretrain
-from experiments.config import OWNER, PRETRAINING_FIELDS, ConfigError, StudyConfig, resolve
+from experiments.config import (
+    OWNER,
+    PRETRAINING_FIELDS,
+    ConfigError,
+    StudyConfig,
+    resolve,
+)
 from experiments.data import DataError, Split, load_pixels, minibatches, split
 from experiments.evaluation import float64_copy, heldout_evaluator
-from experiments.fit import Monitor, best_identity_scale, cosine_tail, plateau, training_streams
+from experiments.fit import (
+    Monitor,
+    best_identity_scale,
+    cosine_tail,
+    plateau,
+    training_streams,
+)
 from experiments.kfac_reference import KFACInverse, kronecker_factors
 from experiments.report import Row, result_row, write_reports
 from experiments.store import load_keyed, save_keyed

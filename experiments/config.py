@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fishleg_core import QFORMS
-from fishleg_core.config import validate
+from fishleg_core.checks import validate
 
 OWNER = "a6_study: error"
 """Prefix of every configuration error line: ``a6_study: error: invalid <field>: <reason> (got <value>)``."""

@@ -1,13 +1,23 @@
 """fishleg_core: FishLeg natural-gradient optimisation with learned inverse-Fisher models (QForms)."""
 
 from fishleg_core.auxiliary import AuxiliaryLoss, auxiliary_loss
-from fishleg_core.config import FishLegConfig, InvalidConfigError
+from fishleg_core.checks import InvalidConfigError
+from fishleg_core.evaluation import ProbeEvaluator, QEvaluation
 from fishleg_core.fisher import FISHER_METHODS, fisher_vp
-from fishleg_core.fitting import FitResult, ProbeEvaluator, QEvaluation, fit_q, normalized_gradients
-from fishleg_core.inverse_fisher import BlockQ, ModelQ, QGroup, build_model_q
-from fishleg_core.layers import LAYER_ADAPTERS, Block, BlockLayout, LayerAdapter, UnsupportedLayerError, joint_block, map_blocks
+from fishleg_core.fitting import FitResult, fit_q, normalized_gradients
+from fishleg_core.layers import (
+    LAYER_ADAPTERS,
+    Block,
+    BlockLayout,
+    LayerAdapter,
+    UnsupportedLayerError,
+    joint_block,
+    map_blocks,
+)
 from fishleg_core.likelihoods import LIKELIHOODS, Likelihood
-from fishleg_core.optimizer import FishLeg
+from fishleg_core.model_q import BlockQ, ModelQ, QGroup, build_model_q
+from fishleg_core.optim.config import FishLegConfig
+from fishleg_core.optim.fishleg import FishLeg
 from fishleg_core.qforms import QFORMS, QForm
 from fishleg_core.registry import Registry, UnknownNameError
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import math
 from numbers import Integral, Real
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
 
 import torch
+from pydantic import BaseModel, ValidationError
 from torch import Tensor, nn
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
 def check_number(name: str, value: Any, minimum: float, inclusive: bool = False, below: float = math.inf) -> float:
@@ -65,3 +68,21 @@ def check_callable(name: str, value: Any, optional: bool = False) -> None:
     """``value`` must be callable (or None if ``optional``)."""
     if not callable(value) and not (optional and value is None):
         raise TypeError(f"{name} must be callable{' or None' if optional else ''}, got {type(value).__name__}")
+
+
+class InvalidConfigError(ValueError):
+    """Raised with one line per invalid field: ``<owner>: invalid <field>: <reason> (got <value>)``."""
+
+
+def validate(config_type: type[ConfigT], owner: str, values: Mapping[str, Any]) -> ConfigT:
+    """``config_type(**values)``, with pydantic's errors rewritten to name the field and the value given."""
+    try:
+        return config_type(**values)
+    except ValidationError as error:
+        lines = []
+        for issue in error.errors():
+            field = ".".join(str(part) for part in issue["loc"]) or "configuration"
+            reason = issue["msg"].removeprefix("Value error, ")
+            given = f" (got {issue['input']!r})" if issue["loc"] else ""
+            lines.append(f"{owner}: invalid {field}: {reason}{given}")
+        raise InvalidConfigError("\n".join(lines)) from None

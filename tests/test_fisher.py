@@ -8,10 +8,16 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from models import CNN_INPUT, MLP_INPUT, batchnorm_dropout_mlp, random_inputs, tiny_cnn, tiny_mlp
-from reference import flat, gaussian_fisher, trainable, unflat
+from models import (
+    CNN_INPUT,
+    MLP_INPUT,
+    batchnorm_dropout_mlp,
+    random_inputs,
+    tiny_cnn,
+    tiny_mlp,
+)
+from reference import flat, gaussian_fisher, trainable
 from torch import nn
-from torch.func import functional_call
 
 from fishleg_core.fisher import FISHER_METHODS, fisher_vp
 from fishleg_core.likelihoods import LIKELIHOODS

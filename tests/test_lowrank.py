@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import fishleg_core as fl
-from fishleg_core.lowrank import GradientFactors
+from fishleg_core.gradient_factors import GradientFactors
 from fishleg_core.qforms.positive import TriangularFactor, triangular_gram
 
 

@@ -10,7 +10,7 @@ import torch
 from torch.func import functional_call
 
 from fishleg_core import QFORMS, UnknownNameError
-from fishleg_core.auxiliary import AuxiliaryAdam
+from fishleg_core.aux_optimizers import AuxiliaryAdam
 
 SHAPE = (3, 4)
 INIT_SCALE = 0.7

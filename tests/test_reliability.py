@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import warnings
 
 import pytest
@@ -10,7 +9,7 @@ import torch
 from models import MLP_INPUT, random_inputs, tiny_mlp
 
 import fishleg_core as fl
-import fishleg_core.optimizer as optimizer_module
+import fishleg_core.optim.fishleg as optimizer_module
 from fishleg_core.vectors import all_finite
 
 LIKELIHOOD = fl.LIKELIHOODS.build("gaussian")

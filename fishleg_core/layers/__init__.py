@@ -3,7 +3,12 @@
 from fishleg_core.layers.adapters import LAYER_ADAPTERS, LayerAdapter, adapter_for
 from fishleg_core.layers.form_choice import choose_forms
 from fishleg_core.layers.layout import BlockLayout
-from fishleg_core.layers.mapping import Block, UnsupportedLayerError, joint_block, map_blocks
+from fishleg_core.layers.mapping import (
+    Block,
+    UnsupportedLayerError,
+    joint_block,
+    map_blocks,
+)
 
 __all__ = [
     "LAYER_ADAPTERS",

@@ -7,16 +7,17 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from fishleg_core.auxiliary import AuxiliaryAdam, auxiliary_loss
-from fishleg_core.batches import CyclicBatches, batch_inputs
-from fishleg_core.checks import check_callable
-from fishleg_core.config import FishLegConfig, validate
+from fishleg_core.aux_optimizers import AuxiliaryAdam
+from fishleg_core.auxiliary import auxiliary_loss
+from fishleg_core.checks import check_callable, validate
 from fishleg_core.fisher import fisher_vp
-from fishleg_core.inverse_fisher import LowRankFactors, ModelQ, build_model_q
+from fishleg_core.gradient_factors import GradientFactors
 from fishleg_core.layers.form_choice import FormChoices
 from fishleg_core.likelihoods import Likelihood, resolve_likelihood
-from fishleg_core.lowrank import GradientFactors
-from fishleg_core.nonfinite import NonFiniteGuard
+from fishleg_core.model_q import LowRankFactors, ModelQ, build_model_q
+from fishleg_core.optim.aux_data import CyclicBatches, batch_inputs
+from fishleg_core.optim.config import FishLegConfig
+from fishleg_core.optim.nonfinite import NonFiniteGuard
 from fishleg_core.vectors import ParamDict, norm, scale, trainable_parameters
 
 

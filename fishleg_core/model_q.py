@@ -16,7 +16,6 @@ from fishleg_core.qforms import QFORMS, QForm
 from fishleg_core.qforms.positive import TriangularFactor
 from fishleg_core.vectors import check_entry
 
-
 LowRankFactors = Mapping[str, tuple[Tensor, Tensor]]
 """Block name -> (left, right) with the block's matrix equal to left @ rightᵀ (see ``GradientFactors``)."""
 

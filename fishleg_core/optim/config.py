@@ -1,32 +1,12 @@
-"""Validated hyperparameters (pydantic): errors name the offending field."""
+"""The validated hyperparameters of the FishLeg optimizer (pydantic; errors name the offending field)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, TypeVar
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fishleg_core.fisher import FISHER_METHODS
-
-ConfigT = TypeVar("ConfigT", bound=BaseModel)
-
-
-class InvalidConfigError(ValueError):
-    """Raised with one line per invalid field: ``<owner>: invalid <field>: <reason> (got <value>)``."""
-
-
-def validate(config_type: type[ConfigT], owner: str, values: Mapping[str, Any]) -> ConfigT:
-    """``config_type(**values)``, with pydantic's errors rewritten to name the field and the value given."""
-    try:
-        return config_type(**values)
-    except ValidationError as error:
-        lines = []
-        for issue in error.errors():
-            field = ".".join(str(part) for part in issue["loc"]) or "configuration"
-            reason = issue["msg"].removeprefix("Value error, ")
-            given = f" (got {issue['input']!r})" if issue["loc"] else ""
-            lines.append(f"{owner}: invalid {field}: {reason}{given}")
-        raise InvalidConfigError("\n".join(lines)) from None
 
 
 class FishLegConfig(BaseModel):

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from fishleg_core.fisher.functional import in_functional_view
-from fishleg_core.inverse_fisher import BlockQ, ModelQ
 from fishleg_core.layers.mapping import Block
+from fishleg_core.model_q import BlockQ, ModelQ
 from fishleg_core.user_warnings import warn_user
 
 RELATIVE_TOLERANCE = 1e-4
