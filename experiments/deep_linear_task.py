@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from fishleg_core import LIKELIHOODS, Likelihood
+
 
 def build_deep_linear(depth: int, width: int, seed: int, dtype: torch.dtype = torch.float32) -> nn.Sequential:
     """f(x) = W_depth ⋯ W_1 x: ``depth`` bias-free ``nn.Linear(width, width)`` with entries W_ij ~ N(0, 1/width)."""
@@ -21,8 +23,14 @@ def build_deep_linear(depth: int, width: int, seed: int, dtype: torch.dtype = to
 
 
 def half_squared_error(model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
-    """L = mean_b ½‖y_b − f(x_b)‖²: the Gaussian (σ = 1) negative log-likelihood without its constant."""
-    return 0.5 * (targets - model(inputs)).pow(2).sum(dim=-1).mean()
+    """L = mean_b ½‖y_b − f(x_b)‖² / n (n outputs): the negative log-likelihood of y ~ N(f(x), σ² I) with
+    σ² = n, without its constant (see ``likelihood``), i.e. half the mean squared error per output."""
+    return 0.5 * (targets - model(inputs)).pow(2).mean()
+
+
+def likelihood(width: int) -> Likelihood:
+    """The Gaussian likelihood whose NLL ``half_squared_error`` is: σ = √width."""
+    return LIKELIHOODS.build("gaussian", sigma=width**0.5)
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,6 @@ def test_exact_fisher_vector_product_matches_the_closed_form(damping):
 
 def test_the_teacher_sits_at_the_noise_floor():
     data = teacher_data(depth=3, width=5, n_train=20, n_test=4000, noise=0.01, seed=0)
-    assert data.noise_floor == pytest.approx(0.5 * 5 * 0.01**2, rel=0.05)  # E ½‖σ₀ε‖² = ½ n σ₀²
+    assert data.noise_floor == pytest.approx(0.5 * 0.01**2, rel=0.05)  # E ½‖σ₀ε‖²/n = ½ σ₀²
     student = build_deep_linear(3, 5, seed=0)
     assert half_squared_error(student, data.test_inputs, data.test_targets).item() > 100 * data.noise_floor
