@@ -31,7 +31,7 @@ import fishleg_core as fl
 from experiments.autoencoder import SIZES, build_autoencoder
 from experiments.autoencoder_training_report import plot_figures, summary_table
 from experiments.data import DataError, load_pixels, minibatches, split
-from experiments.store import save_json, write_atomic
+from experiments.store import write_report
 from experiments.training import finished, jsonable, train
 
 LIKELIHOOD = fl.LIKELIHOODS.build("bernoulli")
@@ -180,13 +180,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             bar.update(1)
 
         results = sweep_and_train(experiment, progress)
-    out = Path(args.out)
     report = {"config": asdict(config), **results}
-    save_json(out / "results.json", report)
-    write_atomic(out / "figure2_3.png", lambda path: plot_figures(path, config, results["runs"]))
-    table = summary_table(config, results)
-    write_atomic(out / "summary.md", lambda path: path.write_text(table))
-    print(table)
+    write_report(Path(args.out), report, "figure2_3.png", lambda path: plot_figures(path, config, results["runs"]),
+                 summary_table(config, results))
     return report
 
 

@@ -28,7 +28,7 @@ from experiments.data import minibatches
 from experiments.deep_linear_figure import plot_figure1, summary_table
 from experiments.deep_linear_task import TeacherData, build_deep_linear, half_squared_error, likelihood, teacher_data
 from experiments.frozen_q import FrozenQMonitor
-from experiments.store import save_json, write_atomic
+from experiments.store import write_report
 from experiments.training import jsonable, train
 
 OPTIMIZERS = ("sgdm", "adam", "fishleg")
@@ -136,13 +136,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, list] = {regime: [] for regime in config.regimes}
     for regime, n_train, iterations, seed in tqdm(runs, desc="deep linear (regime, seed)"):
         results[regime].append(run_seed(config, n_train, iterations, seed))
-    out = Path(args.out)
     report = {"config": asdict(config), "regimes": results}
-    save_json(out / "results.json", report)
-    write_atomic(out / "figure1.png", lambda path: plot_figure1(path, config, results))
-    table = summary_table(config, results)
-    write_atomic(out / "summary.md", lambda path: path.write_text(table))
-    print(table)
+    write_report(Path(args.out), report, "figure1.png", lambda path: plot_figure1(path, config, results),
+                 summary_table(config, results))
     return report
 
 

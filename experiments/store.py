@@ -51,3 +51,12 @@ def load_keyed(path: Path, key: str) -> Any | None:
         print(f"a6_study: note: {path} was made with other settings; recomputing it", file=sys.stderr)
         return None
     return record["value"]
+
+
+def write_report(out: Path, report: dict[str, Any], figure: str, plot: Callable[[Path], None], table: str) -> None:
+    """``out/results.json`` (the report), ``out/<figure>`` (drawn by ``plot``) and ``out/summary.md`` (``table``,
+    also printed)."""
+    save_json(out / "results.json", report)
+    write_atomic(out / figure, plot)
+    write_atomic(out / "summary.md", lambda path: path.write_text(table))
+    print(table)

@@ -28,13 +28,11 @@ def closed_form_fisher(weights: list[torch.Tensor], inputs: torch.Tensor, sigma:
     """
     n = inputs.shape[1]
     second_moment = inputs.T @ inputs / inputs.shape[0]
-    after = [chain(weights[l + 1:], n) for l in range(len(weights))]
-    before = [chain(weights[:l], n) for l in range(len(weights))]
-    rows = [
-        torch.cat([torch.kron(after[l].T @ after[m], before[l] @ second_moment @ before[m].T)
-                   for m in range(len(weights))], dim=1)
-        for l in range(len(weights))
-    ]
+    layers = range(len(weights))
+    after = [chain(weights[i + 1:], n) for i in layers]  # A_i
+    before = [chain(weights[:i], n) for i in layers]  # P_i
+    rows = [torch.cat([torch.kron(after[i].T @ after[j], before[i] @ second_moment @ before[j].T) for j in layers],
+                      dim=1) for i in layers]
     return torch.cat(rows, dim=0) / sigma**2
 
 
