@@ -6,13 +6,19 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: study test bench
+.PHONY: study test bench deep-linear autoencoder-training
 
 study: $(INSTALLED)
 	$(PY) -m experiments.a6_study $(ARGS)
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q $(ARGS)
+
+deep-linear: $(INSTALLED)
+	$(PY) -m experiments.deep_linear $(ARGS)
+
+autoencoder-training: $(INSTALLED)
+	$(PY) -m experiments.autoencoder_training $(ARGS)
 
 bench: $(INSTALLED)
 	$(PY) -m benchmarks.bench_step
