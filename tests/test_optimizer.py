@@ -11,6 +11,7 @@ from models import MLP_INPUT, random_inputs, tiny_mlp
 from torch import nn
 
 import fishleg_core as fl
+from fishleg_core.qforms.positive import TriangularFactor
 
 
 def regression_problem(seed=0, n=64, dtype=torch.float64):
@@ -133,6 +134,23 @@ def test_state_dict_carries_the_auxiliary_parameters_and_their_adam_state():
     assert state["steps"] == 1
 
 
+def test_an_aux_every_schedule_updates_lambda_at_the_steps_it_names(monkeypatch):
+    model = tiny_mlp(2, dtype=torch.float32)
+    x = random_inputs(MLP_INPUT, 8, dtype=torch.float32)
+    optimizer = fl.FishLeg(model, "gaussian", lr=0.1, aux_every=((0, 1), (3, 4), (9, 0)), aux_data=[x])
+    updated = []
+    step = optimizer.auxiliary.step
+    monkeypatch.setattr(optimizer.auxiliary, "step", lambda *a: updated.append(optimizer.steps) or step(*a))
+    caching = []
+    for _ in range(14):
+        optimizer.zero_grad()
+        model(x).sum().backward()
+        optimizer.step()
+        caching.append({m.cache_gram for m in optimizer.q.modules() if isinstance(m, TriangularFactor)})
+    assert updated == [0, 1, 2, 3, 7]  # every step, then every 4th from step 3, then none from step 9
+    assert caching == [{False}] * 3 + [{True}] * 11  # Gram matrices cached where λ serves several steps
+
+
 def test_lr_schedulers_drive_the_step_size():
     model = tiny_mlp(1, dtype=torch.float32)
     optimizer = fl.FishLeg(model, "gaussian", lr=1.0, aux_every=0, momentum=0.0)
@@ -191,6 +209,9 @@ def test_a_likelihood_that_does_not_fit_the_outputs_is_a_clear_error():
         ({"momentum_on": "q"}, "momentum_on"),
         ({"damping": -0.1}, "damping"),
         ({"aux_every": -1}, "aux_every"),
+        ({"aux_every": ((1, 2),)}, "aux_every"),  # a schedule must start at step 0
+        ({"aux_every": ((0, 1), (5, 2), (5, 10))}, "aux_every"),  # first steps must increase
+        ({"aux_every": ((0, 1), (5, -2))}, "aux_every"),
         ({"aux_lr": 0.0}, "aux_lr"),
         ({"aux_betas": (0.9, 1.0)}, "aux_betas"),
         ({"fisher_method": "empirical-ish"}, "fisher_method"),

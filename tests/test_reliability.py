@@ -135,9 +135,10 @@ def test_an_error_in_the_auxiliary_update_changes_nothing():
     assert_same(before, snapshot(model, optimizer), ["params", "q", "adam", "momentum", "steps"])
 
 
+@pytest.mark.parametrize("aux_every", [2, ((0, 1), (4, 3))], ids=["every2", "schedule"])
 @pytest.mark.parametrize("method", fl.FISHER_METHODS.names())
 @pytest.mark.parametrize("momentum_on", ["gradient", "update"])
-def test_resume_is_bit_identical_for_every_fisher_method(method, momentum_on, tmp_path):
+def test_resume_is_bit_identical_for_every_fisher_method(method, momentum_on, aux_every, tmp_path):
     generator = torch.Generator().manual_seed(0)
     data = [(torch.randn(8, 4, generator=generator, dtype=torch.float64),
              torch.randn(8, 2, generator=generator, dtype=torch.float64)) for _ in range(10)]
@@ -146,7 +147,7 @@ def test_resume_is_bit_identical_for_every_fisher_method(method, momentum_on, tm
 
     def make():
         model = tiny_mlp(2)
-        return model, fl.FishLeg(model, LIKELIHOOD, lr=0.1, sgd_lr=0.05, aux_lr=0.01, aux_every=2, seed=7,
+        return model, fl.FishLeg(model, LIKELIHOOD, lr=0.1, sgd_lr=0.05, aux_lr=0.01, aux_every=aux_every, seed=7,
                                  fisher_method=method, momentum_on=momentum_on, forms={"Linear": "kron_sum"},
                                  aux_data=aux)
 

@@ -27,7 +27,10 @@ class FishLegConfig(BaseModel):
     aux_lr: float = Field(1e-4, gt=0, allow_inf_nan=False, description="α: Adam learning rate of λ")
     aux_betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas of λ")
     aux_eps: float = Field(1e-8, gt=0, allow_inf_nan=False, description="Adam epsilon of λ")
-    aux_every: int = Field(10, ge=0, description="one auxiliary update every this many steps; 0: none (Q fixed)")
+    aux_every: int | tuple[tuple[int, int], ...] = Field(
+        10, description="one auxiliary update every this many steps (0: none, Q fixed), or a schedule of phases "
+        "((first step, period), ...) from step 0, e.g. ((0, 1), (200, 10)): every step, then every 10th from 200"
+    )
     fisher_method: str = Field("exact", description="a name in FISHER_METHODS")
     low_rank: bool = Field(True, description="multiply Q with the low-rank factors of linear layers' gradients "
                            "(momentum_on='update', no weight decay); False: always the dense product")
@@ -45,6 +48,18 @@ class FishLegConfig(BaseModel):
             raise ValueError("both betas must lie in [0, 1)")
         return betas
 
+    @field_validator("aux_every")
+    @classmethod
+    def _valid_schedule(cls, aux_every: int | tuple[tuple[int, int], ...]) -> int | tuple[tuple[int, int], ...]:
+        phases = ((0, aux_every),) if isinstance(aux_every, int) else aux_every
+        if not phases or phases[0][0] != 0:
+            raise ValueError("a schedule needs phases (first step, period), the first one starting at step 0")
+        if any(later <= earlier for (earlier, _), (later, _) in zip(phases, phases[1:])):
+            raise ValueError("the phases' first steps must increase")
+        if any(period < 0 for _, period in phases):
+            raise ValueError("periods must be >= 0 (0: no auxiliary updates)")
+        return aux_every
+
     @field_validator("fisher_method")
     @classmethod
     def _registered_method(cls, name: str) -> str:
@@ -57,6 +72,18 @@ class FishLegConfig(BaseModel):
         if self.sgd_lr is not None and self.init_scale is not None:
             raise ValueError("give at most one of sgd_lr and init_scale")
         return self
+
+    def aux_phase(self, step: int) -> tuple[int, int]:
+        """(first step, period) of the auxiliary-update phase that holds ``step``."""
+        if isinstance(self.aux_every, int):
+            return 0, self.aux_every
+        return [phase for phase in self.aux_every if phase[0] <= step][-1]
+
+    def aux_due(self, step: int) -> bool:
+        """Whether step ``step`` (counted from 0) makes an auxiliary update: its phase has a period k > 0 and
+        k divides the steps since the phase began."""
+        first, period = self.aux_phase(step)
+        return period > 0 and (step - first) % period == 0
 
     @property
     def q_init_scale(self) -> float:

@@ -28,7 +28,7 @@ class FishLeg(torch.optim.Optimizer):
             \alpha \text{ (aux\_lr)}, k \text{ (aux\_every)}, Q(\lambda_0) = q_0 I \\
        &\textbf{for}\: t = 0, 1, \dots: \\
        &\quad g_t = \nabla_\theta L(\theta_t) \;(+\; w\,\theta_t \text{ with weight\_decay } w) \\
-       &\quad \textbf{if}\: k > 0 \text{ and } t \bmod k = 0:
+       &\quad \textbf{if}\: k > 0 \text{ and } (t - t_0) \bmod k = 0 \;(k, t_0 \text{: the period and first step of the phase of } t):
             u = g_t / \lVert g_t \rVert,\;
             \lambda \leftarrow \mathrm{Adam}_\alpha\big(\lambda, \nabla_\lambda
             [\tfrac12 (Qu)^\top F_\gamma (Qu) - u^\top Q u]\big)
@@ -55,7 +55,9 @@ class FishLeg(torch.optim.Optimizer):
             (like ``torch.optim.SGD(lr=sgd_lr·(1 − β), momentum=β)``). At most one of sgd_lr, init_scale.
         init_scale: start Q at init_scale·I (default I).
         aux_lr, aux_betas, aux_eps: Adam hyperparameters of λ.
-        aux_every: one auxiliary update every this many steps, the first step included; 0: Q stays fixed.
+        aux_every: one auxiliary update every this many steps, the first step included; 0: Q stays fixed. Or
+            a schedule of phases ((first step, period), ...) starting at step 0, e.g. ((0, 1), (200, 10)):
+            frequent updates early, sparser later (paper §5.2).
         fisher_method: a name in ``FISHER_METHODS`` ("exact", "sampled", "empirical").
         low_rank: use the low-rank factors of linear layers' gradients for Q·g (``momentum_on="update"``,
             no weight decay, no DDP); False: always the dense product.
@@ -87,7 +89,7 @@ class FishLeg(torch.optim.Optimizer):
         aux_lr: float = 1e-4,
         aux_betas: tuple[float, float] = (0.9, 0.999),
         aux_eps: float = 1e-8,
-        aux_every: int = 10,
+        aux_every: int | tuple[tuple[int, int], ...] = 10,
         fisher_method: str = "exact",
         low_rank: bool = True,
         strict: bool = False,
@@ -111,7 +113,8 @@ class FishLeg(torch.optim.Optimizer):
         defaults = {"lr": lr, "momentum": self.config.momentum, "weight_decay": self.config.weight_decay}
         super().__init__(list(params.values()), defaults)
         self.q: ModelQ = build_model_q(model, forms, self.config.q_init_scale, self.config.strict)
-        self.q.cache_grams(self.config.aux_every != 1)  # Gram matrices pay when λ serves several steps
+        self._caching_grams: bool | None = None
+        self._cache_grams_for(0)
         device = next(iter(params.values())).device
         generator = torch.Generator(device=device)
         seed = self.config.seed if self.config.seed is not None else torch.initial_seed()
@@ -149,7 +152,8 @@ class FishLeg(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        aux_due = bool(self.config.aux_every) and self.steps % self.config.aux_every == 0
+        aux_due = self.config.aux_due(self.steps)
+        self._cache_grams_for(self.steps)
         aux_batch_parts = (given if given is not None else split_batch(self._next_aux_batch())) if aux_due else None
         gradient = self._gradient()
         if not self.nonfinite.check("gradient", gradient, "the step is skipped"):
@@ -175,6 +179,14 @@ class FishLeg(torch.optim.Optimizer):
             torch._foreach_add_(params, [direction[self._names[id(p)]] for p in params], alpha=-group["lr"])
         self.steps += 1
         return loss
+
+    def _cache_grams_for(self, step: int) -> None:
+        """Gram matrices pay when λ serves several steps: cache them unless the phase of ``step`` updates λ
+        at every step (a function of the step count alone, so a resumed run takes the same products)."""
+        caching = self.config.aux_phase(step)[1] != 1
+        if caching != self._caching_grams:
+            self.q.cache_grams(caching)
+            self._caching_grams = caching
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)
