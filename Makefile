@@ -6,21 +6,33 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: study test bench deep-linear autoencoder-training
+.PHONY: help study test lint format bench deep-linear autoencoder-training
 
-study: $(INSTALLED)
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+study: $(INSTALLED)  ## the Appendix A.6 study on the embedded MNIST digits -> results/a6/ (ARGS="--quick": smoke run)
 	$(PY) -m experiments.a6_study $(ARGS)
 
-test: $(INSTALLED)
+test: $(INSTALLED)  ## the test-suite (ARGS: extra pytest arguments)
 	$(PY) -m pytest -q $(ARGS)
 
-deep-linear: $(INSTALLED)
+deep-linear: $(INSTALLED)  ## Figure 1 (deep linear network) -> results/deep_linear/ (ARGS="--quick": smoke run)
 	$(PY) -m experiments.deep_linear $(ARGS)
 
-autoencoder-training: $(INSTALLED)
+autoencoder-training: $(INSTALLED)  ## Figures 2-3 (autoencoder training) -> results/autoencoder_training/
 	$(PY) -m experiments.autoencoder_training $(ARGS)
 
-bench: $(INSTALLED)
+lint: $(INSTALLED)  ## ruff (lint and format check) and mypy on the whole repository
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(INSTALLED)  ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: $(INSTALLED)  ## the speed benchmarks
 	$(PY) -m benchmarks.bench_step
 	$(PY) -m benchmarks.bench_aux
 
