@@ -19,9 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -54,24 +55,34 @@ class AutoencoderConfig:
     sweep_iterations: int = 500
     seeds: int = 2
     every: int = 50  # iterations between evaluations
-    sweep: dict[str, list[float]] = field(default_factory=lambda: {
-        "sgdm": [0.003, 0.01, 0.03],
-        "adam": [3e-4, 1e-3, 3e-3],
-        "soap": [1e-3, 3e-3],
-        "fishleg_aux10": [0.1, 0.3],
-    })
+    sweep: dict[str, list[float]] = field(
+        default_factory=lambda: {
+            "sgdm": [0.003, 0.01, 0.03],
+            "adam": [3e-4, 1e-3, 3e-3],
+            "soap": [1e-3, 3e-3],
+            "fishleg_aux10": [0.1, 0.3],
+        }
+    )
     fishleg: dict[str, Any] = field(default_factory=lambda: {"damping": 1.0, "aux_lr": 3e-3, "momentum": MOMENTUM})
     aux_every: dict[str, int] = field(default_factory=lambda: {"fishleg_aux10": 10})
 
 
 def quick_config() -> AutoencoderConfig:
-    return AutoencoderConfig(sizes=(784, 32, 8, 32, 784), n_train=400, n_heldout=100, iterations=40,
-                             sweep_iterations=20, seeds=1, every=10,
-                             sweep={"sgdm": [0.01, 0.03], "adam": [1e-3], "soap": [3e-3], "fishleg_aux10": [0.3]})
+    return AutoencoderConfig(
+        sizes=(784, 32, 8, 32, 784),
+        n_train=400,
+        n_heldout=100,
+        iterations=40,
+        sweep_iterations=20,
+        seeds=1,
+        every=10,
+        sweep={"sgdm": [0.01, 0.03], "adam": [1e-3], "soap": [3e-3], "fishleg_aux10": [0.3]},
+    )
 
 
-def make_optimizer(name: str, lr: float, model: nn.Module, config: AutoencoderConfig, sgd_lr: float,
-                   aux: Any) -> torch.optim.Optimizer:
+def make_optimizer(
+    name: str, lr: float, model: nn.Module, config: AutoencoderConfig, sgd_lr: float, aux: Any
+) -> torch.optim.Optimizer:
     """The contender ``name`` at learning rate ``lr``."""
     if name == "sgdm":
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM)
@@ -82,8 +93,16 @@ def make_optimizer(name: str, lr: float, model: nn.Module, config: AutoencoderCo
 
         return SOAP(model.parameters(), lr=lr, weight_decay=0.0, precondition_frequency=10)
     # torch's SGD(lr=s, momentum=β) is Algorithm 1's convention at s / (1 − β)
-    return fl.FishLeg(model, LIKELIHOOD, lr=lr, sgd_lr=sgd_lr / (1 - MOMENTUM), aux_every=config.aux_every[name],
-                      aux_data=aux, seed=0, **config.fishleg)
+    return fl.FishLeg(
+        model,
+        LIKELIHOOD,
+        lr=lr,
+        sgd_lr=sgd_lr / (1 - MOMENTUM),
+        aux_every=config.aux_every[name],
+        aux_data=aux,
+        seed=0,
+        **config.fishleg,
+    )
 
 
 def reconstruction_loss(model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
@@ -105,15 +124,24 @@ class Experiment:
         aux = minibatches(data.train, config.batch, torch.Generator().manual_seed(1_000 + seed))
         optimizer = make_optimizer(name, lr, model, config, sgd_lr, aux)
         inputs = minibatches(data.train, config.batch, torch.Generator().manual_seed(seed))
-        curve = train(model, optimizer, reconstruction_loss, ((x, x) for x in inputs), iterations, config.every,
-                      lambda _: self._heldout(model))
+        curve = train(
+            model,
+            optimizer,
+            reconstruction_loss,
+            ((x, x) for x in inputs),
+            iterations,
+            config.every,
+            lambda _: self._heldout(model),
+        )
         return {"lr": lr, "seed": seed, "finished": finished(curve, iterations), "curve": jsonable(curve)}
 
     def _heldout(self, model: nn.Module) -> dict[str, float]:
         with torch.no_grad():
             logits = model(self.data.heldout)
-            return {"test_nll": LIKELIHOOD.nll(logits, self.data.heldout).item(),
-                    "test_squared_error": (torch.sigmoid(logits) - self.data.heldout).pow(2).sum(1).mean().item()}
+            return {
+                "test_nll": LIKELIHOOD.nll(logits, self.data.heldout).item(),
+                "test_squared_error": (torch.sigmoid(logits) - self.data.heldout).pow(2).sum(1).mean().item(),
+            }
 
 
 def best_rate(runs: list[dict[str, Any]]) -> float:
@@ -175,14 +203,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(1)
     total = sum(len(rates) for rates in config.sweep.values()) + config.seeds * len(config.sweep)
     with tqdm(total=total, desc="autoencoder runs") as bar:
+
         def progress(label: str) -> None:
             bar.set_postfix_str(label)
             bar.update(1)
 
         results = sweep_and_train(experiment, progress)
     report = {"config": asdict(config), **results}
-    write_report(Path(args.out), report, "figure2_3.png", lambda path: plot_figures(path, config, results["runs"]),
-                 summary_table(config, results))
+    write_report(
+        Path(args.out),
+        report,
+        "figure2_3.png",
+        lambda path: plot_figures(path, config, results["runs"]),
+        summary_table(config, results),
+    )
     return report
 
 

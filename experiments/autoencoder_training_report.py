@@ -9,10 +9,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from experiments.training import mean_and_spread, time_to_reach  # noqa: E402
+from experiments.training import mean_and_spread, time_to_reach
 
 LABELS = {"sgdm": "SGD with momentum", "adam": "Adam", "soap": "SOAP (pytorch-optimizer)"}
 
@@ -33,9 +33,10 @@ def plot_figures(path: Path, config: Any, runs: dict[str, list[dict]]) -> None:
             start = 1 if key == "minibatch_loss" else 0  # no minibatch loss before the first step
             for column, x in enumerate((iterations, seconds)):
                 ax = axes[row, column]
-                line, = ax.plot(x[start:], mean[start:], label=f"{label(name)} (lr {seeds[0]['lr']:g})")
-                ax.fill_between(x[start:], (mean - spread)[start:], (mean + spread)[start:], alpha=0.2,
-                                color=line.get_color())
+                (line,) = ax.plot(x[start:], mean[start:], label=f"{label(name)} (lr {seeds[0]['lr']:g})")
+                ax.fill_between(
+                    x[start:], (mean - spread)[start:], (mean + spread)[start:], alpha=0.2, color=line.get_color()
+                )
     for row, what in enumerate(("training loss (nats)", "held-out reconstruction NLL (nats)")):
         for column, x in enumerate(("iteration", "training seconds (1 thread, loaded machine)")):
             ax = axes[row, column]
@@ -70,18 +71,23 @@ def summary_table(config: Any, results: dict[str, Any]) -> str:
     runs = results["runs"]
     ratios = reach_times(runs)
     sgd_time = np.array([run["curve"]["seconds"][-1] for run in runs["sgdm"]])
-    lines = [f"{config.iterations} iterations, {config.seeds} seeds; best learning rates from the sweep on seed 0 "
-             f"({config.sweep_iterations} iterations): " + ", ".join(
-                 f"{name} {rates} → {results['best_lr'][name]:g}" for name, rates in config.sweep.items()), "",
-             "| optimizer | lr | final training loss | final held-out NLL | time / SGDm time | time to SGDm's final "
-             "loss / SGDm time | reached |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"{config.iterations} iterations, {config.seeds} seeds; best learning rates from the sweep on seed 0 "
+        f"({config.sweep_iterations} iterations): "
+        + ", ".join(f"{name} {rates} → {results['best_lr'][name]:g}" for name, rates in config.sweep.items()),
+        "",
+        "| optimizer | lr | final training loss | final held-out NLL | time / SGDm time | time to SGDm's final "
+        "loss / SGDm time | reached |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for name, seeds in runs.items():
         train = [run["curve"]["minibatch_loss"][-1] for run in seeds if run["finished"]]
         test = [run["curve"]["test_nll"][-1] for run in seeds if run["finished"]]
         time_ratio = np.array([run["curve"]["seconds"][-1] for run in seeds]) / sgd_time
         reached = [r for r in ratios[name] if r is not None]
-        lines.append(f"| {label(name)} | {results['best_lr'][name]:g} | {_mean_sd(train, '.2f')} | "
-                     f"{_mean_sd(test, '.2f')} | {_mean_sd(list(time_ratio))} | {_mean_sd(reached)} | "
-                     f"{len(reached)}/{len(seeds)} |")
+        lines.append(
+            f"| {label(name)} | {results['best_lr'][name]:g} | {_mean_sd(train, '.2f')} | "
+            f"{_mean_sd(test, '.2f')} | {_mean_sd(list(time_ratio))} | {_mean_sd(reached)} | "
+            f"{len(reached)}/{len(seeds)} |"
+        )
     return "\n".join(lines) + "\n"

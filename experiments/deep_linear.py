@@ -41,8 +41,7 @@ class DeepLinearConfig:
     depth: int = 20
     width: int = 20
     noise: float = 0.001
-    regimes: dict[str, tuple[int, int]] = field(default_factory=lambda: {"large": (4000, 2000),
-                                                                           "small": (40, 2000)})
+    regimes: dict[str, tuple[int, int]] = field(default_factory=lambda: {"large": (4000, 2000), "small": (40, 2000)})
     n_test: int = 2000
     batch: int = 40
     seeds: int = 2
@@ -59,8 +58,15 @@ class DeepLinearConfig:
 
 
 def quick_config() -> DeepLinearConfig:
-    return DeepLinearConfig(depth=5, width=6, regimes={"large": (400, 60), "small": (40, 60)}, n_test=200,
-                            seeds=1, every=20, freeze_every=40)
+    return DeepLinearConfig(
+        depth=5,
+        width=6,
+        regimes={"large": (400, 60), "small": (40, 60)},
+        n_test=200,
+        seeds=1,
+        every=20,
+        freeze_every=40,
+    )
 
 
 def contender(name: str, model: torch.nn.Module, config: DeepLinearConfig, aux: Any) -> torch.optim.Optimizer:
@@ -68,9 +74,18 @@ def contender(name: str, model: torch.nn.Module, config: DeepLinearConfig, aux: 
         return torch.optim.SGD(model.parameters(), lr=config.sgd_lr, momentum=0.9)
     if name == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.adam_lr)
-    return fl.FishLeg(model, likelihood(config.width), lr=config.lr, momentum=config.momentum,
-                      momentum_on=config.momentum_on, damping=config.damping, aux_lr=config.aux_lr,
-                      aux_every=config.aux_every, aux_data=aux, seed=0)
+    return fl.FishLeg(
+        model,
+        likelihood(config.width),
+        lr=config.lr,
+        momentum=config.momentum,
+        momentum_on=config.momentum_on,
+        damping=config.damping,
+        aux_lr=config.aux_lr,
+        aux_every=config.aux_every,
+        aux_data=aux,
+        seed=0,
+    )
 
 
 def run_seed(config: DeepLinearConfig, n_train: int, iterations: int, seed: int) -> dict[str, Any]:
@@ -83,8 +98,13 @@ def run_seed(config: DeepLinearConfig, n_train: int, iterations: int, seed: int)
         optimizer = contender(name, model, config, aux)
         monitor = None
         if name == "fishleg":
-            monitor = FrozenQMonitor(optimizer, half_squared_error, _pairs(data, config.batch, seed=3 * seed + 2),
-                                     data.test_inputs[:200], config.freeze_every)
+            monitor = FrozenQMonitor(
+                optimizer,
+                half_squared_error,
+                _pairs(data, config.batch, seed=3 * seed + 2),
+                data.test_inputs[:200],
+                config.freeze_every,
+            )
 
         def evaluate(iteration: int, model=model, optimizer=optimizer, monitor=monitor) -> dict[str, float]:
             values = _losses(model, data)
@@ -94,16 +114,25 @@ def run_seed(config: DeepLinearConfig, n_train: int, iterations: int, seed: int)
                 values["aux_loss_in_training"] = float("nan") if last is None else last.item()
             return values
 
-        curve = train(model, optimizer, half_squared_error, _pairs(data, config.batch, seed=3 * seed),
-                      iterations, config.every, evaluate)
+        curve = train(
+            model,
+            optimizer,
+            half_squared_error,
+            _pairs(data, config.batch, seed=3 * seed),
+            iterations,
+            config.every,
+            evaluate,
+        )
         result[name] = {"curve": jsonable(curve), **({"panel_b": monitor.records} if monitor else {})}
     return result
 
 
 def _losses(model: torch.nn.Module, data: TeacherData) -> dict[str, float]:
     with torch.no_grad():
-        return {"train_loss": half_squared_error(model, data.train_inputs, data.train_targets).item(),
-                "test_loss": half_squared_error(model, data.test_inputs, data.test_targets).item()}
+        return {
+            "train_loss": half_squared_error(model, data.train_inputs, data.train_targets).item(),
+            "test_loss": half_squared_error(model, data.test_inputs, data.test_targets).item(),
+        }
 
 
 def _pairs(data: TeacherData, batch: int, seed: int):
@@ -131,14 +160,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             parser.error(f"--seeds must be at least 1, got {args.seeds}")
         config.seeds = args.seeds
     torch.set_num_threads(1)
-    runs = [(regime, n_train, iterations, seed) for regime, (n_train, iterations) in config.regimes.items()
-            for seed in range(config.seeds)]
+    runs = [
+        (regime, n_train, iterations, seed)
+        for regime, (n_train, iterations) in config.regimes.items()
+        for seed in range(config.seeds)
+    ]
     results: dict[str, list] = {regime: [] for regime in config.regimes}
     for regime, n_train, iterations, seed in tqdm(runs, desc="deep linear (regime, seed)"):
         results[regime].append(run_seed(config, n_train, iterations, seed))
     report = {"config": asdict(config), "regimes": results}
-    write_report(Path(args.out), report, "figure1.png", lambda path: plot_figure1(path, config, results),
-                 summary_table(config, results))
+    write_report(
+        Path(args.out),
+        report,
+        "figure1.png",
+        lambda path: plot_figure1(path, config, results),
+        summary_table(config, results),
+    )
     return report
 
 

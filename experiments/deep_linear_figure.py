@@ -8,10 +8,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from experiments.training import mean_and_spread  # noqa: E402
+from experiments.training import mean_and_spread
 
 COLORS = {"sgdm": "tab:blue", "adam": "tab:orange", "fishleg": "tab:green"}
 LABELS = {"sgdm": "SGD with momentum", "adam": "Adam", "fishleg": "FishLeg"}
@@ -43,8 +43,7 @@ def plot_figure1(path: Path, config: Any, results: dict[str, list[dict]]) -> Non
                 for row, x in ((0, iterations * config.batch / n_train), (2, seconds)):
                     ax = axes[row, column]
                     ax.plot(x, mean, style, color=COLORS[name], label=label)
-                    ax.fill_between(x, np.maximum(mean - spread, 1e-12), mean + spread, color=COLORS[name],
-                                    alpha=0.15)
+                    ax.fill_between(x, np.maximum(mean - spread, 1e-12), mean + spread, color=COLORS[name], alpha=0.15)
         for row in (0, 2):
             ax = axes[row, column]
             ax.axhline(floor, color="gray", label="noise floor (teacher's test loss)")
@@ -77,8 +76,11 @@ def _panel_b(ax, runs: list[dict]) -> None:
 
 def summary_table(config: Any, results: dict[str, list[dict]]) -> str:
     """Per regime and optimizer: final train and test loss (mean ± sd), test loss / noise floor, seconds."""
-    lines = ["| regime | optimizer | epochs | final train loss | final test loss | test / noise floor | "
-             "seconds | × SGDm time |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| regime | optimizer | epochs | final train loss | final test loss | test / noise floor | "
+        "seconds | × SGDm time |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for regime, runs in results.items():
         n_train, iterations = config.regimes[regime]
         floor = np.array([run["noise_floor"] for run in runs])
@@ -90,12 +92,17 @@ def summary_table(config: Any, results: dict[str, list[dict]]) -> str:
                 f"| {regime} ({n_train}) | {LABELS[name]} | {iterations * config.batch / n_train:g} | "
                 f"{np.mean(train):.3g} ± {np.std(train):.2g} | {np.mean(test):.3g} ± {np.std(test):.2g} | "
                 f"{np.mean(ratio):.3g} ± {np.std(ratio):.2g} | {np.mean(seconds):.1f} | "
-                f"{np.mean(seconds / sgd_seconds):.2f} |")
+                f"{np.mean(seconds / sgd_seconds):.2f} |"
+            )
         live = [run["fishleg"]["panel_b"]["live"] for run in runs]
-        lines.append(f"\n{regime}: noise floor {np.mean(floor):.3g} ± {np.std(floor):.2g}; FishLeg's auxiliary "
-                     f"loss A(Q; u) (common probes) from {np.mean([v[0] for v in live]):.4g} to "
-                     f"{np.mean([v[-1] for v in live]):.4g} (mean over seeds)\n")
+        lines.append(
+            f"\n{regime}: noise floor {np.mean(floor):.3g} ± {np.std(floor):.2g}; FishLeg's auxiliary "
+            f"loss A(Q; u) (common probes) from {np.mean([v[0] for v in live]):.4g} to "
+            f"{np.mean([v[-1] for v in live]):.4g} (mean over seeds)\n"
+        )
         if regime != list(results)[-1]:
-            lines.append("| regime | optimizer | epochs | final train loss | final test loss | test / noise floor | "
-                         "seconds | × SGDm time |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+            lines.append(
+                "| regime | optimizer | epochs | final train loss | final test loss | test / noise floor | "
+                "seconds | × SGDm time |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+            )
     return "\n".join(lines) + "\n"

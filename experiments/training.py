@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -47,8 +47,12 @@ def train(
             mean = torch.stack(window).mean().item()
             window = []
             diverged = not math.isfinite(mean)
-            point = {"iteration": iteration, "seconds": seconds, "minibatch_loss": mean,
-                     **({} if diverged else evaluate(iteration))}
+            point = {
+                "iteration": iteration,
+                "seconds": seconds,
+                "minibatch_loss": mean,
+                **({} if diverged else evaluate(iteration)),
+            }
             for key, value in point.items():
                 curve.setdefault(key, []).append(value)
             if diverged:

@@ -29,10 +29,12 @@ def closed_form_fisher(weights: list[torch.Tensor], inputs: torch.Tensor, sigma:
     n = inputs.shape[1]
     second_moment = inputs.T @ inputs / inputs.shape[0]
     layers = range(len(weights))
-    after = [chain(weights[i + 1:], n) for i in layers]  # A_i
+    after = [chain(weights[i + 1 :], n) for i in layers]  # A_i
     before = [chain(weights[:i], n) for i in layers]  # P_i
-    rows = [torch.cat([torch.kron(after[i].T @ after[j], before[i] @ second_moment @ before[j].T) for j in layers],
-                      dim=1) for i in layers]
+    rows = [
+        torch.cat([torch.kron(after[i].T @ after[j], before[i] @ second_moment @ before[j].T) for j in layers], dim=1)
+        for i in layers
+    ]
     return torch.cat(rows, dim=0) / sigma**2
 
 

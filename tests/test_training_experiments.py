@@ -38,8 +38,15 @@ def squared(model, inputs, targets):
 def test_train_evaluates_at_the_start_every_few_steps_and_at_the_end():
     model = nn.Linear(2, 1)
     calls = []
-    curve = train(model, torch.optim.SGD(model.parameters(), lr=0.01), squared, constant_batches(), 7, 3,
-                  lambda iteration: calls.append(iteration) or {"probe": float(iteration)})
+    curve = train(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.01),
+        squared,
+        constant_batches(),
+        7,
+        3,
+        lambda iteration: calls.append(iteration) or {"probe": float(iteration)},
+    )
     assert calls == curve["iteration"] == [0, 3, 6, 7]
     assert curve["probe"] == [0.0, 3.0, 6.0, 7.0]
     assert math.isnan(curve["minibatch_loss"][0]) and finished(curve, 7)
@@ -49,8 +56,7 @@ def test_train_evaluates_at_the_start_every_few_steps_and_at_the_end():
 
 def test_train_stops_at_a_non_finite_loss():
     model = nn.Linear(2, 1)
-    curve = train(model, torch.optim.SGD(model.parameters(), lr=1e20), squared, constant_batches(), 50, 2,
-                  lambda _: {})
+    curve = train(model, torch.optim.SGD(model.parameters(), lr=1e20), squared, constant_batches(), 50, 2, lambda _: {})
     assert curve["iteration"][-1] < 50 and not math.isfinite(curve["minibatch_loss"][-1])
     assert not finished(curve, 50)
 
@@ -73,7 +79,7 @@ def test_deep_linear_quick_run(deep_linear_run):
     assert json.loads((out / "results.json").read_text())["config"] == json.loads(json.dumps(report["config"]))
     assert (out / "figure1.png").read_bytes()[:8] == PNG
     assert "noise floor" in (out / "summary.md").read_text()
-    for regime, (n_train, iterations) in report["config"]["regimes"].items():
+    for regime, (_, iterations) in report["config"]["regimes"].items():
         run = report["regimes"][regime][0]
         starts = {name: run[name]["curve"]["train_loss"][0] for name in deep_linear.OPTIMIZERS}
         assert len(set(starts.values())) == 1  # the same student initialisation for every optimizer

@@ -28,7 +28,8 @@ class FishLeg(torch.optim.Optimizer):
             \alpha \text{ (aux\_lr)}, k \text{ (aux\_every)}, Q(\lambda_0) = q_0 I \\
        &\textbf{for}\: t = 0, 1, \dots: \\
        &\quad g_t = \nabla_\theta L(\theta_t) \;(+\; w\,\theta_t \text{ with weight\_decay } w) \\
-       &\quad \textbf{if}\: k > 0 \text{ and } (t - t_0) \bmod k = 0 \;(k, t_0 \text{: the period and first step of the phase of } t):
+       &\quad \textbf{if}\: k > 0 \text{ and } (t - t_0) \bmod k = 0
+            \;(k, t_0 \text{: period and first step of } t\text{'s phase}):
             u = g_t / \lVert g_t \rVert,\;
             \lambda \leftarrow \mathrm{Adam}_\alpha\big(\lambda, \nabla_\lambda
             [\tfrac12 (Qu)^\top F_\gamma (Qu) - u^\top Q u]\big)
