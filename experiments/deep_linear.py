@@ -159,6 +159,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.seeds < 1:
             parser.error(f"--seeds must be at least 1, got {args.seeds}")
         config.seeds = args.seeds
+    if config.freeze_every % config.every:
+        parser.error(f"freeze_every ({config.freeze_every}) must be a multiple of every ({config.every}): Q is "
+                     "frozen at evaluation points")
     torch.set_num_threads(1)
     runs = [
         (regime, n_train, iterations, seed)
