@@ -28,7 +28,6 @@ import fishleg_core as fl
 from experiments.autoencoder import build_autoencoder, pretrain
 from experiments.config import (
     OWNER,
-    PRETRAINING_FIELDS,
     ConfigError,
     StudyConfig,
     resolve,
@@ -121,7 +120,7 @@ def run(config: StudyConfig, data: Split, out: Path, force: bool, progress: bool
     keys = {f"forms/{name}": config.form_key(name) for name in config.forms}
     keys.update({f"references/{name}": config.reference_key() for name in REFERENCES})
     paths = {name: out / f"{name}-{key}.json" for name, key in keys.items()}
-    rows = {name: None if force else load_keyed(paths[name], key) for name, key in keys.items()}
+    rows = {name: None if force else load_keyed(paths[name], key, name) for name, key in keys.items()}
     pending = [name for name, row in rows.items() if row is None]
     if pending:
         _note(f"evaluating on held-out probes: CG on F_γ x = u for {config.n_probes} probes ...")
@@ -150,10 +149,10 @@ def pretrained_model(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The autoencoder after ``pretrain_iterations`` of SGD with momentum, frozen (saved in
     ``out/pretrained-<key>.pt``, the key a hash of the pre-training settings, and reused), with its losses."""
-    key = config.key(PRETRAINING_FIELDS)
+    key = config.pretraining_key()
     path = out / f"pretrained-{key}.pt"
     model = build_autoencoder(seed=config.seed)
-    saved = None if force else load_keyed(path, key)
+    saved = None if force else load_keyed(path, key, "pre-trained model")
     if saved is None:
         batches = minibatches(data.train, config.batch_size, torch.Generator().manual_seed(config.seed))
         losses = pretrain(model, likelihood, batches, config.pretrain_iterations, config.pretrain_lr,

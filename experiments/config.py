@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from experiments.provenance import code_hash, environment
 from fishleg_core import QFORMS
 from fishleg_core.checks import validate
 
@@ -122,18 +123,29 @@ class StudyConfig(BaseModel):
         return self
 
     def key(self, include: tuple[str, ...] | None = None, exclude: tuple[str, ...] = (), **extra: Any) -> str:
-        """A hash of the settings (``include`` only, or all but ``exclude``) and ``extra`` values, keying a
-        cached result to the settings that made it."""
+        """A hash of the settings (``include`` only, or all but ``exclude``), ``extra`` values and the
+        ``environment()`` (library source hash, torch version), keying a cached result to what made it."""
         values = self.model_dump(include=set(include) if include else None, exclude=set(exclude)) | extra
+        values["environment"] = environment()
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
+    def pretraining_key(self) -> str:
+        """The key of the pre-trained model: the data and pre-training settings."""
+        return self.key(PRETRAINING_FIELDS)
+
     def form_key(self, form: str) -> str:
-        """The key of a form's result: every setting but the list of forms and the other forms' rates."""
-        return self.key(exclude=("forms", "aux_lr"), lr=self.lr(form))
+        """The key of a form's result: every setting but the list of forms and the other forms' rates, the
+        form's name and the hash of its code (``form_code``)."""
+        return self.key(exclude=("forms", "aux_lr"), lr=self.lr(form), form=form, code=code_hash(*form_code(form)))
 
     def reference_key(self) -> str:
         """The key of a reference row: every setting but the forms and those of their fits."""
         return self.key(exclude=("forms", *FIT_FIELDS))
+
+
+def form_code(form: str) -> list[Any]:
+    """The classes and functions outside the library that a form's result depends on: its QForm class."""
+    return [QFORMS.get(form)]
 
 
 def resolve(file: str | None, quick: bool, overrides: Mapping[str, Any]) -> StudyConfig:
