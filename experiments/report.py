@@ -15,9 +15,8 @@ import fishleg_core as fl  # noqa: E402
 from experiments.autoencoder import SIZES  # noqa: E402
 from experiments.config import StudyConfig  # noqa: E402
 from experiments.fit import last_tenth_mean  # noqa: E402
+from experiments.results import Row, StudyResults  # noqa: E402
 from experiments.store import save_json, write_atomic  # noqa: E402
-
-Row = dict[str, Any]
 
 PLATEAU_CRITERION = (
     "M(Q) = the mean of A(Q; u) over fixed training directions u (each with F_γ on its own fixed training "
@@ -52,9 +51,10 @@ def result_row(
     }
 
 
-def write_reports(out: Path, config: StudyConfig, pretraining: dict[str, Any], forms: list[Row],
-                  references: list[Row]) -> None:
+def write_reports(results: StudyResults) -> None:
     """``results.json`` (resolved configuration, pre-training, rows), ``figure4.png`` and ``summary.md``."""
+    out, config, pretraining, forms, references = (results.out, results.config, results.pretraining,
+                                                   results.forms, results.references)
     save_json(out / "results.json", {
         "config": config.model_dump(),
         "pretraining": pretraining,

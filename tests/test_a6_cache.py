@@ -11,22 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_study import TINY_STUDY
 
 import fishleg_core as fl
 from experiments import a6_study, provenance
 from experiments.provenance import code_hash, source_tree_hash
 from fishleg_core.qforms.diagonal import DiagonalQ
-
-TINY = """
-pretrain_iterations: 10
-steps: 6
-n_probes: 1
-n_curvature: 100
-cg_rtol: 1.0e-3
-monitor_directions: 1
-kfac_samples: 1
-"""
-"""Settings even smaller than --quick, for runs that test caching."""
 
 
 def helper(G):
@@ -96,7 +86,7 @@ def test_source_tree_hash_changes_with_any_file(tmp_path):
 def study(tmp_path, monkeypatch):
     """Runs of the tiny study on the form ``test_doubled``, counting fits and pre-trainings."""
     config = tmp_path / "tiny.yaml"
-    config.write_text(TINY)
+    config.write_text(TINY_STUDY)
     counts = {"fits": 0, "pretrainings": 0}
     fit_q, pretrain = fl.fit_q, a6_study.pretrain
 
@@ -143,3 +133,21 @@ def test_another_torch_or_library_recomputes_everything(change, doubled, study, 
         monkeypatch.setattr(provenance, "library_hash", lambda: "edited-library")
     study()
     assert study.counts == {"fits": 2, "pretrainings": 2}
+
+
+SCALE = 1.0
+
+
+class Scaled(DiagonalQ):
+    def multiply(self, G):
+        return SCALE * super().multiply(G)
+
+
+def test_code_hash_sees_the_module_constants_a_form_uses(monkeypatch):
+    before = code_hash(Scaled)
+    monkeypatch.setattr(sys.modules[__name__], "SCALE", 0.01)
+    assert code_hash(Scaled) != before
+    monkeypatch.setattr(sys.modules[__name__], "SCALE", torch.ones(2))
+    with_tensor = code_hash(Scaled)
+    monkeypatch.setattr(sys.modules[__name__], "SCALE", torch.tensor([1.0, 2.0]))
+    assert code_hash(Scaled) != with_tensor
