@@ -35,6 +35,7 @@ from experiments.config import (
 )
 from experiments.data import DataError, Split, load_pixels, minibatches, split
 from experiments.evaluation import float64_copy, heldout_evaluator
+from experiments.form_specs import file_name, parse_spec
 from experiments.fit import (
     Monitor,
     best_identity_scale,
@@ -118,12 +119,18 @@ def check_forms(forms: Sequence[str]) -> None:
     """Build every form on the autoencoder before anything runs, so that a form that refuses these blocks
     (``dense`` caps its block size) is reported as bad input rather than failing after pre-training."""
     model = build_autoencoder()
-    for name in forms:
+    for label in forms:
         try:
             with torch.random.fork_rng(devices=[]):
-                fl.build_model_q(model, {"default": name})
+                build_form(model, label, init_scale=1.0)
         except (ValueError, TypeError) as error:
-            raise ConfigError(f"form {name!r} cannot be used on the autoencoder: {error}") from None
+            raise ConfigError(f"form {label!r} cannot be used on the autoencoder: {error}") from None
+
+
+def build_form(model: nn.Module, label: str, init_scale: float) -> fl.ModelQ:
+    """Q of the form labelled ``label`` (``name:option=value:...``) on every block of ``model``."""
+    spec = parse_spec(label)
+    return fl.build_model_q(model, {"default": {"form": spec.name, **spec.options}}, init_scale=init_scale)
 
 
 def run_study(
@@ -138,9 +145,9 @@ def run_study(
     data = prepare(config) if data is None else data
     likelihood = fl.LIKELIHOODS.build("bernoulli")
     model, pretraining = pretrained_model(config, data, out, likelihood, force, progress)
-    keys = {f"forms/{name}": config.form_key(name) for name in config.forms}
+    keys = {f"forms/{label}": config.form_key(label) for label in config.forms}
     keys.update({f"references/{name}": config.reference_key() for name in REFERENCES})
-    paths = {name: out / f"{name}-{key}.json" for name, key in keys.items()}
+    paths = {name: out / f"{file_name(name)}-{key}.json" for name, key in keys.items()}
     rows = {name: None if force else load_keyed(paths[name], key, name) for name, key in keys.items()}
     pending = [name for name, row in rows.items() if row is None]
     if pending:
@@ -204,7 +211,7 @@ def fit_form(
     name: str, monitor_set: tuple[list[ParamDict], list[Tensor]], config: StudyConfig, model: nn.Module,
     likelihood: fl.Likelihood, train: Tensor, evaluator: fl.ProbeEvaluator, progress: bool,
 ) -> Row:
-    """Q of form ``name`` on every block, fitted by Adam for ``steps`` steps on the same seeded stream of
+    """Q of the form labelled ``name`` (``kron_sum:K=3``) on every block, fitted by Adam for ``steps`` steps on the same seeded stream of
     (u, curvature batch) pairs as every other form, then evaluated in float64. Every form starts at the same
     Q₀ = c·I, c the best identity multiple on the monitor's directions (so no form spends its budget on the
     overall scale)."""
@@ -213,7 +220,7 @@ def fit_form(
     init_scale = best_identity_scale(directions, products)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # random initial terms (kron_sum) are the same in every run
-        q = fl.build_model_q(model, {"default": name}, init_scale=init_scale)
+        q = build_form(model, name, init_scale)
     monitor = Monitor(model, likelihood, q, directions, curvature, config.damping, config.steps)
     stream, batches = training_streams(model, likelihood, train, config.batch_size, config.curvature_batch,
                                        config.seed, q)

@@ -121,8 +121,10 @@ def _figure(path: Path, forms: list[Row], references: list[Row]) -> None:
     exact optimum and the references' held-out A as horizontal lines (values off the curves' scale are
     given in the legend). Right: the normalised error per form and reference (bars: mean; dots: probes)."""
     fig, (curves, errors) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     rows = forms + references
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if len(rows) > len(colors):  # every row its own colour
+        colors = [plt.get_cmap("tab20")(i % 20) for i in range(len(rows))]
     optimum = rows[0]["mean_probe_optimal_aux_loss"]
     shown = [optimum]
     for i, row in enumerate(forms):
