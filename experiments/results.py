@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +15,15 @@ Row = dict[str, Any]
 
 @dataclass
 class StudyResults:
-    """The study's results, as written to ``out/results.json``."""
+    """The study's results, as written to ``out/results.json``; with several seeds, the rows combine them
+    (``experiments.seeds``) and ``runs`` holds each seed's own results."""
 
     config: StudyConfig
     out: Path
     pretraining: dict[str, Any]
     forms: list[Row]
     references: list[Row]
+    runs: list["StudyResults"] = field(default_factory=list)
 
     def row(self, name: str) -> Row:
         """The row of the form or reference ``name``."""
@@ -31,5 +33,5 @@ class StudyResults:
         return rows[name]
 
     def normalized_errors(self) -> dict[str, float]:
-        """Held-out normalised error e (mean over probes) per form and reference, in table order."""
+        """Held-out normalised error e (mean over probes, and seeds) per form and reference, in table order."""
         return {row["name"]: row["mean_normalized_error"] for row in self.forms + self.references}
