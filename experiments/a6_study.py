@@ -35,7 +35,6 @@ from experiments.config import (
 )
 from experiments.data import DataError, Split, load_pixels, minibatches, split
 from experiments.evaluation import float64_copy, heldout_evaluator
-from experiments.form_specs import file_name, parse_spec
 from experiments.fit import (
     Monitor,
     best_identity_scale,
@@ -43,6 +42,7 @@ from experiments.fit import (
     plateau,
     training_streams,
 )
+from experiments.form_specs import file_name, parse_spec
 from experiments.kfac_reference import KFACInverse, kronecker_factors
 from experiments.plugins import PluginError, load_plugins
 from experiments.report import result_row, write_reports
@@ -226,10 +226,10 @@ def fit_form(
     name: str, monitor_set: tuple[list[ParamDict], list[Tensor]], config: StudyConfig, model: nn.Module,
     likelihood: fl.Likelihood, train: Tensor, evaluator: fl.ProbeEvaluator, progress: bool,
 ) -> Row:
-    """Q of the form labelled ``name`` (``kron_sum:K=3``) on every block, fitted by Adam for ``steps`` steps on the same seeded stream of
-    (u, curvature batch) pairs as every other form, then evaluated in float64. Every form starts at the same
-    Q₀ = c·I, c the best identity multiple on the monitor's directions (so no form spends its budget on the
-    overall scale)."""
+    """Q of the form labelled ``name`` (``kron_sum:K=3``) on every block, fitted by Adam for ``steps`` steps on
+    the same seeded stream of (u, curvature batch) pairs as every other form, then evaluated in float64. Every
+    form starts at the same Q₀ = c·I, c the best identity multiple on the monitor's directions (so no form
+    spends its budget on the overall scale)."""
     directions, curvature = monitor_set
     products = [fl.fisher_vp(model, likelihood, x, u, "exact", config.damping) for u, x in zip(directions, curvature)]
     init_scale = best_identity_scale(directions, products)

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tiny_study import TINY_STUDY
 
 from experiments import a6_study
