@@ -13,7 +13,7 @@ from fishleg_core.layers.form_choice import FormChoices, choose_forms
 from fishleg_core.layers.mapping import map_blocks
 from fishleg_core.qforms.positive import TriangularFactor
 
-__all__ = ["BlockQ", "LowRankFactors", "ModelQ", "QGroup", "build_model_q"]
+__all__ = ["BlockQ", "LowRankFactors", "ModelQ", "QGroup", "build_model_q", "check_model_q"]
 
 
 class ModelQ(nn.Module):
@@ -126,3 +126,20 @@ def build_model_q(
     order = {name: i for i, name in enumerate(params)}
     made.sort(key=lambda group: min(order[name] for name in group.param_names))
     return ModelQ(made, param_order=list(params))
+
+
+def check_model_q(q: object, params: Mapping[str, Tensor]) -> None:
+    """Raise unless ``q`` is a ``ModelQ`` covering exactly ``params`` (name -> parameter), with their shapes."""
+    if not isinstance(q, ModelQ):
+        raise TypeError(f"q must be a ModelQ (see build_model_q), got {type(q).__name__}")
+    missing = [name for name in params if name not in q.param_names]
+    extra = [name for name in q.param_names if name not in params]
+    if missing or extra:
+        raise ValueError(f"q must cover every trainable parameter of the model once; missing: {missing or 'none'}, "
+                         f"not trainable parameters of the model: {extra or 'none'}")
+    for group in q.groups:
+        for block in group.blocks:
+            for name, shape in zip(block.param_names, block.layout.param_shapes):
+                if params[name].shape != shape:
+                    raise ValueError(f"q: block {block.name!r} has {name} of shape {tuple(shape)}, the model's is "
+                                     f"{tuple(params[name].shape)}")

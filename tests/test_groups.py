@@ -48,3 +48,6 @@ class TestQGroupContract:
 
     def test_state_dict_round_trip(self, case):
         contract.check_state_dict_round_trip(case)
+
+    def test_exact_resume_inside_fishleg(self, case):
+        contract.check_exact_resume_in_fishleg(case)
