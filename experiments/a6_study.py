@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 import fishleg_core as fl
 from experiments.autoencoder import build_autoencoder, pretrain
+from experiments.coupling import build_study_q, layer_split
 from experiments.config import (
     OWNER,
     PRETRAINING_FIELDS,
@@ -109,7 +110,7 @@ def check_forms(forms: Sequence[str]) -> None:
     for name in forms:
         try:
             with torch.random.fork_rng(devices=[]):
-                fl.build_model_q(model, {"default": name})
+                build_study_q(model, name)
         except (ValueError, TypeError) as error:
             raise ConfigError(f"form {name!r} cannot be used on the autoencoder: {error}") from None
 
@@ -191,7 +192,7 @@ def fit_form(
     init_scale = best_identity_scale(directions, products)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # random initial terms (kron_sum) are the same in every run
-        q = fl.build_model_q(model, {"default": name}, init_scale=init_scale)
+        q = build_study_q(model, name, init_scale=init_scale)
     monitor = Monitor(model, likelihood, q, directions, curvature, config.damping, config.steps)
     stream, batches = training_streams(model, likelihood, train, config.batch_size, config.curvature_batch,
                                        config.seed, q)
@@ -199,11 +200,13 @@ def fit_form(
         fit = fl.fit_q(model, likelihood, q, stream, batches, config.steps, lr=config.lr(name),
                        damping=config.damping, method="exact", schedule=cosine_tail(config.steps, config.decay_fraction),
                        stop=monitor, progress=name if progress else False)
-    evaluation = evaluator.evaluate(float64_copy(q))
+    q64 = float64_copy(q)
+    evaluation = evaluator.evaluate(q64)
     _note(f"{name}: {fit.seconds:.1f} s, held-out e = {evaluation.mean_normalized_error:.3f}")
     return result_row(name, "form", evaluation, sum(p.numel() for p in q.parameters()), fit.seconds, fit.curve,
                       plateau(monitor.record["steps"], monitor.record["aux_loss"], config.plateau_tolerance),
-                      init_scale=init_scale, lr=config.lr(name), monitor=monitor.record)
+                      init_scale=init_scale, lr=config.lr(name), monitor=monitor.record,
+                      layer_split=layer_split(evaluator, q64))
 
 
 def identity_reference(
@@ -214,7 +217,9 @@ def identity_reference(
     start = time.perf_counter()
     c = best_identity_scale(evaluator.probes, [evaluator.damped_fisher(u) for u in evaluator.probes])
     seconds = time.perf_counter() - start
-    return result_row("identity", "reference", evaluator.evaluate(lambda u: scale(u, c)), 1, seconds, scale=c)
+    identity = lambda u: scale(u, c)  # noqa: E731
+    return result_row("identity", "reference", evaluator.evaluate(identity), 1, seconds, scale=c,
+                      layer_split=layer_split(evaluator, identity))
 
 
 def kfac_reference(
@@ -228,7 +233,8 @@ def kfac_reference(
     factors = kronecker_factors(model64, likelihood, train.double(), config.kfac_samples, generator)
     q = KFACInverse(model64, factors, config.damping)
     seconds = time.perf_counter() - start
-    return result_row("kfac", "reference", evaluator.evaluate(q), q.n_params, seconds)
+    return result_row("kfac", "reference", evaluator.evaluate(q), q.n_params, seconds,
+                      layer_split=layer_split(evaluator, q))
 
 
 REFERENCES: dict[str, Callable[..., Row]] = {"identity": identity_reference, "kfac": kfac_reference}

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fishleg_core import QFORMS
+from experiments.coupling import study_form_names
 from fishleg_core.checks import validate
 
 OWNER = "a6_study: error"
@@ -78,9 +78,9 @@ class StudyConfig(BaseModel):
     @field_validator("forms")
     @classmethod
     def _registered_forms(cls, forms: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [name for name in forms if name not in QFORMS]
+        unknown = [name for name in forms if name not in study_form_names()]
         if unknown:
-            raise ValueError(f"unknown QForm {', '.join(map(repr, unknown))}; known: {', '.join(QFORMS.names())}")
+            raise ValueError(f"unknown QForm {', '.join(map(repr, unknown))}; known: {', '.join(study_form_names())}")
         if not forms or len(set(forms)) != len(forms):
             raise ValueError("give one or more distinct QForm names")
         return forms
@@ -95,7 +95,7 @@ class StudyConfig(BaseModel):
     def _rates(cls, aux_lr: dict[str, float]) -> dict[str, float]:
         if "default" not in aux_lr:
             raise ValueError("give a 'default' learning rate")
-        unknown = [name for name in aux_lr if name != "default" and name not in QFORMS]
+        unknown = [name for name in aux_lr if name != "default" and name not in study_form_names()]
         if unknown:
             raise ValueError(f"learning rates for unknown QForms {', '.join(map(repr, unknown))}")
         if not all(math.isfinite(lr) and lr > 0 for lr in aux_lr.values()):
