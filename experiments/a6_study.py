@@ -44,6 +44,7 @@ from experiments.fit import (
     training_streams,
 )
 from experiments.kfac_reference import KFACInverse, kronecker_factors
+from experiments.references import CURVLINOPS_REFERENCES
 from experiments.report import Row, result_row, write_reports
 from experiments.store import load_keyed, save_keyed
 from fishleg_core.vectors import ParamDict, scale
@@ -237,7 +238,8 @@ def kfac_reference(
                       layer_split=layer_split(evaluator, q))
 
 
-REFERENCES: dict[str, Callable[..., Row]] = {"identity": identity_reference, "kfac": kfac_reference}
+REFERENCES: dict[str, Callable[..., Row]] = {"identity": identity_reference, "kfac": kfac_reference,
+                                             **CURVLINOPS_REFERENCES}
 
 
 def _note(message: str) -> None:

@@ -7,6 +7,8 @@ examples, DESIGN §2), so (F + γI)⁻¹ = N (F_sum + NγI)⁻¹: we invert with
 
 from __future__ import annotations
 
+import time
+from functools import partial
 from typing import Callable, Literal, Sequence
 
 import torch
@@ -14,10 +16,13 @@ from curvlinops import EKFACLinearOperator, KFACInverseLinearOperator, KFACLinea
 from torch import Tensor, nn
 
 import fishleg_core as fl
+from experiments.config import StudyConfig
+from experiments.coupling import layer_split
+from experiments.evaluation import float64_copy
+from experiments.report import Row, result_row
 from fishleg_core.likelihoods.bernoulli import BernoulliLikelihood
 from fishleg_core.likelihoods.categorical import CategoricalLikelihood
 from fishleg_core.vectors import ParamDict, dot, scale
-
 LinearMap = Callable[[ParamDict], ParamDict]
 
 
@@ -50,7 +55,8 @@ def curvlinops_inverse(
     inverse = KFACInverseLinearOperator(approximation, damping=n * damping, use_exact_damping=True)
 
     def apply(u: ParamDict) -> ParamDict:
-        result = inverse @ [u[name] for name in names]
+        with torch.enable_grad():  # the first product computes the factors, by backward passes
+            result = inverse @ [u[name].detach() for name in names]
         return {name: n * piece for name, piece in zip(names, result)}
 
     return apply
@@ -67,3 +73,39 @@ def best_rescaling(q: LinearMap, probes: Sequence[ParamDict], damped_fisher: Lin
 def rescaled(q: LinearMap, c: float) -> LinearMap:
     """u ↦ c·Q u."""
     return lambda u: scale(q(u), c)
+
+
+
+def kronecker_parameter_count(model: nn.Module, eigenvalues: bool = False) -> int:
+    """Free entries of the symmetric Kronecker factors, Σ_blocks r(r+1)/2 + c(c+1)/2 (as many as ``kron``),
+    plus the r·c corrected eigenvalues of each block for EKFAC."""
+    shapes = [block.shape for block in fl.map_blocks(model)]
+    return sum(r * (r + 1) // 2 + c * (c + 1) // 2 + (r * c if eigenvalues else 0) for r, c in shapes)
+
+
+def _curvlinops_row(kind: Literal["kfac", "ekfac"], config: StudyConfig, model: nn.Module, likelihood: fl.Likelihood,
+                    train: Tensor, evaluator: fl.ProbeEvaluator, rescale: bool = False) -> Row:
+    """A reference row from curvlinops in float64 on the training inputs with ``kfac_samples`` model-sampled
+    targets per input; with ``rescale``, c*·Q with c* the best rescaling on the probes (like the identity
+    reference); with its within/between-layer split."""
+    start = time.perf_counter()
+    model64 = float64_copy(model)
+    q = curvlinops_inverse(kind, model64, likelihood, train.double(), config.damping, config.kfac_samples,
+                           seed=config.seed)
+    details = {}
+    if rescale:
+        details["scale"] = c = best_rescaling(q, evaluator.probes, evaluator.damped_fisher)
+        q = rescaled(q, c)
+    seconds = time.perf_counter() - start
+    name = f"{kind}_curvlinops" + ("_rescaled" if rescale else "")
+    n_params = kronecker_parameter_count(model, eigenvalues=kind == "ekfac") + rescale
+    return result_row(name, "reference", evaluator.evaluate(q), n_params, seconds,
+                      layer_split=layer_split(evaluator, q), **details)
+
+
+CURVLINOPS_REFERENCES: dict[str, Callable[..., Row]] = {
+    "kfac_curvlinops": partial(_curvlinops_row, "kfac"),
+    "kfac_curvlinops_rescaled": partial(_curvlinops_row, "kfac", rescale=True),
+    "ekfac_curvlinops": partial(_curvlinops_row, "ekfac"),
+}
+"""The study's curvlinops references, by row name: (config, model, likelihood, train, evaluator) -> row."""

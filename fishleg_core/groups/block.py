@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -30,9 +29,10 @@ class BlockQ(QGroup):
 
     def multiply(self, x: list[BlockVector]) -> list[Tensor]:
         (vector,) = x
-        if vector.factors is not None and self.form.low_rank_pays(vector.factors.rank):
-            return [self.form.multiply_low_rank(vector.factors.left, vector.factors.right)]
-        return [self.form(vector.matrix())]
+        product = None
+        if vector.factors is not None:  # None when the form's low-rank product does not pay at this rank
+            product = self.form.multiply_low_rank(vector.factors.left, vector.factors.right)
+        return [product if product is not None else self.form(vector.matrix())]
 
     def packed_dense(self) -> Tensor:
         return self.form.to_dense()
@@ -62,19 +62,5 @@ def block_q(
     (block,) = blocks
     if not isinstance(block, Block):
         raise TypeError(f"group form 'block': blocks must hold Block objects, got {type(block).__name__}")
-    with factory_defaults(device, dtype):
-        q = QFORMS.build(form, shape=block.shape, init_scale=init_scale, **options)
+    q = QFORMS.build(form, shape=block.shape, init_scale=init_scale, device=device, dtype=dtype, **options)
     return BlockQ(block, q)
-
-
-@contextmanager
-def factory_defaults(device: torch.device | str | None, dtype: torch.dtype | None) -> Iterator[None]:
-    """Create tensors with ``dtype`` and on ``device`` (torch's defaults where None)."""
-    previous = torch.get_default_dtype()
-    if dtype is not None:
-        torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device if device is not None else torch.get_default_device()):
-            yield
-    finally:
-        torch.set_default_dtype(previous)

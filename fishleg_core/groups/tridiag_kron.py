@@ -50,9 +50,9 @@ class TridiagKronQ(QGroup):
         coupling_init = check_number("coupling_init", coupling_init, 0.0, below=0.01)
         root = init_scale**0.25
         shapes = [block.shape for block in self.blocks]
-        factory = {"device": device, "dtype": dtype if dtype is not None else torch.get_default_dtype()}
-        self.L = nn.ModuleList([TriangularFactor(torch.eye(m, **factory) * root) for m, _ in shapes])
-        self.R = nn.ModuleList([TriangularFactor(torch.eye(n, **factory) * root) for _, n in shapes])
+        factory = {"device": device, "dtype": dtype}
+        self.L = nn.ModuleList([TriangularFactor.scaled_identity(m, root, **factory) for m, _ in shapes])
+        self.R = nn.ModuleList([TriangularFactor.scaled_identity(n, root, **factory) for _, n in shapes])
         coupling_norm = coupling_init**0.5 * root
         self.C = nn.ParameterList(
             [_random_with_norm((m1, m0), coupling_norm, factory) for (m0, _), (m1, _) in zip(shapes, shapes[1:])]
