@@ -26,7 +26,6 @@ from torch import Tensor, nn
 
 import fishleg_core as fl
 from experiments.autoencoder import build_autoencoder, pretrain
-from experiments.coupling import build_study_q, layer_split
 from experiments.config import (
     OWNER,
     PRETRAINING_FIELDS,
@@ -34,6 +33,7 @@ from experiments.config import (
     StudyConfig,
     resolve,
 )
+from experiments.coupling import build_study_q, layer_split
 from experiments.data import DataError, Split, load_pixels, minibatches, split
 from experiments.evaluation import float64_copy, heldout_evaluator
 from experiments.fit import (

@@ -12,7 +12,7 @@ a group form such as ``tridiag_kron`` can steer it.
 from __future__ import annotations
 
 import statistics
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

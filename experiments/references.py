@@ -8,8 +8,9 @@ examples, DESIGN §2), so (F + γI)⁻¹ = N (F_sum + NγI)⁻¹: we invert with
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Callable, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from curvlinops import EKFACLinearOperator, KFACInverseLinearOperator, KFACLinearOperator
@@ -23,6 +24,7 @@ from experiments.report import Row, result_row
 from fishleg_core.likelihoods.bernoulli import BernoulliLikelihood
 from fishleg_core.likelihoods.categorical import CategoricalLikelihood
 from fishleg_core.vectors import ParamDict, dot, scale
+
 LinearMap = Callable[[ParamDict], ParamDict]
 
 
@@ -36,8 +38,14 @@ def summed_loss(likelihood: fl.Likelihood) -> nn.Module:
 
 
 def curvlinops_inverse(
-    kind: Literal["kfac", "ekfac"], model: nn.Module, likelihood: fl.Likelihood, inputs: Tensor, damping: float,
-    samples: int | None = None, seed: int = 0, batch_size: int = 500,
+    kind: Literal["kfac", "ekfac"],
+    model: nn.Module,
+    likelihood: fl.Likelihood,
+    inputs: Tensor,
+    damping: float,
+    samples: int | None = None,
+    seed: int = 0,
+    batch_size: int = 500,
 ) -> LinearMap:
     """u ↦ (K + γI)⁻¹u, K the KFAC or EKFAC approximation of the Fisher on ``inputs`` (targets never used):
     Monte Carlo with ``samples`` model-sampled targets per input, or the exact expectation over the targets
@@ -49,8 +57,16 @@ def curvlinops_inverse(
         data = [(x, likelihood.sample(model(x), generator)) for x in torch.split(inputs, batch_size)]
     operator = {"kfac": KFACLinearOperator, "ekfac": EKFACLinearOperator}[kind]
     mc = {"fisher_type": "mc", "mc_samples": samples} if samples is not None else {"fisher_type": "type-2"}
-    approximation = operator(model, summed_loss(likelihood), params, data, seed=seed, check_deterministic=False,
-                             separate_weight_and_bias=False, **mc)
+    approximation = operator(
+        model,
+        summed_loss(likelihood),
+        params,
+        data,
+        seed=seed,
+        check_deterministic=False,
+        separate_weight_and_bias=False,
+        **mc,
+    )
     n = len(inputs)
     inverse = KFACInverseLinearOperator(approximation, damping=n * damping, use_exact_damping=True)
 
@@ -67,13 +83,12 @@ def best_rescaling(q: LinearMap, probes: Sequence[ParamDict], damped_fisher: Lin
     products = [q(u) for u in probes]
     numerator = sum(dot(u, v) for u, v in zip(probes, products))
     denominator = sum(dot(v, damped_fisher(v)) for v in products)
-    return (numerator / denominator).item()
+    return float(numerator / denominator)
 
 
 def rescaled(q: LinearMap, c: float) -> LinearMap:
     """u ↦ c·Q u."""
     return lambda u: scale(q(u), c)
-
 
 
 def kronecker_parameter_count(model: nn.Module, eigenvalues: bool = False) -> int:
@@ -83,24 +98,33 @@ def kronecker_parameter_count(model: nn.Module, eigenvalues: bool = False) -> in
     return sum(r * (r + 1) // 2 + c * (c + 1) // 2 + (r * c if eigenvalues else 0) for r, c in shapes)
 
 
-def _curvlinops_row(kind: Literal["kfac", "ekfac"], config: StudyConfig, model: nn.Module, likelihood: fl.Likelihood,
-                    train: Tensor, evaluator: fl.ProbeEvaluator, rescale: bool = False) -> Row:
+def _curvlinops_row(
+    kind: Literal["kfac", "ekfac"],
+    config: StudyConfig,
+    model: nn.Module,
+    likelihood: fl.Likelihood,
+    train: Tensor,
+    evaluator: fl.ProbeEvaluator,
+    rescale: bool = False,
+) -> Row:
     """A reference row from curvlinops in float64 on the training inputs with ``kfac_samples`` model-sampled
     targets per input; with ``rescale``, c*·Q with c* the best rescaling on the probes (like the identity
     reference); with its within/between-layer split."""
     start = time.perf_counter()
     model64 = float64_copy(model)
-    q = curvlinops_inverse(kind, model64, likelihood, train.double(), config.damping, config.kfac_samples,
-                           seed=config.seed)
-    details = {}
+    q = curvlinops_inverse(
+        kind, model64, likelihood, train.double(), config.damping, config.kfac_samples, seed=config.seed
+    )
+    details: dict[str, Any] = {}
     if rescale:
         details["scale"] = c = best_rescaling(q, evaluator.probes, evaluator.damped_fisher)
         q = rescaled(q, c)
     seconds = time.perf_counter() - start
     name = f"{kind}_curvlinops" + ("_rescaled" if rescale else "")
     n_params = kronecker_parameter_count(model, eigenvalues=kind == "ekfac") + rescale
-    return result_row(name, "reference", evaluator.evaluate(q), n_params, seconds,
-                      layer_split=layer_split(evaluator, q), **details)
+    return result_row(
+        name, "reference", evaluator.evaluate(q), n_params, seconds, layer_split=layer_split(evaluator, q), **details
+    )
 
 
 CURVLINOPS_REFERENCES: dict[str, Callable[..., Row]] = {

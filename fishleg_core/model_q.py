@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -47,7 +47,7 @@ class ModelQ(nn.Module):
     @property
     def groups(self) -> tuple[QGroup, ...]:
         """The groups, in the order they were given."""
-        return tuple(self.by_blocks.values())
+        return tuple(group for group in self.by_blocks.values() if isinstance(group, QGroup))
 
     def forward(self, vector: Mapping[str, Tensor], factors: LowRankFactors | None = None) -> dict[str, Tensor]:
         """Q·x for x = ``vector``; ``factors`` optionally gives low-rank forms of some of its blocks, which

@@ -16,9 +16,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from fishleg_core.groups import QGROUPS, QGroup
+from fishleg_core.layers.mapping import map_blocks
 from fishleg_core.model_q import ModelQ
 from fishleg_core.optim.fishleg import FishLeg
-from fishleg_core.layers.mapping import map_blocks
 from fishleg_core.vectors import ParamDict
 
 CHAIN_WIDTHS = (6, 8, 9, 3)
@@ -64,7 +64,8 @@ def perturb(group: QGroup, scale: float, seed: int = 1) -> None:
 def random_vector(group: QGroup, seed: int = 2, rank: int | None = None) -> tuple[ParamDict, dict]:
     """x on the group's parameters, and its blocks' low-rank factors {block: (left, right)} when ``rank``."""
     generator = torch.Generator().manual_seed(seed)
-    vector, factors = {}, {}
+    vector: ParamDict = {}
+    factors: dict[str, tuple[Tensor, Tensor]] = {}
     for block in group.blocks:
         rows, cols = block.shape
         if rank is None:
@@ -137,8 +138,10 @@ def check_state_dict_round_trip(case: GroupCase) -> None:
 def model_q_with(case: GroupCase, model: nn.Module, seed: int = 0) -> ModelQ:
     """A hand-built ``ModelQ``: the case's group on the first blocks of ``model``, ``kron`` on the others."""
     group = build_group(case, seed=seed, model=model)
-    rest = [QGROUPS.build("block", blocks=[block], form="kron", dtype=torch.float64)
-            for block in map_blocks(model)[case.n_blocks:]]
+    rest = [
+        QGROUPS.build("block", blocks=[block], form="kron", dtype=torch.float64)
+        for block in map_blocks(model)[case.n_blocks :]
+    ]
     return ModelQ([group, *rest], param_order=[name for name, _ in model.named_parameters()])
 
 
@@ -152,8 +155,16 @@ def check_exact_resume_in_fishleg(case: GroupCase, steps: int = 3) -> None:
 
     def make(seed: int) -> tuple[nn.Module, FishLeg]:
         model = chain_model(seed=seed)
-        optimizer = FishLeg(model, "gaussian", lr=0.05, aux_lr=1e-2, aux_every=1, damping=0.1,
-                            q=model_q_with(case, model, seed=seed), aux_data=batches[1::2])
+        optimizer = FishLeg(
+            model,
+            "gaussian",
+            lr=0.05,
+            aux_lr=1e-2,
+            aux_every=1,
+            damping=0.1,
+            q=model_q_with(case, model, seed=seed),
+            aux_data=batches[1::2],
+        )
         return model, optimizer
 
     def run(model: nn.Module, optimizer: FishLeg, n: int) -> None:

@@ -29,8 +29,15 @@ def deep_linear_network():
 
 
 def fit_isotropic(q, F, iterations=300):
-    optimizer = torch.optim.LBFGS(q.parameters(), lr=1, max_iter=iterations, history_size=50, tolerance_grad=1e-12,
-                                  tolerance_change=1e-14, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        q.parameters(),
+        lr=1,
+        max_iter=iterations,
+        history_size=50,
+        tolerance_grad=1e-12,
+        tolerance_change=1e-14,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         optimizer.zero_grad()

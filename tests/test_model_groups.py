@@ -36,7 +36,9 @@ def test_group_of_non_adjacent_blocks_keeps_the_dense_order_of_param_names():
 def test_couple_adjacent_groups_chains_of_linear_layers():
     q = fl.build_model_q(mlp(), couple="adjacent")
     assert [(type(g).__name__, [b.name for b in g.blocks]) for g in q.groups] == [
-        ("TridiagKronQ", ["0", "2", "4"]), ("BlockQ", ["5"])]
+        ("TridiagKronQ", ["0", "2", "4"]),
+        ("BlockQ", ["5"]),
+    ]
     assert any(key.startswith("by_blocks.0+2+4.") for key in q.state_dict())
     # a chain breaks where widths do not feed each other
     model = nn.Sequential(nn.Linear(4, 5), nn.Linear(5, 6), nn.Linear(7, 3), nn.Linear(3, 2))
@@ -50,22 +52,34 @@ def test_nested_module_names_become_state_dict_keys():
     assert {key.split(".")[1] for key in q.state_dict()} == {"0/0+1"}
 
 
-@pytest.mark.parametrize("groups,couple,error,match", [
-    ([{"blocks": ["0", "9"], "form": "tridiag_kron"}], None, ValueError, r"unknown blocks '9'; the model's blocks"),
-    ([{"blocks": ["0", "2"], "form": "tridiag"}], None, KeyError, "unknown group form 'tridiag'; known: block"),
-    ([{"blocks": ["0", "2"], "form": "tridiag_kron"}, {"blocks": ["2", "4"], "form": "tridiag_kron"}], None,
-     ValueError, r"block '2' is in two groups \(tridiag_kron over 0\+2 and tridiag_kron over 2\+4\)"),
-    ([{"blocks": ["0", "2"], "form": "tridiag_kron"}], "adjacent", ValueError, "block '0' is in two groups"),
-    ([{"blocks": ["0"], "form": "tridiag_kron"}], None, ValueError, "at least two blocks; got only '0'"),
-    ([{"blocks": ["0", "2"], "form": "block"}], None, ValueError, "exactly one block"),
-    ([{"blocks": ["0", "2"]}], None, ValueError, r"groups\[0\] must be a mapping with 'blocks'"),
-    ([{"blocks": "0", "form": "tridiag_kron"}], None, ValueError, r"groups\[0\]\['blocks'\] must be a non-empty list"),
-    ([{"blocks": ["0", "0"], "form": "tridiag_kron"}], None, ValueError, "names a block twice"),
-    ({"blocks": ["0", "2"], "form": "tridiag_kron"}, None, TypeError, "groups must be a list"),
-    ([{"blocks": ["0", "2"], "form": "tridiag_kron", "K": 2}], None, TypeError, "group form 'tridiag_kron'.*K"),
-    ([{"blocks": ["0", "2"], "form": "tridiag_kron", "coupling_init": 0.5}], None, ValueError, "coupling_init"),
-    (None, "chain", ValueError, "couple must be one of 'adjacent'"),
-])
+@pytest.mark.parametrize(
+    "groups,couple,error,match",
+    [
+        ([{"blocks": ["0", "9"], "form": "tridiag_kron"}], None, ValueError, r"unknown blocks '9'; the model's blocks"),
+        ([{"blocks": ["0", "2"], "form": "tridiag"}], None, KeyError, "unknown group form 'tridiag'; known: block"),
+        (
+            [{"blocks": ["0", "2"], "form": "tridiag_kron"}, {"blocks": ["2", "4"], "form": "tridiag_kron"}],
+            None,
+            ValueError,
+            r"block '2' is in two groups \(tridiag_kron over 0\+2 and tridiag_kron over 2\+4\)",
+        ),
+        ([{"blocks": ["0", "2"], "form": "tridiag_kron"}], "adjacent", ValueError, "block '0' is in two groups"),
+        ([{"blocks": ["0"], "form": "tridiag_kron"}], None, ValueError, "at least two blocks; got only '0'"),
+        ([{"blocks": ["0", "2"], "form": "block"}], None, ValueError, "exactly one block"),
+        ([{"blocks": ["0", "2"]}], None, ValueError, r"groups\[0\] must be a mapping with 'blocks'"),
+        (
+            [{"blocks": "0", "form": "tridiag_kron"}],
+            None,
+            ValueError,
+            r"groups\[0\]\['blocks'\] must be a non-empty list",
+        ),
+        ([{"blocks": ["0", "0"], "form": "tridiag_kron"}], None, ValueError, "names a block twice"),
+        ({"blocks": ["0", "2"], "form": "tridiag_kron"}, None, TypeError, "groups must be a list"),
+        ([{"blocks": ["0", "2"], "form": "tridiag_kron", "K": 2}], None, TypeError, "group form 'tridiag_kron'.*K"),
+        ([{"blocks": ["0", "2"], "form": "tridiag_kron", "coupling_init": 0.5}], None, ValueError, "coupling_init"),
+        (None, "chain", ValueError, "couple must be one of 'adjacent'"),
+    ],
+)
 def test_bad_groupings_are_rejected_with_clear_errors(groups, couple, error, match):
     with pytest.raises(error, match=match):
         fl.build_model_q(mlp(), groups=groups, couple=couple)
@@ -97,11 +111,14 @@ def test_fishleg_takes_groups_and_a_hand_built_q():
     assert fl.FishLeg(model, "gaussian", lr=0.1, q=q).q is q
 
 
-@pytest.mark.parametrize("kwargs,error,match", [
-    ({"forms": {"Linear": "kron"}}, ValueError, "q is given .*forms must not be"),
-    ({"sgd_lr": 0.01}, ValueError, "q is given .*sgd_lr"),
-    ({"couple": "adjacent"}, ValueError, "q is given .*couple"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"forms": {"Linear": "kron"}}, ValueError, "q is given .*forms must not be"),
+        ({"sgd_lr": 0.01}, ValueError, "q is given .*sgd_lr"),
+        ({"couple": "adjacent"}, ValueError, "q is given .*couple"),
+    ],
+)
 def test_hand_built_q_excludes_the_arguments_that_build_q(kwargs, error, match):
     model = mlp()
     with pytest.raises(error, match=match):

@@ -63,8 +63,15 @@ def test_best_rescaling_minimises_the_mean_auxiliary_loss_over_the_probes():
 
     def damped_fisher(v):
         x = F @ flat(v, names) + DAMPING * flat(v, names)
-        return dict(zip(names, (piece.reshape(like[n].shape) for n, piece in zip(names, torch.split(
-            x, [p.numel() for p in like.values()])))))
+        return dict(
+            zip(
+                names,
+                (
+                    piece.reshape(like[n].shape)
+                    for n, piece in zip(names, torch.split(x, [p.numel() for p in like.values()]))
+                ),
+            )
+        )
 
     probes = [random_direction(model, seed) for seed in range(3)]
     q = fl.build_model_q(model, init_scale=2.0)

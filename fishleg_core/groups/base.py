@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -80,7 +80,7 @@ class QGroup(nn.Module, ABC):
                 check_entry("vector", name, piece, shape)
             low_rank = (factors or {}).get(block.name)
             vectors.append(BlockVector(block, pieces, LowRank(*low_rank) if low_rank is not None else None))
-        result = {}
+        result: dict[str, Tensor] = {}
         for block, QG in zip(self.blocks, self.multiply(vectors)):
             result.update(zip(block.param_names, block.layout.unpack(QG)))
         return result

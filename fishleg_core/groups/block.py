@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -56,8 +57,13 @@ def block_q(
 ) -> BlockQ:
     """``BlockQ`` of the QForm ``form`` (with ``options``) on the one block in ``blocks``."""
     if isinstance(blocks, Block) or not isinstance(blocks, Sequence) or len(blocks) != 1:
-        count = "a Block" if isinstance(blocks, Block) else f"{len(blocks)} blocks" if isinstance(blocks, Sequence) \
+        count = (
+            "a Block"
+            if isinstance(blocks, Block)
+            else f"{len(blocks)} blocks"
+            if isinstance(blocks, Sequence)
             else type(blocks).__name__
+        )
         raise ValueError(f"group form 'block' acts on exactly one block (a list of one Block); got {count}")
     (block,) = blocks
     if not isinstance(block, Block):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -39,15 +40,19 @@ def choose_groups(
             raise ValueError(f"couple must be one of {', '.join(map(repr, COUPLINGS))} or None, got {couple!r}")
         chains = adjacent_linear_chains(blocks)
         if not chains:
-            raise ValueError("couple='adjacent': the model has no chain of two or more consecutive nn.Linear "
-                             f"layers feeding each other (blocks: {', '.join(by_name)})")
+            raise ValueError(
+                "couple='adjacent': the model has no chain of two or more consecutive nn.Linear "
+                f"layers feeding each other (blocks: {', '.join(by_name)})"
+            )
         chosen += [GroupChoice(tuple(chain), "tridiag_kron") for chain in chains]
     owner: dict[str, int] = {}
     for index, choice in enumerate(chosen):
         for block in choice.blocks:
             if block.name in owner:
-                raise ValueError(f"groups: block {block.name!r} is in two groups ({_label(chosen[owner[block.name]])} "
-                                 f"and {_label(choice)}); a block belongs to one group at most")
+                raise ValueError(
+                    f"groups: block {block.name!r} is in two groups ({_label(chosen[owner[block.name]])} "
+                    f"and {_label(choice)}); a block belongs to one group at most"
+                )
             owner[block.name] = index
     return chosen
 
@@ -74,23 +79,29 @@ def _check_list(groups: object) -> list[GroupSpec]:
     if groups is None:
         return []
     if isinstance(groups, (str, Mapping)) or not isinstance(groups, Sequence):
-        raise TypeError("groups must be a list of {'blocks': [block names], 'form': group form, **options}, "
-                        f"got {type(groups).__name__}")
+        raise TypeError(
+            "groups must be a list of {'blocks': [block names], 'form': group form, **options}, "
+            f"got {type(groups).__name__}"
+        )
     return list(groups)
 
 
 def _parse(index: int, spec: object, by_name: Mapping[str, Block]) -> GroupChoice:
     where = f"groups[{index}]"
     if not isinstance(spec, Mapping) or "blocks" not in spec or "form" not in spec:
-        raise ValueError(f"{where} must be a mapping with 'blocks' (a list of block names) and 'form' "
-                         f"(one of {', '.join(QGROUPS.names())}), got {spec!r}")
+        raise ValueError(
+            f"{where} must be a mapping with 'blocks' (a list of block names) and 'form' "
+            f"(one of {', '.join(QGROUPS.names())}), got {spec!r}"
+        )
     names, form = spec["blocks"], spec["form"]
     if isinstance(names, str) or not isinstance(names, Sequence) or not names:
         raise ValueError(f"{where}['blocks'] must be a non-empty list of block names, got {names!r}")
     unknown = [name for name in names if name not in by_name]
     if unknown:
-        raise ValueError(f"{where}: unknown blocks {', '.join(map(repr, unknown))}; the model's blocks are "
-                         f"{', '.join(map(repr, by_name))}")
+        raise ValueError(
+            f"{where}: unknown blocks {', '.join(map(repr, unknown))}; the model's blocks are "
+            f"{', '.join(map(repr, by_name))}"
+        )
     if len(set(names)) != len(names):
         raise ValueError(f"{where}['blocks'] names a block twice: {list(names)}")
     QGROUPS.get(form)  # an unknown form raises, listing the known ones

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 from torch import Tensor
@@ -24,7 +23,7 @@ class LowRank:
         return self.left @ self.right.mT
 
 
-Matrix = Union[Tensor, LowRank]
+Matrix = Tensor | LowRank
 """A block's matrix, dense or factored."""
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -50,9 +50,13 @@ class TridiagKronQ(QGroup):
         coupling_init = check_number("coupling_init", coupling_init, 0.0, below=0.01)
         root = init_scale**0.25
         shapes = [block.shape for block in self.blocks]
+        self.L = nn.ModuleList(
+            [TriangularFactor.scaled_identity(m, root, device=device, dtype=dtype) for m, _ in shapes]
+        )
+        self.R = nn.ModuleList(
+            [TriangularFactor.scaled_identity(n, root, device=device, dtype=dtype) for _, n in shapes]
+        )
         factory = {"device": device, "dtype": dtype}
-        self.L = nn.ModuleList([TriangularFactor.scaled_identity(m, root, **factory) for m, _ in shapes])
-        self.R = nn.ModuleList([TriangularFactor.scaled_identity(n, root, **factory) for _, n in shapes])
         coupling_norm = coupling_init**0.5 * root
         self.C = nn.ParameterList(
             [_random_with_norm((m1, m0), coupling_norm, factory) for (m0, _), (m1, _) in zip(shapes, shapes[1:])]

@@ -9,9 +9,9 @@ from torch import Tensor, nn
 
 from fishleg_core.checks import check_callable, validate
 from fishleg_core.gradient_factors import GradientFactors
+from fishleg_core.groups import GroupSpec
 from fishleg_core.layers.form_choice import FormChoices
 from fishleg_core.likelihoods import Likelihood, resolve_likelihood
-from fishleg_core.groups import GroupSpec
 from fishleg_core.model_q import ModelQ, build_model_q, check_model_q
 from fishleg_core.optim.aux_data import CyclicBatches, split_batch
 from fishleg_core.optim.auxiliary_update import AuxiliaryUpdate
