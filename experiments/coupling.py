@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,13 +31,13 @@ def study_form_names() -> list[str]:
     return [*fl.QFORMS.names(), *GROUP_FORMS]
 
 
-def build_study_q(model: nn.Module, name: str, init_scale: float = 1.0) -> fl.ModelQ:
-    """Q of form ``name``: a QForm on every block, or a group form over each chain of adjacent linear
-    layers (``kron`` on blocks outside chains)."""
+def build_study_q(model: nn.Module, name: str, init_scale: float = 1.0, **options: Any) -> fl.ModelQ:
+    """Q of form ``name`` (with ``options``): a QForm on every block, or a group form over each chain of
+    adjacent linear layers (``kron`` on blocks outside chains)."""
     if name not in GROUP_FORMS:
-        return fl.build_model_q(model, {"default": name}, init_scale=init_scale)
+        return fl.build_model_q(model, {"default": {"form": name, **options}}, init_scale=init_scale)
     chains = adjacent_linear_chains(fl.map_blocks(model))
-    groups = [{"blocks": [block.name for block in chain], "form": name} for chain in chains]
+    groups = [{"blocks": [block.name for block in chain], "form": name, **options} for chain in chains]
     return fl.build_model_q(model, {"default": "kron"}, init_scale=init_scale, groups=groups)
 
 
