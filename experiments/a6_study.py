@@ -33,6 +33,7 @@ from experiments.config import (
     StudyConfig,
     resolve,
 )
+from experiments.coupling import build_study_q, layer_split
 from experiments.data import DataError, Split, load_pixels, minibatches, split
 from experiments.evaluation import float64_copy, heldout_evaluator
 from experiments.fit import (
@@ -45,6 +46,7 @@ from experiments.fit import (
 from experiments.form_specs import file_name, parse_spec
 from experiments.kfac_reference import KFACInverse, kronecker_factors
 from experiments.plugins import PluginError, load_plugins
+from experiments.references import CURVLINOPS_REFERENCES
 from experiments.report import result_row, write_reports
 from experiments.results import Row, StudyResults
 from experiments.seeds import combine
@@ -132,9 +134,10 @@ def check_forms(forms: Sequence[str]) -> None:
 
 
 def build_form(model: nn.Module, label: str, init_scale: float) -> fl.ModelQ:
-    """Q of the form labelled ``label`` (``name:option=value:...``) on every block of ``model``."""
+    """Q of the form labelled ``label`` (``name:option=value:...``) on every block of ``model``, or over each
+    chain of adjacent linear layers for a group form (``build_study_q``)."""
     spec = parse_spec(label)
-    return fl.build_model_q(model, {"default": {"form": spec.name, **spec.options}}, init_scale=init_scale)
+    return build_study_q(model, spec.name, init_scale, **spec.options)
 
 
 def run_study(
@@ -243,11 +246,13 @@ def fit_form(
         fit = fl.fit_q(model, likelihood, q, stream, batches, config.steps, lr=config.lr(name),
                        damping=config.damping, method="exact", schedule=cosine_tail(config.steps, config.decay_fraction),
                        stop=monitor, progress=name if progress else False)
-    evaluation = evaluator.evaluate(float64_copy(q))
+    q64 = float64_copy(q)
+    evaluation = evaluator.evaluate(q64)
     _note(f"{name}: {fit.seconds:.1f} s, held-out e = {evaluation.mean_normalized_error:.3f}")
     return result_row(name, "form", evaluation, sum(p.numel() for p in q.parameters()), fit.seconds, fit.curve,
                       plateau(monitor.record["steps"], monitor.record["aux_loss"], config.plateau_tolerance),
-                      init_scale=init_scale, lr=config.lr(name), monitor=monitor.record)
+                      init_scale=init_scale, lr=config.lr(name), monitor=monitor.record,
+                      layer_split=layer_split(evaluator, q64))
 
 
 def identity_reference(
@@ -258,7 +263,9 @@ def identity_reference(
     start = time.perf_counter()
     c = best_identity_scale(evaluator.probes, [evaluator.damped_fisher(u) for u in evaluator.probes])
     seconds = time.perf_counter() - start
-    return result_row("identity", "reference", evaluator.evaluate(lambda u: scale(u, c)), 1, seconds, scale=c)
+    identity = lambda u: scale(u, c)  # noqa: E731
+    return result_row("identity", "reference", evaluator.evaluate(identity), 1, seconds, scale=c,
+                      layer_split=layer_split(evaluator, identity))
 
 
 def kfac_reference(
@@ -272,10 +279,12 @@ def kfac_reference(
     factors = kronecker_factors(model64, likelihood, train.double(), config.kfac_samples, generator)
     q = KFACInverse(model64, factors, config.damping)
     seconds = time.perf_counter() - start
-    return result_row("kfac", "reference", evaluator.evaluate(q), q.n_params, seconds)
+    return result_row("kfac", "reference", evaluator.evaluate(q), q.n_params, seconds,
+                      layer_split=layer_split(evaluator, q))
 
 
-REFERENCES: dict[str, Callable[..., Row]] = {"identity": identity_reference, "kfac": kfac_reference}
+REFERENCES: dict[str, Callable[..., Row]] = {"identity": identity_reference, "kfac": kfac_reference,
+                                             **CURVLINOPS_REFERENCES}
 
 
 def _note(message: str) -> None:

@@ -11,9 +11,10 @@ from typing import Any, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from experiments.coupling import GROUP_FORMS, study_form_names
 from experiments.form_specs import parse_spec
 from experiments.provenance import code_hash, environment
-from fishleg_core import QFORMS
+from fishleg_core import QFORMS, QGROUPS
 from fishleg_core.checks import validate
 
 OWNER = "a6_study: error"
@@ -90,9 +91,9 @@ class StudyConfig(BaseModel):
     @field_validator("forms")
     @classmethod
     def _registered_forms(cls, forms: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [label for label in forms if parse_spec(label).name not in QFORMS]
+        unknown = [label for label in forms if parse_spec(label).name not in study_form_names()]
         if unknown:
-            raise ValueError(f"unknown QForm {', '.join(map(repr, unknown))}; known: {', '.join(QFORMS.names())}")
+            raise ValueError(f"unknown QForm {', '.join(map(repr, unknown))}; known: {', '.join(study_form_names())}")
         if not forms or len(set(forms)) != len(forms):
             raise ValueError("give one or more distinct forms")
         return forms
@@ -107,7 +108,7 @@ class StudyConfig(BaseModel):
     def _rates(cls, aux_lr: dict[str, float]) -> dict[str, float]:
         if "default" not in aux_lr:
             raise ValueError("give a 'default' learning rate")
-        unknown = [name for name in aux_lr if name != "default" and parse_spec(name).name not in QFORMS]
+        unknown = [name for name in aux_lr if name != "default" and parse_spec(name).name not in study_form_names()]
         if unknown:
             raise ValueError(f"learning rates for unknown QForms {', '.join(map(repr, unknown))}")
         if not all(math.isfinite(lr) and lr > 0 for lr in aux_lr.values()):
@@ -161,7 +162,8 @@ class StudyConfig(BaseModel):
 
 def form_code(form: str) -> list[Any]:
     """The classes and functions outside the library that a form's result depends on: its QForm class."""
-    return [QFORMS.get(parse_spec(form).name)]
+    name = parse_spec(form).name
+    return [QGROUPS.get(name) if name in GROUP_FORMS else QFORMS.get(name)]
 
 
 def resolve(file: str | None, quick: bool, overrides: Mapping[str, Any]) -> StudyConfig:

@@ -15,7 +15,8 @@ from fishleg_core.layers import (
     map_blocks,
 )
 from fishleg_core.likelihoods import LIKELIHOODS, Likelihood
-from fishleg_core.model_q import BlockQ, ModelQ, QGroup, build_model_q
+from fishleg_core.groups import QGROUPS, BlockQ, QGroup, TridiagKronQ
+from fishleg_core.model_q import ModelQ, build_model_q
 from fishleg_core.optim.config import FishLegConfig
 from fishleg_core.optim.fishleg import FishLeg
 from fishleg_core.qforms import QFORMS, QForm
@@ -40,7 +41,9 @@ __all__ = [
     "QEvaluation",
     "QFORMS",
     "QForm",
+    "QGROUPS",
     "QGroup",
+    "TridiagKronQ",
     "Registry",
     "UnknownNameError",
     "UnsupportedLayerError",

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from fishleg_core.fisher.functional import in_functional_view
 from fishleg_core.layers.mapping import Block
-from fishleg_core.model_q import BlockQ, ModelQ
+from fishleg_core.model_q import ModelQ
 from fishleg_core.user_warnings import warn_user
 
 RELATIVE_TOLERANCE = 1e-4
@@ -52,8 +52,9 @@ class GradientFactors:
 
     @classmethod
     def for_q(cls, model: nn.Module, q: ModelQ) -> "GradientFactors":
-        """A capture for the linear-layer blocks that ``q`` holds as single-block groups."""
-        return cls(model, [group.block for group in q.groups if isinstance(group, BlockQ)])
+        """A capture for the linear-layer blocks of every group of ``q`` (each group decides whether the
+        factors pay)."""
+        return cls(model, [block for group in q.groups for block in group.blocks])
 
     def factors(self, gradient: Mapping[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
         """{block name: (left, right)} with left @ rightᵀ equal to the block of ``gradient``."""

@@ -1,98 +1,53 @@
-"""Q over a whole model: a composition of QForms over groups of parameter blocks."""
+"""Q over a whole model: a composition of group forms (``QGroup``) over disjoint groups of parameter blocks."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from contextlib import contextmanager
-from typing import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from fishleg_core.checks import check_mapping, check_number
+from fishleg_core.groups import QGROUPS, BlockQ, GroupSpec, LowRankFactors, QGroup, choose_groups
 from fishleg_core.layers.form_choice import FormChoices, choose_forms
-from fishleg_core.layers.mapping import Block, map_blocks
-from fishleg_core.qforms import QFORMS, QForm
+from fishleg_core.layers.mapping import map_blocks
 from fishleg_core.qforms.positive import TriangularFactor
-from fishleg_core.vectors import check_entry
 
-LowRankFactors = Mapping[str, tuple[Tensor, Tensor]]
-"""Block name -> (left, right) with the block's matrix equal to left @ rightᵀ (see ``GradientFactors``)."""
-
-
-class QGroup(nn.Module, ABC):
-    """Q on a group of parameters, acting on {name: tensor} dicts. A form spanning several layers (for
-    example a block-tridiagonal coupling of adjacent layers) is a new subclass. ``factors`` may carry
-    low-rank factorisations of some blocks of x, which a group may use instead of the dense tensors."""
-
-    @property
-    @abstractmethod
-    def param_names(self) -> tuple[str, ...]:
-        """The full parameter names this group acts on, in the order of ``to_dense``."""
-
-    @abstractmethod
-    def forward(self, tensors: Mapping[str, Tensor], factors: LowRankFactors | None = None) -> dict[str, Tensor]:
-        """Q·x restricted to this group, for x given by ``tensors`` (at least this group's names)."""
-
-    @abstractmethod
-    def to_dense(self) -> Tensor:
-        """The dense matrix of this group on its parameters flattened and concatenated in order."""
-
-    def describe(self) -> tuple[str, str, str, str]:
-        """(name, layer type, block shape, form) for ``ModelQ.summary``."""
-        return ", ".join(self.param_names), type(self).__name__, "-", type(self).__name__
-
-
-class BlockQ(QGroup):
-    """One block with one QForm: G = pack(tensors), Q·G, unpack."""
-
-    def __init__(self, block: Block, form: QForm) -> None:
-        super().__init__()
-        if form.shape != block.shape:
-            raise ValueError(f"block {block.name!r} has shape {block.shape} but its form acts on {form.shape}")
-        self.block = block
-        self.form = form
-
-    @property
-    def param_names(self) -> tuple[str, ...]:
-        return self.block.param_names
-
-    def forward(self, tensors: Mapping[str, Tensor], factors: LowRankFactors | None = None) -> dict[str, Tensor]:
-        """Q·G with G = pack(tensors), or = left @ rightᵀ when ``factors`` has this block and the form's
-        low-rank product is cheaper at that rank."""
-        low_rank = (factors or {}).get(self.block.name)
-        QG = self.form.multiply_low_rank(*low_rank) if low_rank is not None else None
-        if QG is None:
-            pieces = [tensors[name] for name in self.param_names]
-            for name, piece, shape in zip(self.param_names, pieces, self.block.layout.param_shapes):
-                check_entry("vector", name, piece, shape)
-            QG = self.form(self.block.layout.pack(pieces))
-        return dict(zip(self.param_names, self.block.layout.unpack(QG)))
-
-    def to_dense(self) -> Tensor:
-        block_dense = self.form.to_dense()
-        order = self.block.layout.permutation().to(block_dense.device)
-        dense = torch.empty_like(block_dense)
-        dense[order[:, None], order[None, :]] = block_dense
-        return dense
-
-    def describe(self) -> tuple[str, str, str, str]:
-        return self.block.name, self.block.module_type.__name__, str(self.block.shape), type(self.form).__name__
-
-    def extra_repr(self) -> str:
-        return f"block={self.block.name!r} ({self.block.module_type.__name__}, shape={self.block.shape})"
+__all__ = ["BlockQ", "LowRankFactors", "ModelQ", "QGroup", "build_model_q", "check_model_q"]
 
 
 class ModelQ(nn.Module):
-    """The block-diagonal Q(λ) of a model: Q·x = ⊕_groups Q_group·x_group for x = {name: tensor}."""
+    """The block-diagonal-over-groups Q(λ) of a model: Q·x = ⊕_groups Q_group·x_group for x = {name: tensor}.
 
-    def __init__(self, groups: Iterable[QGroup]) -> None:
+    Groups are registered under the names of the blocks they cover (``QGroup.key``), so state_dict keys
+    read ``by_blocks.<block>+<block>.<λ>``: a state_dict from a differently grouped Q does not load.
+    ``param_names`` follows ``param_order`` where given (``build_model_q`` gives the model's order), else
+    the groups' order; ``to_dense`` is in ``param_names`` order.
+    """
+
+    def __init__(self, groups: Iterable[QGroup], param_order: Sequence[str] | None = None) -> None:
         super().__init__()
-        self.groups = nn.ModuleList(groups)
-        names = [name for group in self.groups for name in group.param_names]
+        groups = list(groups)
+        bad = [type(group).__name__ for group in groups if not isinstance(group, QGroup)]
+        if bad or not groups:
+            raise TypeError(f"ModelQ needs a non-empty list of QGroup (BlockQ, QGROUPS.build(...)); got {bad or '[]'}")
+        names = [name for group in groups for name in group.param_names]
         if len(set(names)) != len(names):
-            raise ValueError("ModelQ groups must not share parameters")
+            shared = sorted({name for name in names if names.count(name) > 1})
+            raise ValueError(f"ModelQ groups must not share parameters; shared: {', '.join(shared)}")
+        self.by_blocks = nn.ModuleDict({group.key: group for group in groups})
+        if param_order is not None:
+            rank = {name: i for i, name in enumerate(param_order)}
+            missing = [name for name in names if name not in rank]
+            if missing:
+                raise ValueError(f"ModelQ: param_order lacks {', '.join(missing)}")
+            names.sort(key=rank.__getitem__)
         self.param_names: tuple[str, ...] = tuple(names)
+
+    @property
+    def groups(self) -> tuple[QGroup, ...]:
+        """The groups, in the order they were given."""
+        return tuple(group for group in self.by_blocks.values() if isinstance(group, QGroup))
 
     def forward(self, vector: Mapping[str, Tensor], factors: LowRankFactors | None = None) -> dict[str, Tensor]:
         """Q·x for x = ``vector``; ``factors`` optionally gives low-rank forms of some of its blocks, which
@@ -115,33 +70,76 @@ class ModelQ(nn.Module):
 
     def to_dense(self) -> Tensor:
         """The dense Q on all parameters flattened and concatenated in ``param_names`` order."""
-        return torch.block_diag(*[group.to_dense() for group in self.groups])
+        sizes = {name: shape.numel() for group in self.groups for block in group.blocks
+                 for name, shape in zip(block.param_names, block.layout.param_shapes)}
+        offsets, start = {}, 0
+        for name in self.param_names:
+            offsets[name], start = start, start + sizes[name]
+        parts = [group.to_dense() for group in self.groups]
+        dense = parts[0].new_zeros(start, start)
+        for group, part in zip(self.groups, parts):
+            index = torch.cat([torch.arange(offsets[n], offsets[n] + sizes[n]) for n in group.param_names])
+            index = index.to(part.device)
+            dense[index[:, None], index[None, :]] = part
+        return dense
 
     def summary(self) -> str:
-        """A table of blocks, their shapes, forms and numbers of auxiliary parameters."""
-        lines = [f"{'block':<28} {'layer':<14} {'shape':<14} {'form':<10} {'aux params':>10}"]
-        for group in self.groups:
-            name, layer, shape, form = group.describe()
-            count = sum(p.numel() for p in group.parameters())
-            lines.append(f"{name:<28} {layer:<14} {shape:<14} {form:<10} {count:>10}")
+        """A table of groups (blocks), their shapes, forms and numbers of auxiliary parameters."""
+        rows = [(*group.describe(), sum(p.numel() for p in group.parameters())) for group in self.groups]
+        width = max([28] + [len(row[0]) + 1 for row in rows])
+        lines = [f"{'block':<{width}} {'layer':<14} {'shape':<14} {'form':<12} {'aux params':>10}"]
+        lines += [f"{name:<{width}} {layer:<14} {shape:<14} {form:<12} {count:>10}"
+                  for name, layer, shape, form, count in rows]
         return "\n".join(lines)
 
 
 def build_model_q(
-    model: nn.Module, forms: FormChoices | None = None, init_scale: float = 1.0, strict: bool = False
+    model: nn.Module,
+    forms: FormChoices | None = None,
+    init_scale: float = 1.0,
+    strict: bool = False,
+    *,
+    groups: Sequence[GroupSpec] | None = None,
+    couple: str | None = None,
 ) -> ModelQ:
-    """Map ``model`` to blocks (``map_blocks``), give each its QForm (``choose_forms``), all started at
-    ``init_scale · I``, with the dtype and device of the block's parameters."""
+    """Map ``model`` to blocks (``map_blocks``); make the groups asked for by ``groups`` (e.g.
+    ``[{"blocks": ["0", "2"], "form": "tridiag_kron"}]``) and ``couple`` (``"adjacent"``: a ``tridiag_kron``
+    group per chain of consecutive linear layers; see ``choose_groups``); give every other block its QForm
+    (``choose_forms``). All start at ``init_scale · I``, with the dtype and device of their parameters."""
     check_number("init_scale", init_scale, 0.0)
     blocks = map_blocks(model, strict=strict)
     if not blocks:
         raise ValueError("build_model_q: the model has no trainable parameters (requires_grad=True)")
     params = dict(model.named_parameters())
-    groups = []
-    for block, (form_name, options) in zip(blocks, choose_forms(blocks, forms)):
+    chosen = choose_groups(blocks, groups, couple)
+    grouped = {block.name for choice in chosen for block in choice.blocks}
+    single = [block for block in blocks if block.name not in grouped]
+    made = []
+    for choice in chosen:
+        like = params[choice.blocks[0].param_names[0]]
+        made.append(QGROUPS.build(choice.form, blocks=list(choice.blocks), init_scale=init_scale,
+                                  device=like.device, dtype=like.dtype, **choice.options))
+    for block, (form_name, options) in zip(single, choose_forms(single, forms)):
         like = params[block.param_names[0]]
-        form = QFORMS.build(form_name, shape=block.shape, init_scale=init_scale, device=like.device,
-                            dtype=like.dtype, **options)
-        groups.append(BlockQ(block, form))
-    return ModelQ(groups)
+        made.append(QGROUPS.build("block", blocks=[block], init_scale=init_scale, form=form_name,
+                                  device=like.device, dtype=like.dtype, **options))
+    order = {name: i for i, name in enumerate(params)}
+    made.sort(key=lambda group: min(order[name] for name in group.param_names))
+    return ModelQ(made, param_order=list(params))
 
+
+def check_model_q(q: object, params: Mapping[str, Tensor]) -> None:
+    """Raise unless ``q`` is a ``ModelQ`` covering exactly ``params`` (name -> parameter), with their shapes."""
+    if not isinstance(q, ModelQ):
+        raise TypeError(f"q must be a ModelQ (see build_model_q), got {type(q).__name__}")
+    missing = [name for name in params if name not in q.param_names]
+    extra = [name for name in q.param_names if name not in params]
+    if missing or extra:
+        raise ValueError(f"q must cover every trainable parameter of the model once; missing: {missing or 'none'}, "
+                         f"not trainable parameters of the model: {extra or 'none'}")
+    for group in q.groups:
+        for block in group.blocks:
+            for name, shape in zip(block.param_names, block.layout.param_shapes):
+                if params[name].shape != shape:
+                    raise ValueError(f"q: block {block.name!r} has {name} of shape {tuple(shape)}, the model's is "
+                                     f"{tuple(params[name].shape)}")

@@ -121,7 +121,8 @@ def test_quick_run_outputs_are_consistent(quick_run):
     results = json.loads((quick_run / "results.json").read_text())
     config = results["config"]
     assert config["forms"] == ["diagonal", "kron", "ekfac", "kron_sum"] and config["steps"] > 0
-    assert [row["name"] for row in results["references"]] == ["identity", "kfac"]
+    references = ["identity", "kfac", "kfac_curvlinops", "kfac_curvlinops_rescaled", "ekfac_curvlinops"]
+    assert [row["name"] for row in results["references"]] == references
     for row in results["forms"] + results["references"]:
         assert len(row["probe_aux_loss"]) == len(row["probe_optimal_aux_loss"]) == config["n_probes"]
         for A, A_star, e in zip(row["probe_aux_loss"], row["probe_optimal_aux_loss"], row["normalized_error"]):
@@ -129,6 +130,9 @@ def test_quick_run_outputs_are_consistent(quick_run):
             assert A >= A_star
             assert e >= 0 and math.isclose(e, math.sqrt((A - A_star) / -A_star), rel_tol=1e-4)
         assert row["n_params"] > 0 and row["seconds"] >= 0
+        split = row["layer_split"]  # (Qu)ᵀF_γ(Qu) = within-layer + between-layer terms
+        assert split["total"] > 0 and split["within"] > 0
+        assert split["within"] + split["between"] == pytest.approx(split["total"], rel=1e-12)
     for row in results["forms"]:
         assert len(row["aux_loss_curve"]) == config["steps"]
         assert all(math.isfinite(value) for value in row["aux_loss_curve"])
@@ -145,7 +149,7 @@ def test_quick_run_outputs_are_consistent(quick_run):
     assert (quick_run / "figure4.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # one results file per finished form and reference, named by the key of its settings
     assert sorted(p.name.rpartition("-")[0] for p in (quick_run / "forms").iterdir()) == sorted(config["forms"])
-    assert sorted(p.name.rpartition("-")[0] for p in (quick_run / "references").iterdir()) == ["identity", "kfac"]
+    assert sorted(p.name.rpartition("-")[0] for p in (quick_run / "references").iterdir()) == sorted(references)
 
 
 def test_rerun_reuses_results_without_refitting(quick_run, monkeypatch):

@@ -39,6 +39,12 @@ def test_bench_aux_counts_the_flops_of_a_kron_fit_step(tmp_path):
     assert result["ratio_kron"] > 1  # a fit step holds a forward+backward and more
     # Q·u forward and backward alone is over 1 GFLOP on the A.6 autoencoder (see README)
     assert 1.0 < result["kron_step_gflop"] < 10.0
+    assert result["ratio_tridiag_kron_to_kron"] == pytest.approx(result["tridiag_kron_step_s"] / result["kron_step_s"])
+
+
+def test_bench_aux_rejects_forms_without_kron():
+    with pytest.raises(SystemExit):
+        bench_aux.main(["--forms", "tridiag_kron"])
 
 
 @pytest.mark.filterwarnings("ignore:FishLeg. non-finite values:RuntimeWarning")  # momentum on g diverges there

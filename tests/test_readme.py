@@ -23,11 +23,11 @@ PROGRAMS = [block for block in BLOCKS if block.startswith("import")]
 
 
 def test_the_readme_has_its_examples():
-    assert len(PROGRAMS) == 3  # training, frozen-model fit, a new layer type
+    assert len(PROGRAMS) == 4  # training, frozen-model fit, groups, a new layer type
     assert "make study" in README and "make test" in README
 
 
-@pytest.mark.parametrize("program", PROGRAMS, ids=["training", "frozen-fit", "layer-type"])
+@pytest.mark.parametrize("program", PROGRAMS, ids=["training", "frozen-fit", "groups", "layer-type"])
 def test_readme_programs_run(program, tmp_path):
     script = tmp_path / "example.py"
     script.write_text(program)
@@ -40,6 +40,12 @@ def test_readme_programs_run(program, tmp_path):
 @pytest.mark.parametrize("path", ["fishleg_core/qforms/diag_low_rank.py", "fishleg_core/likelihoods/poisson.py"])
 def test_readme_shows_the_library_files_verbatim(path):
     assert (ROOT / path).read_text().rstrip() in README
+
+
+def test_readme_shows_the_tridiagonal_form_as_it_is():
+    shown = next(block for block in BLOCKS if 'QGROUPS.register("tridiag_kron")' in block)
+    source = (ROOT / "fishleg_core/groups/tridiag_kron.py").read_text()
+    assert all(line.strip() in source for line in shown.splitlines())
 
 
 def test_readme_compare_your_own_form(tmp_path, monkeypatch):
@@ -56,7 +62,8 @@ def test_readme_compare_your_own_form(tmp_path, monkeypatch):
                           env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     printed = dict(re.findall(r"^(\w+): held-out e = ([0-9.]+)$", done.stdout, flags=re.M))
-    assert list(printed) == ["diagonal", "kron", "diag_kron", "identity", "kfac"]
+    assert list(printed) == ["diagonal", "kron", "diag_kron", "identity", "kfac", "kfac_curvlinops",
+                            "kfac_curvlinops_rescaled", "ekfac_curvlinops"]
     assert 0 < float(printed["diag_kron"]) < 1.5
 
     words = shlex.split(command.replace("\\\n", " "))

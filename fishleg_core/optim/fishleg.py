@@ -9,9 +9,10 @@ from torch import Tensor, nn
 
 from fishleg_core.checks import check_callable, validate
 from fishleg_core.gradient_factors import GradientFactors
+from fishleg_core.groups import GroupSpec
 from fishleg_core.layers.form_choice import FormChoices
 from fishleg_core.likelihoods import Likelihood, resolve_likelihood
-from fishleg_core.model_q import ModelQ, build_model_q
+from fishleg_core.model_q import ModelQ, build_model_q, check_model_q
 from fishleg_core.optim.aux_data import CyclicBatches, split_batch
 from fishleg_core.optim.auxiliary_update import AuxiliaryUpdate
 from fishleg_core.optim.config import FishLegConfig
@@ -67,6 +68,11 @@ class FishLeg(torch.optim.Optimizer):
             ``nonfinite.skipped``, warned once) or ``"raise"`` FloatingPointError.
         seed: seed of the optimizer's own generator (sampling Fisher methods); default torch.initial_seed().
         forms: QForms per layer type, module-name pattern or ``"default"`` (see ``choose_forms``).
+        groups: blocks that share one group form, e.g. ``[{"blocks": ["0", "2"], "form": "tridiag_kron"}]``
+            (see ``choose_groups``); the other blocks get their QForm from ``forms``.
+        couple: ``"adjacent"``: a ``tridiag_kron`` group over every chain of consecutive linear layers.
+        q: a ``ModelQ`` built by hand, covering every trainable parameter; then forms, groups, couple,
+            sgd_lr and init_scale must not be given.
         aux_data: an iterable of auxiliary batches (a DataLoader, a list; cycled): an input tensor or a
             tuple (inputs, targets, ...). It must differ from the minibatches that produce g. Or give
             ``step(aux_batch=...)``.
@@ -97,6 +103,9 @@ class FishLeg(torch.optim.Optimizer):
         nonfinite: Literal["skip", "raise"] = "skip",
         seed: int | None = None,
         forms: FormChoices | None = None,
+        groups: list[GroupSpec] | None = None,
+        couple: str | None = None,
+        q: ModelQ | None = None,
         aux_data: Iterable[Any] | None = None,
     ) -> None:
         arguments = dict(locals())
@@ -113,7 +122,16 @@ class FishLeg(torch.optim.Optimizer):
         self._names = {id(p): name for name, p in params.items()}
         defaults = {"lr": lr, "momentum": self.config.momentum, "weight_decay": self.config.weight_decay}
         super().__init__(list(params.values()), defaults)
-        self.q: ModelQ = build_model_q(model, forms, self.config.q_init_scale, self.config.strict)
+        if q is None:
+            q = build_model_q(model, forms, self.config.q_init_scale, self.config.strict, groups=groups, couple=couple)
+        else:
+            builders = {"forms": forms, "groups": groups, "couple": couple, "sgd_lr": sgd_lr, "init_scale": init_scale}
+            given = [name for name, value in builders.items() if value is not None]
+            if given:
+                raise ValueError(f"FishLeg: q is given (built by hand), so {', '.join(given)} must not be: they "
+                                 "describe how FishLeg builds Q")
+            check_model_q(q, params)
+        self.q: ModelQ = q
         self._caching_grams: bool | None = None
         self._cache_grams_for(0)
         device = next(iter(params.values())).device
@@ -251,8 +269,8 @@ class FishLeg(torch.optim.Optimizer):
         given = {name: tuple(t.shape) for name, t in extra["q"].items()}
         if given != expected:
             differing = sorted(set(given.items()) ^ set(expected.items()))
-            raise ValueError(f"FishLeg state_dict: its auxiliary parameters do not fit this optimizer's QForms "
-                             f"(differing entries: {differing[:4]}...); build the optimizer with the same forms")
+            raise ValueError(f"FishLeg state_dict: its auxiliary parameters do not fit this optimizer's Q "
+                             f"(differing entries: {differing[:4]}...); build the optimizer with the same forms and groups")
         super().load_state_dict(state_dict)  # checks the parameter groups before changing anything
         self.auxiliary.load_state_dict(extra)
         self.steps = extra["steps"]

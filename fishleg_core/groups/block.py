@@ -1,0 +1,72 @@
+"""The single-block group: one parameter block with one QForm."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fishleg_core.groups.base import BlockVector, QGroup
+from fishleg_core.groups.registry import QGROUPS
+from fishleg_core.layers.mapping import Block
+from fishleg_core.qforms import QFORMS, QForm
+
+
+class BlockQ(QGroup):
+    """One block with one QForm: G = pack(tensors), Q·G (or Q·(left rightᵀ) when the form's low-rank
+    product pays at that rank), unpack."""
+
+    def __init__(self, block: Block, form: QForm) -> None:
+        super().__init__([block])
+        if not isinstance(form, QForm):
+            raise TypeError(f"BlockQ: form must be a QForm, got {type(form).__name__}")
+        if form.shape != block.shape:
+            raise ValueError(f"block {block.name!r} has shape {block.shape} but its form acts on {form.shape}")
+        self.block = block
+        self.form = form
+        self.init_deviation = form.init_deviation
+
+    def multiply(self, x: list[BlockVector]) -> list[Tensor]:
+        (vector,) = x
+        product = None
+        if vector.factors is not None:  # None when the form's low-rank product does not pay at this rank
+            product = self.form.multiply_low_rank(vector.factors.left, vector.factors.right)
+        return [product if product is not None else self.form(vector.matrix())]
+
+    def packed_dense(self) -> Tensor:
+        return self.form.to_dense()
+
+    def describe(self) -> tuple[str, str, str, str]:
+        return self.block.name, self.block.module_type.__name__, str(self.block.shape), type(self.form).__name__
+
+    def extra_repr(self) -> str:
+        return f"block={self.block.name!r} ({self.block.module_type.__name__}, shape={self.block.shape})"
+
+
+@QGROUPS.register("block")
+def block_q(
+    blocks: Sequence[Block],
+    init_scale: float = 1.0,
+    *,
+    form: str = "kron",
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    **options: Any,
+) -> BlockQ:
+    """``BlockQ`` of the QForm ``form`` (with ``options``) on the one block in ``blocks``."""
+    if isinstance(blocks, Block) or not isinstance(blocks, Sequence) or len(blocks) != 1:
+        count = (
+            "a Block"
+            if isinstance(blocks, Block)
+            else f"{len(blocks)} blocks"
+            if isinstance(blocks, Sequence)
+            else type(blocks).__name__
+        )
+        raise ValueError(f"group form 'block' acts on exactly one block (a list of one Block); got {count}")
+    (block,) = blocks
+    if not isinstance(block, Block):
+        raise TypeError(f"group form 'block': blocks must hold Block objects, got {type(block).__name__}")
+    q = QFORMS.build(form, shape=block.shape, init_scale=init_scale, device=device, dtype=dtype, **options)
+    return BlockQ(block, q)
