@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from fishleg_core.checks import check_mapping, check_number
 from fishleg_core.layers.form_choice import FormChoices, choose_forms
 from fishleg_core.layers.mapping import Block, map_blocks
-from fishleg_core.qforms import QFORMS, QForm
+from fishleg_core.qforms import QFORMS, QForm, RowBandsQ
 from fishleg_core.qforms.positive import TriangularFactor
 from fishleg_core.vectors import check_entry
 
@@ -78,7 +78,9 @@ class BlockQ(QGroup):
         return dense
 
     def describe(self) -> tuple[str, str, str, str]:
-        return self.block.name, self.block.module_type.__name__, str(self.block.shape), type(self.form).__name__
+        form = self.form
+        label = f"{len(form.bands)}×{type(form.bands[0]).__name__}" if isinstance(form, RowBandsQ) else type(form).__name__
+        return self.block.name, self.block.module_type.__name__, str(self.block.shape), label
 
     def extra_repr(self) -> str:
         return f"block={self.block.name!r} ({self.block.module_type.__name__}, shape={self.block.shape})"
@@ -131,8 +133,9 @@ class ModelQ(nn.Module):
 def build_model_q(
     model: nn.Module, forms: FormChoices | None = None, init_scale: float = 1.0, strict: bool = False
 ) -> ModelQ:
-    """Map ``model`` to blocks (``map_blocks``), give each its QForm (``choose_forms``), all started at
-    ``init_scale · I``, with the dtype and device of the block's parameters."""
+    """Map ``model`` to blocks (``map_blocks``), give each its QForm (``choose_forms``; one per band for
+    blocks with ``row_parts`` > 1, as a ``RowBandsQ``), all started at ``init_scale · I``, with the dtype and
+    device of the block's parameters."""
     check_number("init_scale", init_scale, 0.0)
     blocks = map_blocks(model, strict=strict)
     if not blocks:
@@ -141,9 +144,11 @@ def build_model_q(
     groups = []
     for block, (form_name, options) in zip(blocks, choose_forms(blocks, forms)):
         like = params[block.param_names[0]]
+        rows, cols = block.shape
         with _factory_defaults(like):
-            form = QFORMS.build(form_name, shape=block.shape, init_scale=init_scale, **options)
-        groups.append(BlockQ(block, form))
+            bands = [QFORMS.build(form_name, shape=(rows // block.row_parts, cols), init_scale=init_scale, **options)
+                     for _ in range(block.row_parts)]
+        groups.append(BlockQ(block, bands[0] if block.row_parts == 1 else RowBandsQ(bands)))
     return ModelQ(groups)
 
 
