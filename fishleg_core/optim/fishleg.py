@@ -67,6 +67,8 @@ class FishLeg(torch.optim.Optimizer):
         aux_data: an iterable of auxiliary batches (a DataLoader, a list; cycled): an input tensor or a
             tuple (inputs, targets, ...). It must differ from the minibatches that produce g. Or give
             ``step(aux_batch=...)``.
+        output_fn: for a model whose forward returns a tuple or a dict, the function that selects the output
+            tensor the likelihood models (``lambda out: out["logits"]``), as the training loss does.
 
     The per-group ``lr``, ``momentum`` and ``weight_decay`` may be changed between steps (LR schedulers
     work). All arguments are validated by ``FishLegConfig``; errors name the argument.
@@ -95,11 +97,13 @@ class FishLeg(torch.optim.Optimizer):
         seed: int | None = None,
         forms: FormChoices | None = None,
         aux_data: Iterable[Any] | None = None,
+        output_fn: Callable[[Any], Tensor] | None = None,
     ) -> None:
         arguments = dict(locals())
         self.config = validate(FishLegConfig, "FishLeg", {name: arguments[name] for name in FishLegConfig.model_fields})
         if not isinstance(model, nn.Module):
             raise TypeError(f"FishLeg: model must be a torch.nn.Module, got {type(model).__name__}")
+        check_callable("output_fn", output_fn, optional=True)
         self._distributed = isinstance(model, nn.parallel.DistributedDataParallel)
         model = model.module if self._distributed else model
         self.model = model
@@ -120,7 +124,7 @@ class FishLeg(torch.optim.Optimizer):
         self.auxiliary = AuxiliaryUpdate(
             model, self.likelihood, self.q, lr=self.config.aux_lr, betas=self.config.aux_betas,
             eps=self.config.aux_eps, damping=self.config.damping, fisher_method=self.config.fisher_method,
-            generator=generator, guard=self.nonfinite, distributed=self._distributed,
+            generator=generator, guard=self.nonfinite, distributed=self._distributed, output_fn=output_fn,
         )
         self.aux_data = CyclicBatches(aux_data) if aux_data is not None else None
         self.steps = 0
