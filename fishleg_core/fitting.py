@@ -44,7 +44,7 @@ def normalized_gradients(
     """u = g/‖g‖ for the minibatch gradient g of the batch NLL of each (inputs, targets) batch.
 
     With ``factors_for`` (the Q to be fitted), yields (u, factors) with the low-rank factors of u's
-    linear-layer blocks (``GradientFactors``), so that Q·u can use the cheaper low-rank product; its module
+    linear and convolution blocks (``GradientFactors``), so that Q·u can use the cheaper low-rank product; its module
     hooks stay on the model until the generator is exhausted or closed (``contextlib.closing``).
     """
     likelihood = resolve_likelihood(likelihood)

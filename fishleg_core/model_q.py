@@ -79,7 +79,8 @@ class BlockQ(QGroup):
 
     def describe(self) -> tuple[str, str, str, str]:
         form = self.form
-        label = f"{len(form.bands)}×{type(form.bands[0]).__name__}" if isinstance(form, RowBandsQ) else type(form).__name__
+        banded = isinstance(form, RowBandsQ)
+        label = f"{len(form.bands)}×{type(form.bands[0]).__name__}" if banded else type(form).__name__
         return self.block.name, self.block.module_type.__name__, str(self.block.shape), label
 
     def extra_repr(self) -> str:

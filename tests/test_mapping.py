@@ -43,7 +43,8 @@ def test_custom_nested_module_gets_the_expected_blocks():
 
 
 def test_strict_mode_rejects_a_bare_parameter():
-    with pytest.raises(fl.UnsupportedLayerError, match=r"strict mode: .* parameters temperature \(module '' \(Net\) has no layer adapter\);"):
+    with pytest.raises(fl.UnsupportedLayerError,
+                       match=r"strict mode: .* parameters temperature \(module '' \(Net\) has no layer adapter\);"):
         fl.map_blocks(Net(), strict=True)
 
 

@@ -29,7 +29,7 @@ class FishLegConfig(BaseModel):
     aux_eps: float = Field(1e-8, gt=0, allow_inf_nan=False, description="Adam epsilon of λ")
     aux_every: int = Field(10, ge=0, description="one auxiliary update every this many steps; 0: none (Q fixed)")
     fisher_method: str = Field("exact", description="a name in FISHER_METHODS")
-    low_rank: bool = Field(True, description="multiply Q with the low-rank factors of linear layers' gradients "
+    low_rank: bool = Field(True, description="multiply Q with the low-rank factors of layers' gradients "
                            "(momentum_on='update', no weight decay); False: always the dense product")
     strict: bool = Field(False, description="error, not warning, for parameters no layer adapter covers")
     nonfinite: Literal["skip", "raise"] = Field(

@@ -57,8 +57,8 @@ class FishLeg(torch.optim.Optimizer):
         aux_lr, aux_betas, aux_eps: Adam hyperparameters of λ.
         aux_every: one auxiliary update every this many steps, the first step included; 0: Q stays fixed.
         fisher_method: a name in ``FISHER_METHODS`` ("exact", "sampled", "empirical").
-        low_rank: use the low-rank factors of linear layers' gradients for Q·g (``momentum_on="update"``,
-            no weight decay, no DDP); False: always the dense product.
+        low_rank: use the low-rank factors of linear and convolution layers' gradients for Q·g where that is
+            cheaper (``momentum_on="update"``, no weight decay, no DDP); False: always the dense product.
         strict: an error, not a warning, for trainable parameters that no layer adapter covers.
         nonfinite: NaN/Inf in the gradient or an auxiliary update: ``"skip"`` that update (counted in
             ``nonfinite.skipped``, warned once) or ``"raise"`` FloatingPointError.
@@ -129,7 +129,7 @@ class FishLeg(torch.optim.Optimizer):
         self.aux_data = CyclicBatches(aux_data) if aux_data is not None else None
         self.steps = 0
         # With momentum on Q·g, each step multiplies Q with the raw minibatch gradient, whose linear-layer
-        # blocks have rank ≤ batch size: capture their factors (paper §4.4). Under DDP the gradients are
+        # blocks have rank ≤ batch size (convolutions: ≤ batch × positions): capture their factors (paper §4.4). Under DDP the gradients are
         # averaged over ranks and no longer match the local factors.
         low_rank = (self.config.low_rank and self.config.momentum_on == "update" and self.config.weight_decay == 0
                     and not self._distributed)
