@@ -129,8 +129,8 @@ class FishLeg(torch.optim.Optimizer):
         self.aux_data = CyclicBatches(aux_data) if aux_data is not None else None
         self.steps = 0
         # With momentum on Q·g, each step multiplies Q with the raw minibatch gradient, whose linear-layer
-        # blocks have rank ≤ batch size (convolutions: ≤ batch × positions): capture their factors (paper §4.4). Under DDP the gradients are
-        # averaged over ranks and no longer match the local factors.
+        # blocks have rank ≤ batch size (convolutions: ≤ batch × positions): capture their factors (paper
+        # §4.4). Under DDP the gradients are averaged over ranks and no longer match the local factors.
         low_rank = (self.config.low_rank and self.config.momentum_on == "update" and self.config.weight_decay == 0
                     and not self._distributed)
         self._capture = GradientFactors.for_q(model, self.q) if low_rank else None
