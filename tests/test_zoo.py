@@ -100,3 +100,28 @@ def test_fishleg_steps_stay_finite_and_lower_the_loss(name):
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert torch.isfinite(optimizer.last_aux_loss)
     assert losses[-1] < losses[0], losses
+
+
+def test_frozen_model_fit_and_evaluation_use_the_output_selector():
+    """normalized_gradients, fit_q and ProbeEvaluator on a dict-output model with output_fn give what they give
+    on the same network returning the logits tensor."""
+    name = "dict_output"
+    case, model = zoo.ZOO[name], zoo.build(name)
+    plain = torch.nn.Sequential(model.body, torch.nn.Tanh(), model.head)
+    rename = {"body.weight": "0.weight", "body.bias": "0.bias", "head.weight": "2.weight", "head.bias": "2.bias"}
+    x, curvature = zoo.inputs(name, batch=8, seed=7), zoo.inputs(name, batch=8, seed=8)
+    y = torch.randint(0, 3, (8,), generator=torch.Generator().manual_seed(9))
+    (u,) = fl.normalized_gradients(model, "categorical", [(x, y)], output_fn=case.output_fn)
+    (u_plain,) = fl.normalized_gradients(plain, "categorical", [(x, y)])
+    for key, other in rename.items():
+        torch.testing.assert_close(u[key], u_plain[other])
+    results = []
+    for net, direction, select in [(model, u, case.output_fn), (plain, u_plain, None)]:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            q = fl.build_model_q(net)
+        fit = fl.fit_q(net, "categorical", q, [direction] * 3, [curvature] * 3, steps=3, lr=1e-2, output_fn=select)
+        evaluator = fl.ProbeEvaluator(net, "categorical", [direction], curvature, damping=0.1, output_fn=select)
+        results.append((fit.curve, evaluator.evaluate(q).mean_normalized_error))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-10)
+    assert results[0][1] == pytest.approx(results[1][1], rel=1e-8)
