@@ -1,5 +1,5 @@
 """Layer adapters: which parameters of a module form which blocks, their default QForm, and (optionally) the
-low-rank factors of the module's minibatch gradient (DESIGN §6).
+low-rank factors of the module's minibatch gradient (docs/design.md §6).
 
 An adapter is registered for a module type and found along the class hierarchy, so a subclass of
 ``nn.Linear`` uses the Linear adapter unless it has one of its own:

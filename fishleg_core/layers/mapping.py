@@ -1,4 +1,4 @@
-"""Map any ``nn.Module`` tree to parameter blocks, without touching its modules (DESIGN §6)."""
+"""Map any ``nn.Module`` tree to parameter blocks, without touching its modules (docs/design.md §6)."""
 
 from __future__ import annotations
 
@@ -67,10 +67,7 @@ def map_blocks(model: nn.Module, strict: bool = False) -> list[Block]:
             if members[0] in owner:
                 _join_tied(blocks, owner, members, params, module_name, reasons)
                 continue
-            taken = [name for name in members if name in owner]
-            for name in taken:
-                reasons[name] = f"module {module_name!r} shares it with block {blocks[owner[name]].name!r}"
-            members = [name for name in members if name not in owner]
+            members = [name for name in members if name not in owner]  # others tied into earlier blocks
             layout = adapter.layout(module, [params[name].shape for name in members])
             block_name = module_name + suffix if module_name else suffix.lstrip(":")
             owner.update({name: len(blocks) for name in members})
