@@ -3,8 +3,9 @@ product M_L G M_R, on late-stage convolution shapes where the feature maps are s
 
 For each batch size N: a Conv2d(C, C, 3, padding=1) on N × C × S × S inputs, a kron form with perturbed λ
 (Gram matrices cached, as FishLeg with aux_every > 1), the gradient of a random linear read-out. The two
-products alternate in rounds; times are medians over rounds. ``pays`` is the form's own FLOP criterion,
-which decides which product FishLeg uses (and whether the factors are captured at all). One thread.
+products alternate in rounds; times are medians over rounds. ``pays``: whether the form's own
+``multiply_low_rank`` takes the factors (its FLOP criterion, which decides which product FishLeg uses and
+whether the factors are captured at all). One thread.
 
     python -m benchmarks.bench_conv_lowrank [--channels C] [--size S] [--batches 1,2,4,...] [--rounds N] [--json FILE]
 """
@@ -51,15 +52,22 @@ def main(argv: list[str] | None = None) -> dict:
         factors = capture.factors(gradient)
         rank = factors[""][0].shape[1]
         G = group.block.layout.pack([gradient[name] for name in group.block.param_names])
+        form = group.form
+
+        def factored_product() -> torch.Tensor:  # (M_L Δᵀ)(M_R [A | 1]ᵀ)ᵀ, also where the form would decline it
+            left, right = factors[""]
+            return form.L.gram_matmul(left) @ form.R.gram_matmul(right).mT
+
         with torch.no_grad():
-            reference = group.form(G)
-            difference = group.form.multiply_low_rank(*factors[""]) - reference
+            reference = form(G)
+            difference = factored_product() - reference
             error = (difference.abs().max() / reference.abs().max()).item()
             low, dense = [], []
             for _ in range(args.rounds):
-                low.append(timed(lambda: [group.form.multiply_low_rank(*factors[""]) for _ in range(REPEATS)]))
-                dense.append(timed(lambda: [group.form(G) for _ in range(REPEATS)]))
-        run = {"batch": batch, "rank": rank, "pays": group.form.low_rank_pays(rank),
+                low.append(timed(lambda: [factored_product() for _ in range(REPEATS)]))
+                dense.append(timed(lambda: [form(G) for _ in range(REPEATS)]))
+            pays = form.multiply_low_rank(*factors[""]) is not None
+        run = {"batch": batch, "rank": rank, "pays": pays,
                "low_rank_ms": 1e3 * median(low) / REPEATS, "dense_ms": 1e3 * median(dense) / REPEATS,
                "relative_difference": error}
         run["speedup"] = run["dense_ms"] / run["low_rank_ms"]

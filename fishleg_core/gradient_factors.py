@@ -21,6 +21,8 @@ from fishleg_core.fisher.functional import in_functional_view
 from fishleg_core.layers.adapters import LayerAdapter, adapter_for
 from fishleg_core.layers.mapping import Block
 from fishleg_core.model_q import BlockQ, ModelQ
+from fishleg_core.qforms import QForm
+from fishleg_core.qforms.kron import kron_low_rank_pays
 from fishleg_core.user_warnings import warn_user
 
 RELATIVE_TOLERANCE = 1e-4
@@ -62,10 +64,13 @@ class GradientFactors:
 
     @classmethod
     def for_q(cls, model: nn.Module, q: ModelQ) -> "GradientFactors":
-        """A capture for the blocks that ``q`` holds as single-block groups, where their form's low-rank
-        product pays."""
-        groups = [group for group in q.groups if isinstance(group, BlockQ)]
-        return cls(model, [group.block for group in groups], {g.block.name: g.form.low_rank_pays for g in groups})
+        """A capture for the blocks that ``q`` holds as single-block groups whose form has a low-rank product
+        (overrides ``multiply_low_rank``), for forward passes whose rank is below the Kronecker break-even
+        rank of the block (``kron_low_rank_pays``: no built-in form's product pays beyond it; the form still
+        decides, and may return None)."""
+        groups = [g for g in q.groups if isinstance(g, BlockQ) and _has_low_rank_product(g.form)]
+        return cls(model, [g.block for g in groups], {g.block.name: partial(kron_low_rank_pays, g.block.shape)
+                                                      for g in groups})
 
     def factors(self, gradient: Mapping[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
         """{block name: (left, right)} with left @ rightᵀ equal to the block of ``gradient``."""
@@ -146,6 +151,10 @@ class GradientFactors:
 def _joined(pieces: list[Tensor]) -> Tensor:
     """The pieces stacked along the first dimension (no copy for the usual single forward pass)."""
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
+def _has_low_rank_product(form: QForm) -> bool:
+    return type(form).multiply_low_rank is not QForm.multiply_low_rank
 
 
 def _capturing_adapter(model: nn.Module, block: Block) -> LayerAdapter | None:

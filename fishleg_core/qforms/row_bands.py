@@ -28,12 +28,11 @@ class RowBandsQ(QForm):
         pieces = torch.split(G, self.bands[0].rows, dim=-2)
         return torch.cat([band.multiply(piece) for band, piece in zip(self.bands, pieces)], dim=-2)
 
-    def multiply_low_rank(self, left: Tensor, right: Tensor) -> Tensor:
+    def multiply_low_rank(self, left: Tensor, right: Tensor) -> Tensor | None:
+        """Band by band, when every band has a cheaper product on these factors; else None."""
         pieces = torch.split(left, self.bands[0].rows, dim=-2)
-        return torch.cat([band.multiply_low_rank(piece, right) for band, piece in zip(self.bands, pieces)], dim=-2)
-
-    def low_rank_pays(self, rank: int) -> bool:
-        return all(band.low_rank_pays(rank) for band in self.bands)
+        products = [band.multiply_low_rank(piece, right) for band, piece in zip(self.bands, pieces)]
+        return None if any(p is None for p in products) else torch.cat(products, dim=-2)
 
     def to_dense(self) -> Tensor:
         return torch.block_diag(*[band.to_dense() for band in self.bands])
