@@ -20,8 +20,32 @@ from torch import nn
 import fishleg_core as fl
 from benchmarks.common import median, timed, write_json
 from fishleg_core.gradient_factors import GradientFactors
+from fishleg_core.qforms import KronQ
 
 REPEATS = 20
+
+
+def compare(form: KronQ, G: torch.Tensor, left: torch.Tensor, right: torch.Tensor, rounds: int) -> dict:
+    """Times (median over rounds) of (M_L left)(M_R right)ᵀ, also where the form would decline it, and of
+    M_L G M_R; their relative difference; whether the form's ``multiply_low_rank`` takes the factors."""
+
+    def factored_product() -> torch.Tensor:
+        return form.L.gram_matmul(left) @ form.R.gram_matmul(right).mT
+
+    with torch.no_grad():
+        reference = form(G)
+        error = ((factored_product() - reference).abs().max() / reference.abs().max()).item()
+        low, dense = [], []
+        for _ in range(rounds):
+            low.append(timed(lambda: [factored_product() for _ in range(REPEATS)]))
+            dense.append(timed(lambda: [form(G) for _ in range(REPEATS)]))
+        pays = form.multiply_low_rank(left, right) is not None
+    return {
+        "pays": pays,
+        "low_rank_ms": 1e3 * median(low) / REPEATS,
+        "dense_ms": 1e3 * median(dense) / REPEATS,
+        "relative_difference": error,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -52,29 +76,14 @@ def main(argv: list[str] | None = None) -> dict:
         factors = capture.factors(gradient)
         rank = factors[""][0].shape[1]
         G = group.block.layout.pack([gradient[name] for name in group.block.param_names])
-        form = group.form
-
-        def factored_product() -> torch.Tensor:  # (M_L Δᵀ)(M_R [A | 1]ᵀ)ᵀ, also where the form would decline it
-            left, right = factors[""]
-            return form.L.gram_matmul(left) @ form.R.gram_matmul(right).mT
-
-        with torch.no_grad():
-            reference = form(G)
-            difference = factored_product() - reference
-            error = (difference.abs().max() / reference.abs().max()).item()
-            low, dense = [], []
-            for _ in range(args.rounds):
-                low.append(timed(lambda: [factored_product() for _ in range(REPEATS)]))
-                dense.append(timed(lambda: [form(G) for _ in range(REPEATS)]))
-            pays = form.multiply_low_rank(*factors[""]) is not None
-        run = {"batch": batch, "rank": rank, "pays": pays,
-               "low_rank_ms": 1e3 * median(low) / REPEATS, "dense_ms": 1e3 * median(dense) / REPEATS,
-               "relative_difference": error}
+        run = {"batch": batch, "rank": rank, **compare(group.form, G, *factors[""], args.rounds)}
         run["speedup"] = run["dense_ms"] / run["low_rank_ms"]
         result["runs"].append(run)
-        print(f"N={batch:>3} rank={rank:>4} pays={str(run['pays']):<5} low-rank {run['low_rank_ms']:.3f} ms, "
-              f"dense {run['dense_ms']:.3f} ms, speed-up {run['speedup']:.2f}x, "
-              f"max |difference| / max |Q·g| {error:.1e}")
+        print(
+            f"N={batch:>3} rank={rank:>4} pays={str(run['pays']):<5} low-rank {run['low_rank_ms']:.3f} ms, "
+            f"dense {run['dense_ms']:.3f} ms, speed-up {run['speedup']:.2f}x, "
+            f"max |difference| / max |Q·g| {run['relative_difference']:.1e}"
+        )
     return write_json(result, args.json)
 
 

@@ -65,35 +65,65 @@ def test_a_tied_parameter_that_does_not_fit_is_warned_about_with_the_reason():
             self.encode = nn.Conv1d(3, 2, 1)  # the same weight as (out 2, in 3, 1): its bias has 2 rows
             self.encode.weight = self.decode.weight
 
-    with pytest.warns(UserWarning, match=r"own diagonal block: encode.bias \(module 'encode' shares decode.weight "
-                      r"with block 'decode', whose rows it does not fit\)"):
+    with pytest.warns(
+        UserWarning,
+        match=r"own diagonal block: encode.bias \(module 'encode' shares decode.weight "
+        r"with block 'decode', whose rows it does not fit\)",
+    ):
         blocks = fl.map_blocks(TiedConvAutoencoder())
-    assert [(b.name, b.param_names) for b in blocks] == [("decode", ("decode.weight", "decode.bias")),
-                                                         ("encode.bias", ("encode.bias",))]
+    assert [(b.name, b.param_names) for b in blocks] == [
+        ("decode", ("decode.weight", "decode.bias")),
+        ("encode.bias", ("encode.bias",)),
+    ]
 
 
 @pytest.mark.parametrize(
     ("module", "expected"),
     [
-        (nn.MultiheadAttention(4, 2), [("", ("in_proj_weight", "in_proj_bias"), (12, 5), 3),
-                                      ("out_proj", ("out_proj.weight", "out_proj.bias"), (4, 5), 1)]),
-        (nn.GRU(3, 4), [("ih_l0", ("weight_ih_l0", "bias_ih_l0"), (12, 4), 1),
-                        ("hh_l0", ("weight_hh_l0", "bias_hh_l0"), (12, 5), 1)]),
-        (nn.LSTM(3, 4, bias=False, proj_size=2), [("ih_l0", ("weight_ih_l0",), (16, 3), 1),
-                                                  ("hh_l0", ("weight_hh_l0",), (16, 2), 1),
-                                                  ("hr_l0", ("weight_hr_l0",), (2, 4), 1)]),
-        (nn.RNN(2, 3, bidirectional=True), [
-            ("ih_l0", ("weight_ih_l0", "bias_ih_l0"), (3, 3), 1),
-            ("hh_l0", ("weight_hh_l0", "bias_hh_l0"), (3, 4), 1),
-            ("ih_l0_reverse", ("weight_ih_l0_reverse", "bias_ih_l0_reverse"), (3, 3), 1),
-            ("hh_l0_reverse", ("weight_hh_l0_reverse", "bias_hh_l0_reverse"), (3, 4), 1),
-        ]),
+        (
+            nn.MultiheadAttention(4, 2),
+            [
+                ("", ("in_proj_weight", "in_proj_bias"), (12, 5), 3),
+                ("out_proj", ("out_proj.weight", "out_proj.bias"), (4, 5), 1),
+            ],
+        ),
+        (
+            nn.GRU(3, 4),
+            [
+                ("ih_l0", ("weight_ih_l0", "bias_ih_l0"), (12, 4), 1),
+                ("hh_l0", ("weight_hh_l0", "bias_hh_l0"), (12, 5), 1),
+            ],
+        ),
+        (
+            nn.LSTM(3, 4, bias=False, proj_size=2),
+            [
+                ("ih_l0", ("weight_ih_l0",), (16, 3), 1),
+                ("hh_l0", ("weight_hh_l0",), (16, 2), 1),
+                ("hr_l0", ("weight_hr_l0",), (2, 4), 1),
+            ],
+        ),
+        (
+            nn.RNN(2, 3, bidirectional=True),
+            [
+                ("ih_l0", ("weight_ih_l0", "bias_ih_l0"), (3, 3), 1),
+                ("hh_l0", ("weight_hh_l0", "bias_hh_l0"), (3, 4), 1),
+                ("ih_l0_reverse", ("weight_ih_l0_reverse", "bias_ih_l0_reverse"), (3, 3), 1),
+                ("hh_l0_reverse", ("weight_hh_l0_reverse", "bias_hh_l0_reverse"), (3, 4), 1),
+            ],
+        ),
         (nn.ConvTranspose2d(4, 6, 3, groups=2), [("", ("weight", "bias"), (6, 19), 2)]),
         (nn.ConvTranspose1d(2, 3, 2, bias=False), [("", ("weight",), (3, 4), 1)]),
         (nn.Conv2d(4, 6, 3, groups=2), [("", ("weight", "bias"), (6, 19), 2)]),
     ],
-    ids=["attention", "gru", "lstm_projected", "rnn_bidirectional", "conv_transpose_grouped", "conv_transpose_1d",
-         "conv_grouped"],
+    ids=[
+        "attention",
+        "gru",
+        "lstm_projected",
+        "rnn_bidirectional",
+        "conv_transpose_grouped",
+        "conv_transpose_1d",
+        "conv_grouped",
+    ],
 )
 def test_new_layers_get_their_blocks(module, expected):
     assert blocks_without_warnings(module) == expected
@@ -105,8 +135,13 @@ def test_new_layers_get_their_blocks(module, expected):
 def test_attention_with_other_key_and_value_sizes_names_the_bias_it_leaves_out():
     with pytest.warns(UserWarning, match=r"in_proj_bias \(the AttentionAdapter of module '' \(MultiheadAttention\)"):
         blocks = fl.map_blocks(nn.MultiheadAttention(4, 2, kdim=3, vdim=5))
-    assert [(b.name, b.shape) for b in blocks] == [("q", (4, 4)), ("k", (4, 3)), ("v", (4, 5)),
-                                                   ("in_proj_bias", (12, 1)), ("out_proj", (4, 5))]
+    assert [(b.name, b.shape) for b in blocks] == [
+        ("q", (4, 4)),
+        ("k", (4, 3)),
+        ("v", (4, 5)),
+        ("in_proj_bias", (12, 1)),
+        ("out_proj", (4, 5)),
+    ]
 
 
 @pytest.mark.parametrize("groups", [1, 2])
@@ -131,8 +166,11 @@ def test_layout_pack_unpack_and_permutation_agree(transposed):
     from fishleg_core.layers import BlockLayout
 
     shapes = (torch.Size([4, 3, 2]), torch.Size([6]))
-    layout = BlockLayout(shapes, size=6, axis=1, transposed=(transposed, 0)) if transposed else \
-        BlockLayout((torch.Size([6, 2, 2]), torch.Size([6])), size=6)
+    layout = (
+        BlockLayout(shapes, size=6, axis=1, transposed=(transposed, 0))
+        if transposed
+        else BlockLayout((torch.Size([6, 2, 2]), torch.Size([6])), size=6)
+    )
     tensors = [torch.randn(s) for s in layout.param_shapes]
     G = layout.pack(tensors)
     assert all(torch.equal(a, b) for a, b in zip(layout.unpack(G), tensors))
@@ -157,8 +195,18 @@ def test_row_bands_act_band_by_band_and_match_their_dense_matrix(form):
 
 
 def test_every_registered_adapter_type_is_exercised_here_or_in_the_zoo():
-    covered = {nn.Linear, nn.Bilinear, nn.Embedding, nn.LayerNorm, nn.RMSNorm, nn.GroupNorm,
-               torch.nn.modules.batchnorm._NormBase, torch.nn.modules.conv._ConvNd,
-               torch.nn.modules.conv._ConvTransposeNd, nn.MultiheadAttention, nn.RNNBase}
+    covered = {
+        nn.Linear,
+        nn.Bilinear,
+        nn.Embedding,
+        nn.LayerNorm,
+        nn.RMSNorm,
+        nn.GroupNorm,
+        torch.nn.modules.batchnorm._NormBase,
+        torch.nn.modules.conv._ConvNd,
+        torch.nn.modules.conv._ConvTransposeNd,
+        nn.MultiheadAttention,
+        nn.RNNBase,
+    }
     registered = {key for key in LAYER_ADAPTERS if isinstance(key, type) and key.__module__.startswith("torch")}
     assert registered <= covered, registered - covered

@@ -9,11 +9,11 @@ import warnings
 
 import pytest
 import torch
+import zoo
+from reference import dense_fisher, flat, unflat
 
 import fishleg_core as fl
 from fishleg_core.vectors import trainable_parameters
-import zoo
-from reference import dense_fisher, flat, unflat
 
 NAMES = list(zoo.ZOO)
 FALLBACK_NOTE = "exact Fisher-vector product: using"  # announced once per process; not a layer fallback
@@ -71,8 +71,9 @@ def test_model_q_matches_its_dense_matrix(name):
             p.add_(0.1 * torch.randn_like(p))
     params = {n: p for n, p in model.named_parameters() if n in q.param_names}
     ordered = {n: params[n] for n in q.param_names}
-    x = torch.randn(sum(p.numel() for p in ordered.values()), generator=torch.Generator().manual_seed(3),
-                    dtype=torch.float64)
+    x = torch.randn(
+        sum(p.numel() for p in ordered.values()), generator=torch.Generator().manual_seed(3), dtype=torch.float64
+    )
     qx = q(unflat(x, ordered))
     torch.testing.assert_close(flat(qx, ordered), q.to_dense() @ x, rtol=1e-10, atol=1e-12)
 
@@ -88,8 +89,17 @@ def test_fishleg_steps_stay_finite_and_lower_the_loss(name):
         y = likelihood.sample(select(model(x)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        optimizer = fl.FishLeg(model, likelihood, lr=0.5, momentum=0.0, init_scale=0.1, aux_lr=1e-3,
-                               aux_every=1, aux_data=[aux], output_fn=case.output_fn)
+        optimizer = fl.FishLeg(
+            model,
+            likelihood,
+            lr=0.5,
+            momentum=0.0,
+            init_scale=0.1,
+            aux_lr=1e-3,
+            aux_every=1,
+            aux_data=[aux],
+            output_fn=case.output_fn,
+        )
         losses = []
         for _ in range(4):
             optimizer.zero_grad()

@@ -6,8 +6,8 @@ deterministically without touching the global RNG.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -127,26 +127,52 @@ def _frozen_mlp() -> nn.Module:
 ZOO: dict[str, ZooCase] = {
     "mlp": ZooCase(lambda: nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)), (4,)),
     "cnn_batchnorm_pool": ZooCase(
-        lambda: nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2),
-                              nn.Flatten(), nn.Linear(27, 3)), (1, 6, 6)),
+        lambda: nn.Sequential(
+            nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(27, 3)
+        ),
+        (1, 6, 6),
+    ),
     "grouped_and_transposed_conv2d": ZooCase(
-        lambda: nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Tanh(), nn.ConvTranspose2d(4, 2, 2, stride=2),
-                              nn.Flatten(), nn.Linear(72, 3)), (4, 5, 5)),
+        lambda: nn.Sequential(
+            nn.Conv2d(4, 4, 3, groups=2),
+            nn.Tanh(),
+            nn.ConvTranspose2d(4, 2, 2, stride=2),
+            nn.Flatten(),
+            nn.Linear(72, 3),
+        ),
+        (4, 5, 5),
+    ),
     "conv1d_grouped_transposed": ZooCase(
-        lambda: nn.Sequential(nn.Conv1d(2, 4, 3), nn.Tanh(), nn.ConvTranspose1d(4, 2, 3, stride=2, groups=2),
-                              nn.Flatten(), nn.Linear(14, 3)), (2, 5)),
+        lambda: nn.Sequential(
+            nn.Conv1d(2, 4, 3),
+            nn.Tanh(),
+            nn.ConvTranspose1d(4, 2, 3, stride=2, groups=2),
+            nn.Flatten(),
+            nn.Linear(14, 3),
+        ),
+        (2, 5),
+    ),
     "transposed_conv3d": ZooCase(
         lambda: nn.Sequential(nn.ConvTranspose3d(2, 2, 2), nn.Tanh(), nn.Flatten(), nn.Linear(54, 2)),
-        (2, 2, 2, 2), likelihood="gaussian"),
+        (2, 2, 2, 2),
+        likelihood="gaussian",
+    ),
     "gpt_tied_embeddings": ZooCase(TinyGPT, (5,), integer_inputs=7),
-    "gru": ZooCase(lambda: RecurrentClassifier(nn.GRU(3, 4, batch_first=True), 4), (4, 3),
-                   output_fn=lambda out: out[0]),
+    "gru": ZooCase(
+        lambda: RecurrentClassifier(nn.GRU(3, 4, batch_first=True), 4), (4, 3), output_fn=lambda out: out[0]
+    ),
     "lstm_bidirectional_projected": ZooCase(
-        lambda: RecurrentClassifier(nn.LSTM(3, 3, batch_first=True, bidirectional=True, proj_size=2), 4), (3, 3),
-        output_fn=lambda out: out[0]),
+        lambda: RecurrentClassifier(nn.LSTM(3, 3, batch_first=True, bidirectional=True, proj_size=2), 4),
+        (3, 3),
+        output_fn=lambda out: out[0],
+    ),
     "frozen_parameters": ZooCase(_frozen_mlp, (4,)),
-    "raw_parameter": ZooCase(Temperature, (4,), warns=r"own diagonal block: temperature \(module '' \(Temperature\) "
-                             r"has no layer adapter\)"),
+    "raw_parameter": ZooCase(
+        Temperature,
+        (4,),
+        warns=r"own diagonal block: temperature \(module '' \(Temperature\) "
+        r"has no layer adapter\)",
+    ),
     "custom_adapter": ZooCase(lambda: nn.Sequential(GatedLinear(4, 5), nn.Tanh(), nn.Linear(5, 3)), (4,)),
     "dict_output": ZooCase(DictOutput, (4,), output_fn=lambda out: out["logits"]),
     "tied_convolutions": ZooCase(TiedConvs, (2, 4, 4)),

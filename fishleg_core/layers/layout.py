@@ -52,7 +52,7 @@ class BlockLayout:
         extent = sum(self.widths)
         return (self.size, extent) if self.axis == 1 else (extent, self.size)
 
-    def extended(self, shapes: Sequence[torch.Size]) -> "BlockLayout":
+    def extended(self, shapes: Sequence[torch.Size]) -> BlockLayout:
         """This layout with further parameters appended (plain reshapes); ValueError if they do not fit."""
         transposed = self.transposed + (0,) * len(shapes) if self.transposed else ()
         return BlockLayout(self.param_shapes + tuple(shapes), self.size, self.axis, transposed)
