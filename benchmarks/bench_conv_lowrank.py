@@ -13,6 +13,7 @@ whether the factors are captured at all). One thread.
 from __future__ import annotations
 
 import argparse
+from typing import cast
 
 import torch
 from torch import nn
@@ -20,6 +21,7 @@ from torch import nn
 import fishleg_core as fl
 from benchmarks.common import median, timed, write_json
 from fishleg_core.gradient_factors import GradientFactors
+from fishleg_core.model_q import BlockQ
 from fishleg_core.qforms import KronQ
 
 REPEATS = 20
@@ -64,7 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
         for p in q.parameters():
             p.add_(0.01 * torch.randn_like(p))
     q.cache_grams(True)
-    (group,) = q.groups
+    group = cast(BlockQ, q.groups[0])
+    form = cast(KronQ, group.form)
     result: dict = {"channels": args.channels, "size": args.size, "block": list(group.block.shape), "runs": []}
     for batch in (int(b) for b in args.batches.split(",")):
         capture = GradientFactors(conv, [group.block])
@@ -72,11 +75,11 @@ def main(argv: list[str] | None = None) -> dict:
         conv.zero_grad()
         (conv(x) * torch.randn(batch, args.channels, args.size, args.size)).sum().backward()
         capture.remove()
-        gradient = {name: p.grad for name, p in conv.named_parameters()}
+        gradient = {name: cast(torch.Tensor, p.grad) for name, p in conv.named_parameters()}
         factors = capture.factors(gradient)
         rank = factors[""][0].shape[1]
         G = group.block.layout.pack([gradient[name] for name in group.block.param_names])
-        run = {"batch": batch, "rank": rank, **compare(group.form, G, *factors[""], args.rounds)}
+        run = {"batch": batch, "rank": rank, **compare(form, G, *factors[""], args.rounds)}
         run["speedup"] = run["dense_ms"] / run["low_rank_ms"]
         result["runs"].append(run)
         print(

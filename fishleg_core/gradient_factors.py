@@ -51,8 +51,9 @@ class GradientFactors:
 
     def __init__(self, model: nn.Module, blocks: Iterable[Block],
                  pays: Mapping[str, Callable[[int], bool]] | None = None) -> None:
-        adapters = {block.name: _capturing_adapter(model, block) for block in blocks}
-        self.blocks = {block.name: block for block in blocks if adapters.get(block.name)}
+        blocks = list(blocks)
+        adapters = {block.name: adapter for block in blocks if (adapter := _capturing_adapter(model, block))}
+        self.blocks = {block.name: block for block in blocks if block.name in adapters}
         self._pays = dict(pays or {})
         self._records = {name: _Record() for name in self.blocks}
         self._probes: dict[str, Tensor] = {}

@@ -77,9 +77,8 @@ class BlockQ(QGroup):
         return dense
 
     def describe(self) -> tuple[str, str, str, str]:
-        form = self.form
-        banded = isinstance(form, RowBandsQ)
-        label = f"{len(form.bands)}×{type(form.bands[0]).__name__}" if banded else type(form).__name__
+        forms = self.form.forms if isinstance(self.form, RowBandsQ) else [self.form]
+        label = type(forms[0]).__name__ if len(forms) == 1 else f"{len(forms)}×{type(forms[0]).__name__}"
         return self.block.name, self.block.module_type.__name__, str(self.block.shape), label
 
     def extra_repr(self) -> str:

@@ -18,7 +18,7 @@ A module may form several blocks (``blocks``: an RNN's weight matrices), and a b
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -88,10 +88,10 @@ class LinearAdapter(LayerAdapter):
         return True
 
     def factor_columns(self, module: nn.Module, inputs: Tensor) -> Tensor:
-        return inputs.reshape(-1, module.in_features)
+        return inputs.reshape(-1, cast(nn.Linear, module).in_features)
 
     def factor_rows(self, module: nn.Module, output_grad: Tensor) -> Tensor:
-        return output_grad.reshape(-1, module.out_features)
+        return output_grad.reshape(-1, cast(nn.Linear, module).out_features)
 
 
 @LAYER_ADAPTERS.register(_ConvNd)
@@ -101,25 +101,28 @@ class ConvAdapter(LayerAdapter):
     Δᵀ[A | 1] with N·positions rows (captured for 1-d and 2-d, ungrouped, zero-padded convolutions)."""
 
     def row_parts(self, module: nn.Module) -> int:
-        return module.groups
+        return cast(_ConvNd, module).groups
 
     def captures_factors(self, module: nn.Module) -> bool:
-        return (module.groups == 1 and len(module.kernel_size) <= 2 and module.padding_mode == "zeros"
-                and not isinstance(module.padding, str))
+        conv = cast(_ConvNd, module)
+        return (conv.groups == 1 and len(conv.kernel_size) <= 2 and conv.padding_mode == "zeros"
+                and not isinstance(conv.padding, str))
 
     def factor_columns(self, module: nn.Module, inputs: Tensor) -> Tensor:
-        spatial = len(module.kernel_size)
+        conv = cast(_ConvNd, module)
+        spatial = len(conv.kernel_size)
         x = inputs if inputs.dim() == spatial + 2 else inputs.unsqueeze(0)
         pad = (1,) * (2 - spatial)  # a 1-d convolution as a 2-d one of height 1
         x = x.reshape(*x.shape[:2], *pad, *x.shape[2:])
-        patches = F.unfold(x, pad + module.kernel_size, dilation=pad + module.dilation,
-                           padding=(0,) * len(pad) + module.padding, stride=pad + module.stride)
+        padding = cast(tuple[int, ...], conv.padding)  # not a string: see captures_factors
+        patches = F.unfold(x, pad + conv.kernel_size, dilation=pad + conv.dilation,
+                           padding=(0,) * len(pad) + padding, stride=pad + conv.stride)
         return patches.transpose(1, 2).reshape(-1, patches.shape[1])
 
     def factor_rows(self, module: nn.Module, output_grad: Tensor) -> Tensor:
-        spatial = len(module.kernel_size)
-        grad = output_grad if output_grad.dim() == spatial + 2 else output_grad.unsqueeze(0)
-        return grad.movedim(1, -1).reshape(-1, module.out_channels)
+        conv = cast(_ConvNd, module)
+        grad = output_grad if output_grad.dim() == len(conv.kernel_size) + 2 else output_grad.unsqueeze(0)
+        return grad.movedim(1, -1).reshape(-1, conv.out_channels)
 
 
 @LAYER_ADAPTERS.register(_ConvTransposeNd)
@@ -128,11 +131,12 @@ class ConvTransposeAdapter(LayerAdapter):
     [W viewed (out, in/groups·kernel) | b], one band of out/groups rows per group."""
 
     def layout(self, module: nn.Module, shapes: Sequence[torch.Size]) -> BlockLayout:
-        transposed = (module.groups,) + (0,) * (len(shapes) - 1)
-        return BlockLayout(tuple(shapes), size=module.out_channels, axis=1, transposed=transposed)
+        conv = cast(_ConvTransposeNd, module)
+        transposed = (conv.groups,) + (0,) * (len(shapes) - 1)
+        return BlockLayout(tuple(shapes), size=conv.out_channels, axis=1, transposed=transposed)
 
     def row_parts(self, module: nn.Module) -> int:
-        return module.groups
+        return cast(_ConvTransposeNd, module).groups
 
 
 @LAYER_ADAPTERS.register(nn.MultiheadAttention)
@@ -156,7 +160,8 @@ class RecurrentAdapter(LayerAdapter):
     [weight_ih_l0 | bias_ih_l0] of shape (gates·hidden, input (+1)), ``rnn:hh_l0_reverse``, ``rnn:hr_l0``."""
 
     def blocks(self, module: nn.Module) -> list[tuple[str, tuple[str, ...]]]:
-        tails = [name.removeprefix("weight_") for name in module._flat_weights_names if name.startswith("weight_")]
+        names = cast(nn.RNNBase, module)._flat_weights_names
+        tails = [name.removeprefix("weight_") for name in names if name.startswith("weight_")]
         return [(f":{tail}", (f"weight_{tail}", f"bias_{tail}")) for tail in tails]
 
 

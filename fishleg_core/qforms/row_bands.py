@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -23,19 +24,26 @@ class RowBandsQ(QForm):
         rows, cols = bands[0].shape
         super().__init__((rows * len(bands), cols), bands[0].init_scale)
         self.bands = nn.ModuleList(bands)
+        self.band_rows = rows
+
+    @property
+    def forms(self) -> list[QForm]:
+        """The bands' forms, top to bottom."""
+        return [cast(QForm, band) for band in self.bands]
 
     def multiply(self, G: Tensor) -> Tensor:
-        pieces = torch.split(G, self.bands[0].rows, dim=-2)
-        return torch.cat([band.multiply(piece) for band, piece in zip(self.bands, pieces)], dim=-2)
+        pieces = torch.split(G, self.band_rows, dim=-2)
+        return torch.cat([band.multiply(piece) for band, piece in zip(self.forms, pieces)], dim=-2)
 
     def multiply_low_rank(self, left: Tensor, right: Tensor) -> Tensor | None:
         """Band by band, when every band has a cheaper product on these factors; else None."""
-        pieces = torch.split(left, self.bands[0].rows, dim=-2)
-        products = [band.multiply_low_rank(piece, right) for band, piece in zip(self.bands, pieces)]
-        return None if any(p is None for p in products) else torch.cat(products, dim=-2)
+        pieces = torch.split(left, self.band_rows, dim=-2)
+        products = [band.multiply_low_rank(piece, right) for band, piece in zip(self.forms, pieces)]
+        done = [p for p in products if p is not None]
+        return torch.cat(done, dim=-2) if len(done) == len(products) else None
 
     def to_dense(self) -> Tensor:
-        return torch.block_diag(*[band.to_dense() for band in self.bands])
+        return torch.block_diag(*[band.to_dense() for band in self.forms])
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, bands={len(self.bands)}"
