@@ -12,8 +12,9 @@ import torch
 from scipy.sparse.linalg import LinearOperator, cg
 from torch import Tensor, nn
 
-from fishleg_core.checks import check_integer, check_number, check_tensor, check_type
+from fishleg_core.checks import check_callable, check_integer, check_number, check_tensor, check_type
 from fishleg_core.fisher import fisher_vp
+from fishleg_core.fisher.functional import OutputFn
 from fishleg_core.likelihoods import Likelihood, resolve_likelihood
 from fishleg_core.model_q import ModelQ
 from fishleg_core.vectors import (
@@ -55,6 +56,7 @@ class ProbeEvaluator:
     F_γ v is the exact damped Fisher on ``curvature_inputs`` (in chunks of ``chunk_size`` examples,
     weighted by their sizes). F_γ⁻¹u is solved once per probe by conjugate gradients (scipy) to relative
     residual ``cg_rtol`` (default 1e-10 in float64, 1e-5 in float32), then reused for every Q evaluated.
+    ``output_fn`` selects the output tensor of a model returning a tuple or a dict.
     """
 
     def __init__(
@@ -67,10 +69,13 @@ class ProbeEvaluator:
         chunk_size: int | None = None,
         cg_rtol: float | None = None,
         cg_maxiter: int | None = None,
+        output_fn: OutputFn | None = None,
     ) -> None:
         self.params = trainable_parameters(model)
         self.model = model
         self.likelihood = resolve_likelihood(likelihood)
+        check_callable("output_fn", output_fn, optional=True)
+        self.output_fn = output_fn
         check_type("probes", probes, Sequence, "a list of probe directions (dicts of tensors by parameter name)")
         if not probes:
             raise ValueError("probes: ProbeEvaluator needs at least one probe direction")
@@ -95,7 +100,8 @@ class ProbeEvaluator:
     def damped_fisher(self, v: ParamDict) -> ParamDict:
         """F_γ v on the whole curvature set."""
         total = sum(len(chunk) for chunk in self.chunks)
-        products = [fisher_vp(self.model, self.likelihood, chunk, v, "exact", 0.0) for chunk in self.chunks]
+        products = [fisher_vp(self.model, self.likelihood, chunk, v, "exact", 0.0, output_fn=self.output_fn)
+                    for chunk in self.chunks]
         fv = {name: sum(len(c) / total * p[name] for c, p in zip(self.chunks, products)) for name in v}
         return axpy(self.damping, v, fv)
 

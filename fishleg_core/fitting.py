@@ -21,6 +21,7 @@ from fishleg_core.checks import (
     check_type,
 )
 from fishleg_core.fisher import FISHER_METHODS, fisher_vp
+from fishleg_core.fisher.functional import OutputFn, select_output
 from fishleg_core.gradient_factors import GradientFactors
 from fishleg_core.likelihoods import Likelihood, resolve_likelihood
 from fishleg_core.model_q import LowRankFactors, ModelQ
@@ -40,19 +41,22 @@ def normalized_gradients(
     likelihood: Likelihood | str,
     batches: Iterable[tuple[Tensor, Tensor]],
     factors_for: ModelQ | None = None,
+    output_fn: OutputFn | None = None,
 ) -> Iterator[Direction]:
     """u = g/‖g‖ for the minibatch gradient g of the batch NLL of each (inputs, targets) batch.
 
-    With ``factors_for`` (the Q to be fitted), yields (u, factors) with the low-rank factors of u's
-    linear-layer blocks (``GradientFactors``), so that Q·u can use the cheaper low-rank product; its module
-    hooks stay on the model until the generator is exhausted or closed (``contextlib.closing``).
+    With ``factors_for`` (the Q to be fitted), yields (u, factors) with the low-rank factors of u's linear
+    and convolution blocks (``GradientFactors``), so that Q·u can use the cheaper low-rank product; its
+    module hooks stay on the model until the generator is exhausted or closed (``contextlib.closing``).
+    ``output_fn`` selects the output tensor of a model returning a tuple or a dict.
     """
     likelihood = resolve_likelihood(likelihood)
     params = trainable_parameters(model)
     check_type("batches", batches, Iterable, "an iterable of (inputs, targets) pairs")
     if factors_for is not None:
         check_type("factors_for", factors_for, ModelQ, "a ModelQ or None")
-    return _normalized_gradients(model, likelihood, params, batches, factors_for)
+    check_callable("output_fn", output_fn, optional=True)
+    return _normalized_gradients(model, likelihood, params, batches, factors_for, output_fn)
 
 
 def _normalized_gradients(
@@ -61,6 +65,7 @@ def _normalized_gradients(
     params: dict[str, nn.Parameter],
     batches: Iterable[tuple[Tensor, Tensor]],
     factors_for: ModelQ | None,
+    output_fn: OutputFn | None,
 ) -> Iterator[Direction]:
     capture = GradientFactors.for_q(model, factors_for) if factors_for else None
     try:
@@ -69,7 +74,7 @@ def _normalized_gradients(
                 raise TypeError(f"batches must yield (inputs, targets) pairs, got {type(batch).__name__}")
             inputs, targets = batch
             with torch.enable_grad():
-                loss = likelihood.nll(model(inputs), targets)
+                loss = likelihood.nll(select_output(model(inputs), output_fn), targets)
                 grads = torch.autograd.grad(loss, list(params.values()))
             g = dict(zip(params, grads))
             g_norm = norm(g)
@@ -111,6 +116,7 @@ def fit_q(
     stop: Callable[[list[float]], bool] | None = None,
     generator: torch.Generator | None = None,
     progress: bool | str = False,
+    output_fn: OutputFn | None = None,
 ) -> FitResult:
     """Minimise A(λ; u) with Adam on a frozen model, one step per (direction, curvature batch) pair.
 
@@ -118,7 +124,8 @@ def fit_q(
     ``normalized_gradients`` of fresh minibatches, with ``factors_for=q``), and
     ``curvature_batches`` the inputs on which F_γ v is evaluated (other minibatches). ``schedule`` builds an
     LR scheduler for the Adam optimizer; ``stop(curve)`` may end the fit early (``stopped_early``).
-    ``progress`` shows a progress bar (a string names it).
+    ``progress`` shows a progress bar (a string names it). ``output_fn`` selects the output tensor of a
+    model returning a tuple or a dict.
     """
     check_module(model)
     likelihood = resolve_likelihood(likelihood)
@@ -136,6 +143,7 @@ def fit_q(
     check_callable("schedule", schedule, optional=True)
     check_callable("stop", stop, optional=True)
     check_generator(generator)
+    check_callable("output_fn", output_fn, optional=True)
     optimizer = AuxiliaryAdam(q.parameters(), lr, tuple(betas))
     scheduler = schedule(optimizer) if schedule else None
     result = FitResult()
@@ -145,9 +153,10 @@ def fit_q(
                leave=False)
     for _, direction, inputs in bar:
         u, factors = direction if isinstance(direction, tuple) else (direction, None)
-        loss = auxiliary_loss(
-            q, u, lambda v: fisher_vp(model, likelihood, inputs, v, method, damping, generator), factors  # noqa: B023
-        )
+        def damped_fisher(v: ParamDict) -> ParamDict:
+            return fisher_vp(model, likelihood, inputs, v, method, damping, generator, output_fn=output_fn)  # noqa: B023
+
+        loss = auxiliary_loss(q, u, damped_fisher, factors)
         optimizer.zero_grad(set_to_none=True)
         loss.surrogate.backward()
         optimizer.step()

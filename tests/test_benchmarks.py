@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from benchmarks import bench_aux, bench_step, bench_time_to_loss, sweep_time_to_loss
+from benchmarks import bench_aux, bench_conv_lowrank, bench_step, bench_time_to_loss, sweep_time_to_loss
 
 
 @pytest.fixture(autouse=True)
@@ -63,3 +63,13 @@ def test_sweep_runs_every_setting_of_its_grid(monkeypatch):
     result = sweep_time_to_loss.main(["--iterations", "4", "--sgd-iterations", "10", "--window", "4"])
     assert [run["aux_lr"] for run in result["fishleg"]] == [1e-3, 3e-3, sweep_time_to_loss.REFERENCE["aux_lr"]]
     assert all(run["iterations"] <= 4 for run in result["fishleg"])
+
+
+def test_bench_conv_lowrank_compares_the_two_products_on_the_same_gradient(tmp_path):
+    result = bench_conv_lowrank.main(["--channels", "8", "--batches", "1,64", "--rounds", "1",
+                                      "--json", str(tmp_path / "conv.json")])
+    assert json.loads((tmp_path / "conv.json").read_text()) == result
+    small, large = result["runs"]
+    assert (small["rank"], large["rank"]) == (4, 256) and small["pays"] and not large["pays"]
+    assert all(run["relative_difference"] < 1e-5 for run in result["runs"])
+    assert small["speedup"] == pytest.approx(small["dense_ms"] / small["low_rank_ms"])

@@ -131,3 +131,44 @@ def test_triangular_factor_caches_follow_parameter_changes():
         torch.testing.assert_close(factor.gram_matmul(X), L @ (L.T @ X))
         torch.testing.assert_close(factor.gram(), L @ L.T)
     torch.testing.assert_close(triangular_gram(L, min_size=16), L @ L.T)
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize(
+    ("layer", "input_shape"),
+    [
+        (lambda: nn.Conv2d(2, 3, 3, stride=2, padding=1, dilation=1), (2, 2, 5, 5)),
+        (lambda: nn.Conv2d(2, 3, (2, 3), stride=(1, 2), padding=(1, 0), dilation=(2, 1), bias=False), (2, 2, 6, 7)),
+        (lambda: nn.Conv2d(2, 3, 3), (2, 4, 4)),  # unbatched
+        (lambda: nn.Conv1d(2, 3, 3, stride=2, padding=2, dilation=2), (3, 2, 9)),
+    ],
+    ids=["conv2d_strided_padded", "conv2d_rectangular_dilated_no_bias", "conv2d_unbatched", "conv1d"],
+)
+def test_convolution_factors_reproduce_the_block_gradient(layer, input_shape):
+    model = nn.Sequential(layer(), nn.Tanh())
+    (block,) = fl.map_blocks(model)
+    capture = GradientFactors(model, [block])
+    model(torch.randn(input_shape)).pow(2).sum().backward()
+    gradient = {n: p.grad for n, p in model.named_parameters()}
+    (left, right), = capture.factors(gradient).values()
+    G = block.layout.pack([gradient[n] for n in block.param_names])
+    torch.testing.assert_close(left @ right.T, G, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.usefixtures("float64")
+def test_convolution_low_rank_product_is_used_where_it_pays_and_matches_the_dense_one():
+    small = nn.Sequential(nn.Conv2d(8, 16, 3), nn.Tanh(), nn.Flatten(), nn.Linear(16, 3))  # 1 position: rank 2
+    q = fl.build_model_q(small)
+    with torch.no_grad():
+        for p in q.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    capture = GradientFactors.for_q(small, q)
+    small(torch.randn(2, 8, 3, 3)).pow(2).sum().backward()
+    gradient = {n: p.grad for n, p in small.named_parameters()}
+    factors = capture.factors(gradient)
+    assert set(factors) == {"0", "3"} and factors["0"][0].shape == (16, 2)
+    torch.testing.assert_close(q(gradient, factors), q(gradient), rtol=1e-10, atol=1e-12)
+    big = nn.Sequential(nn.Conv2d(8, 16, 3), nn.Tanh())  # 2 × 36 positions: the dense product is cheaper
+    capture = GradientFactors.for_q(big, fl.build_model_q(big))
+    big(torch.randn(2, 8, 8, 8)).pow(2).sum().backward()
+    assert capture.factors({n: p.grad for n, p in big.named_parameters()}) == {}

@@ -23,11 +23,12 @@ PROGRAMS = [block for block in BLOCKS if block.startswith("import")]
 
 
 def test_the_readme_has_its_examples():
-    assert len(PROGRAMS) == 4  # training, frozen-model fit, groups, a new layer type
+    # training, frozen-model fit, groups, tuple/dict outputs with tied weights, a new layer type
+    assert len(PROGRAMS) == 5
     assert "make study" in README and "make test" in README
 
 
-@pytest.mark.parametrize("program", PROGRAMS, ids=["training", "frozen-fit", "groups", "layer-type"])
+@pytest.mark.parametrize("program", PROGRAMS, ids=[f"program-{i}" for i in range(len(PROGRAMS))])
 def test_readme_programs_run(program, tmp_path):
     script = tmp_path / "example.py"
     script.write_text(program)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fishleg_core.checks import check_generator, check_number, check_tensor
+from fishleg_core.checks import check_callable, check_generator, check_number, check_tensor
+from fishleg_core.fisher.functional import OutputFn, selected_output
 from fishleg_core.fisher.registry import FISHER_METHODS
 from fishleg_core.likelihoods import Likelihood, resolve_likelihood
 from fishleg_core.vectors import checked_vector, trainable_parameters
@@ -20,6 +21,7 @@ def fisher_vp(
     damping: float = 0.0,
     generator: torch.Generator | None = None,
     targets: Tensor | None = None,
+    output_fn: OutputFn | None = None,
 ) -> dict[str, Tensor]:
     """(F + damping·I)·vector on the batch ``inputs``, F = (1/B) Σ_b J_bᵀ H_b J_b (J = ∂outputs/∂θ).
 
@@ -27,7 +29,8 @@ def fisher_vp(
     once, as ``named_parameters`` gives them), shaped like them. ``likelihood`` is an instance or a
     registered name; ``method`` a name in ``FISHER_METHODS`` ("exact", "sampled" and "empirical" built in);
     ``generator`` drives sampling methods; ``targets`` are the batch's data targets, used only by methods
-    that need them ("empirical"). The model's parameters, buffers and the global RNG state are left
+    that need them ("empirical"); ``output_fn`` selects the output tensor of a model whose forward returns a
+    tuple or a dict (``lambda out: out["logits"]``). The model's parameters, buffers and the global RNG state are left
     unchanged, and the result carries no autograd graph.
     """
     compute = FISHER_METHODS.get(method)
@@ -37,7 +40,9 @@ def fisher_vp(
     if targets is not None:
         check_tensor("targets", targets)
     check_generator(generator)
+    check_callable("output_fn", output_fn, optional=True)
     vector = checked_vector(trainable_parameters(model), vector)
-    fv = compute(model=model, likelihood=likelihood, inputs=inputs, targets=targets, vector=vector,
-                 generator=generator)
+    with selected_output(output_fn):
+        fv = compute(model=model, likelihood=likelihood, inputs=inputs, targets=targets, vector=vector,
+                     generator=generator)
     return {name: fv[name] + damping * v for name, v in vector.items()}

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 import torch
 import torch.autograd.forward_ad as forward_ad
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fishleg_core.fisher.functional import detached_parameters, model_function
 from fishleg_core.fisher.registry import FISHER_METHODS
 from fishleg_core.likelihoods import Likelihood
+from fishleg_core.user_warnings import warn_user
 
 
 @dataclass(frozen=True)
@@ -29,13 +31,58 @@ class Linearisation:
 
 def linearise(model: nn.Module, inputs: Tensor, vector: dict[str, Tensor]) -> Linearisation:
     """One forward pass on dual parameters (θ, v): the outputs, on the autograd tape, and their tangent J v
-    (forward-mode AD)."""
+    (forward-mode AD).
+
+    Where an operation has no forward-mode rule (the fused attention kernels on CPU, a custom
+    ``autograd.Function`` without ``jvp``), the pass is retried with attention on its math kernel, and
+    failing that J v comes from reverse mode: J v = ∂/∂w ⟨Jᵀ w, v⟩, the vjp of the vjp. Each fallback is
+    announced once per process (a warning).
+    """
     leaves = {name: p.requires_grad_() for name, p in detached_parameters(model).items()}
+    try:
+        return _forward_mode(model, inputs, vector, leaves)
+    except NotImplementedError:
+        pass
+    with sdpa_kernel(SDPBackend.MATH):
+        try:
+            linear = _forward_mode(model, inputs, vector, leaves)
+            _announce("forward-mode AD with attention on its math kernel (the fused kernel has no forward-mode rule)")
+        except NotImplementedError:
+            linear = _reverse_mode(model, inputs, vector, leaves)
+            _announce("reverse-mode AD (J v as the vjp of a vjp): an operation has no forward-mode rule")
+    return linear
+
+
+def _forward_mode(model: nn.Module, inputs: Tensor, vector: dict[str, Tensor], leaves: dict[str, Tensor]
+                  ) -> Linearisation:
     with torch.enable_grad(), model_function(model, inputs) as f, forward_ad.dual_level():
         dual_outputs = f({name: forward_ad.make_dual(leaf, vector[name]) for name, leaf in leaves.items()})
         outputs, jv = forward_ad.unpack_dual(dual_outputs)
         jv = torch.zeros_like(outputs) if jv is None else jv.detach()
     return Linearisation(leaves, outputs, jv)
+
+
+def _reverse_mode(model: nn.Module, inputs: Tensor, vector: dict[str, Tensor], leaves: dict[str, Tensor]
+                  ) -> Linearisation:
+    """J v = ∂/∂w (Jᵀ w)ᵀ v: Jᵀ w is linear in w, built with a graph (create_graph), then differentiated in w."""
+    with torch.enable_grad(), model_function(model, inputs) as f:
+        outputs = f(leaves)
+        w = torch.zeros_like(outputs, requires_grad=True)
+        transposed = torch.autograd.grad(outputs, list(leaves.values()), w, create_graph=True, allow_unused=True)
+        pairs = [(g, vector[name]) for name, g in zip(leaves, transposed) if g is not None and g.requires_grad]
+        jv = None
+        if pairs:
+            (jv,) = torch.autograd.grad([g for g, _ in pairs], w, [v for _, v in pairs], allow_unused=True)
+    return Linearisation(leaves, outputs, torch.zeros_like(outputs) if jv is None else jv.detach())
+
+
+def _announce(path: str) -> None:
+    if path not in _ANNOUNCED:
+        _ANNOUNCED.add(path)
+        warn_user(f"exact Fisher-vector product: using {path}")
+
+
+_ANNOUNCED: set[str] = set()
 
 
 @FISHER_METHODS.register("exact")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -13,7 +13,9 @@ from torch.func import functional_call
 from fishleg_core.vectors import detach, trainable_parameters
 
 ModelFunction = Callable[[dict[str, Tensor]], Tensor]
+OutputFn = Callable[[Any], Tensor]
 _IN_FUNCTIONAL_VIEW: ContextVar[bool] = ContextVar("fishleg_in_functional_view", default=False)
+_OUTPUT_FN: ContextVar[OutputFn | None] = ContextVar("fishleg_output_fn", default=None)
 
 
 def detached_parameters(model: nn.Module) -> dict[str, Tensor]:
@@ -23,7 +25,8 @@ def detached_parameters(model: nn.Module) -> dict[str, Tensor]:
 
 @contextmanager
 def model_function(model: nn.Module, inputs: Tensor) -> Iterator[ModelFunction]:
-    """Yield f(θ) = model(inputs) at trainable parameters θ (a dict by name), in the model's current mode.
+    """Yield f(θ) = model(inputs) at trainable parameters θ (a dict by name), in the model's current mode;
+    f(θ) = output_fn(model(inputs)) inside ``selected_output(output_fn)`` (models returning tuples or dicts).
 
     Every call restarts the global RNG (CPU, and CUDA if initialised) from its state at entry, so RNG-driven
     layers such as Dropout draw the same masks in every forward pass, and runs on fresh clones of the buffers,
@@ -39,11 +42,13 @@ def model_function(model: nn.Module, inputs: Tensor) -> Iterator[ModelFunction]:
             torch.cuda.set_rng_state_all(cuda_states)
 
     buffers = dict(model.named_buffers())
+    output_fn = _OUTPUT_FN.get()
 
     def f(params: dict[str, Tensor]) -> Tensor:
         reset_rng()
         clones = {name: b.clone() for name, b in buffers.items()}
-        return functional_call(model, {**params, **clones}, (inputs,))
+        output = functional_call(model, {**params, **clones}, (inputs,))
+        return select_output(output, output_fn)
 
     token = _IN_FUNCTIONAL_VIEW.set(True)
     try:
@@ -56,3 +61,23 @@ def model_function(model: nn.Module, inputs: Tensor) -> Iterator[ModelFunction]:
 def in_functional_view() -> bool:
     """True while a Fisher method runs the model functionally (module hooks can ignore those passes)."""
     return _IN_FUNCTIONAL_VIEW.get()
+
+
+def select_output(output: Any, output_fn: OutputFn | None) -> Tensor:
+    """The tensor the likelihood sees: ``output_fn(output)``, or ``output`` itself, which must then be a tensor."""
+    selected = output if output_fn is None else output_fn(output)
+    if not isinstance(selected, Tensor):
+        raise TypeError(f"the model's output{' after output_fn' if output_fn else ''} is a "
+                        f"{type(selected).__name__}, not a tensor: pass output_fn= to select the tensor the "
+                        "likelihood models (e.g. output_fn=lambda out: out[0] or out['logits'])")
+    return selected
+
+
+@contextmanager
+def selected_output(output_fn: OutputFn | None) -> Iterator[None]:
+    """Within this context, ``model_function`` applies ``output_fn`` to the model's output (None: none)."""
+    token = _OUTPUT_FN.set(output_fn)
+    try:
+        yield
+    finally:
+        _OUTPUT_FN.reset(token)

@@ -11,7 +11,7 @@ from torch import Tensor
 from fishleg_core.groups.base import BlockVector, QGroup
 from fishleg_core.groups.registry import QGROUPS
 from fishleg_core.layers.mapping import Block
-from fishleg_core.qforms import QFORMS, QForm
+from fishleg_core.qforms import QFORMS, QForm, RowBandsQ
 
 
 class BlockQ(QGroup):
@@ -39,7 +39,9 @@ class BlockQ(QGroup):
         return self.form.to_dense()
 
     def describe(self) -> tuple[str, str, str, str]:
-        return self.block.name, self.block.module_type.__name__, str(self.block.shape), type(self.form).__name__
+        forms = self.form.forms if isinstance(self.form, RowBandsQ) else [self.form]
+        label = type(forms[0]).__name__ if len(forms) == 1 else f"{len(forms)}×{type(forms[0]).__name__}"
+        return self.block.name, self.block.module_type.__name__, str(self.block.shape), label
 
     def extra_repr(self) -> str:
         return f"block={self.block.name!r} ({self.block.module_type.__name__}, shape={self.block.shape})"
@@ -55,7 +57,8 @@ def block_q(
     dtype: torch.dtype | None = None,
     **options: Any,
 ) -> BlockQ:
-    """``BlockQ`` of the QForm ``form`` (with ``options``) on the one block in ``blocks``."""
+    """``BlockQ`` of the QForm ``form`` (with ``options``) on the one block in ``blocks``; one form per band
+    for blocks with ``row_parts`` > 1 (per q/k/v projection, per convolution group), as a ``RowBandsQ``."""
     if isinstance(blocks, Block) or not isinstance(blocks, Sequence) or len(blocks) != 1:
         count = (
             "a Block"
@@ -68,5 +71,7 @@ def block_q(
     (block,) = blocks
     if not isinstance(block, Block):
         raise TypeError(f"group form 'block': blocks must hold Block objects, got {type(block).__name__}")
-    q = QFORMS.build(form, shape=block.shape, init_scale=init_scale, device=device, dtype=dtype, **options)
-    return BlockQ(block, q)
+    rows, cols = block.shape
+    bands = [QFORMS.build(form, shape=(rows // block.row_parts, cols), init_scale=init_scale, device=device,
+                          dtype=dtype, **options) for _ in range(block.row_parts)]
+    return BlockQ(block, bands[0] if block.row_parts == 1 else RowBandsQ(bands))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from torch import nn
 
 from fishleg_core.checks import check_type
-from fishleg_core.layers.adapters import LayerAdapter, ParameterAdapter, adapter_for
+from fishleg_core.layers.adapters import ParameterAdapter, adapter_for
 from fishleg_core.layers.layout import BlockLayout
 from fishleg_core.user_warnings import warn_user
 from fishleg_core.vectors import trainable_parameters
@@ -21,13 +21,19 @@ class UnsupportedLayerError(TypeError):
 @dataclass(frozen=True)
 class Block:
     """One parameter block: the parameters (full names in ``model.named_parameters()``) that one QForm
-    acts on jointly, viewed as a matrix through ``layout``."""
+    acts on jointly, viewed as a matrix through ``layout``; its rows may fall into ``row_parts`` equal
+    bands, each with a form of its own (a block-diagonal Q over the bands)."""
 
     name: str
     module_type: type
     param_names: tuple[str, ...]
     layout: BlockLayout
     default_form: str
+    row_parts: int = 1
+
+    def __post_init__(self) -> None:
+        if self.row_parts < 1 or self.shape[0] % self.row_parts:
+            raise ValueError(f"block {self.name!r}: {self.shape[0]} rows do not fall into {self.row_parts} bands")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -37,39 +43,57 @@ class Block:
 def map_blocks(model: nn.Module, strict: bool = False) -> list[Block]:
     """Blocks covering every trainable parameter of ``model`` exactly once, in parameter order.
 
-    Modules with a registered adapter form one block from their own parameters. Any other trainable
-    parameter (a bare ``nn.Parameter``, an unknown layer type, a layer whose parameters are tied to one
-    already claimed) gets its own (numel, 1) diagonal block, with one warning naming these parameters,
-    or an ``UnsupportedLayerError`` when ``strict``.
+    Each module with a registered adapter forms its blocks from its own parameters. A tied parameter is
+    one block, that of the first module (in ``named_modules`` order) that uses it; the other modules
+    sharing it add their remaining parameters to that block when they fit its rows (a tied language-model
+    head's bias joins the embedding's block). Any other trainable parameter (a bare ``nn.Parameter``, an
+    unknown layer type, one the adapter does not group) gets its own (numel, 1) diagonal block, with one
+    warning naming these parameters and why, or an ``UnsupportedLayerError`` when ``strict``.
     """
     check_type("strict", strict, bool, "True or False")
     params = trainable_parameters(model)
     name_of = {id(p): name for name, p in params.items()}
     blocks: list[Block] = []
-    claimed: set[str] = set()
+    owner: dict[str, int] = {}  # parameter name -> index of its block
+    reasons: dict[str, str] = {}
     for module_name, module in model.named_modules():
         adapter = adapter_for(module)
-        members = _adapter_members(module, adapter, name_of) if adapter else None
-        if not members or claimed.intersection(members):
+        if adapter is None:
             continue
-        shapes = [params[name].shape for name in members]
-        layout = adapter.layout(module, shapes)
-        blocks.append(Block(module_name, type(module), tuple(members), layout, adapter.default_form))
-        claimed.update(members)
-    leftover = [name for name in params if name not in claimed]
+        for suffix, attrs in adapter.blocks(module):
+            members = _members(module, attrs, name_of)
+            if not members:
+                continue
+            if members[0] in owner:
+                _join_tied(blocks, owner, members, params, module_name, reasons)
+                continue
+            members = [name for name in members if name not in owner]  # others tied into earlier blocks
+            layout = adapter.layout(module, [params[name].shape for name in members])
+            block_name = module_name + suffix if module_name else suffix.lstrip(":")
+            owner.update({name: len(blocks) for name in members})
+            blocks.append(Block(block_name, type(module), tuple(members), layout, adapter.default_form,
+                                adapter.row_parts(module)))
+    leftover = [name for name in params if name not in owner]
+    for name in leftover:
+        module = model.get_submodule(name.rpartition(".")[0])
+        if name not in reasons:
+            adapter = adapter_for(module)
+            module_label = f"module {name.rpartition('.')[0]!r} ({type(module).__name__})"
+            reasons[name] = (f"{module_label} has no layer adapter" if adapter is None
+                             else f"the {type(adapter).__name__} of {module_label} does not group it")
     if leftover:
-        listed = ", ".join(leftover)
+        listed = ", ".join(f"{name} ({reasons[name]})" for name in leftover)
         if strict:
             raise UnsupportedLayerError(
                 f"strict mode: no layer adapter covers the trainable parameters {listed}; register a "
                 "LayerAdapter for their module type, or pass strict=False to give each its own diagonal block"
             )
-        warn_user(f"no layer adapter covers the trainable parameters {listed}; each gets its own diagonal block")
+        warn_user(f"each of these trainable parameters gets its own diagonal block: {listed}")
     fallback = ParameterAdapter()
     for name in leftover:
-        owner = model.get_submodule(name.rpartition(".")[0])
-        layout = fallback.layout(owner, [params[name].shape])
-        blocks.append(Block(name, type(owner), (name,), layout, fallback.default_form))
+        module = model.get_submodule(name.rpartition(".")[0])
+        layout = fallback.layout(module, [params[name].shape])
+        blocks.append(Block(name, type(module), (name,), layout, fallback.default_form))
     order = {name: i for i, name in enumerate(params)}
     return sorted(blocks, key=lambda block: order[block.param_names[0]])
 
@@ -91,10 +115,30 @@ def joint_block(model: nn.Module, param_names: Sequence[str] | None = None, name
     return Block(name, type(model), names, layout, "dense")
 
 
-def _adapter_members(module: nn.Module, adapter: LayerAdapter, name_of: dict[int, str]) -> list[str] | None:
-    """Full names of the module's own trainable parameters that the adapter groups, or None when the
-    adapter's first (defining) parameter is missing or frozen."""
-    found = [getattr(module, attr, None) for attr in adapter.parameter_names]
+def _join_tied(blocks: list[Block], owner: dict[str, int], members: list[str], params: dict[str, nn.Parameter],
+               module_name: str, reasons: dict[str, str]) -> None:
+    """Add a module's parameters not yet in a block to the block of its tied defining parameter, when they
+    fit that block's rows; leave the others to the fallback with the reason."""
+    index = owner[members[0]]
+    block = blocks[index]
+    extra = [name for name in members if name not in owner]
+    if not extra:
+        return
+    try:
+        layout = block.layout.extended([params[name].shape for name in extra])
+    except ValueError:
+        for name in extra:
+            reasons[name] = (f"module {module_name!r} shares {members[0]} with block {block.name!r}, whose rows "
+                             "it does not fit")
+        return
+    blocks[index] = replace(block, param_names=block.param_names + tuple(extra), layout=layout)
+    owner.update({name: index for name in extra})
+
+
+def _members(module: nn.Module, attrs: Sequence[str], name_of: dict[int, str]) -> list[str] | None:
+    """Full names of the module's trainable parameters ``attrs`` that exist, or None when the first
+    (defining) one is missing or frozen."""
+    found = [getattr(module, attr, None) for attr in attrs]
     if not isinstance(found[0], nn.Parameter) or id(found[0]) not in name_of:
         return None
     return [name_of[id(p)] for p in found if isinstance(p, nn.Parameter) and id(p) in name_of]

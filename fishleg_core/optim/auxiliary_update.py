@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from fishleg_core.aux_optimizers import AuxiliaryAdam
 from fishleg_core.auxiliary import auxiliary_loss
 from fishleg_core.fisher import fisher_vp
+from fishleg_core.fisher.functional import OutputFn
 from fishleg_core.likelihoods import Likelihood
 from fishleg_core.model_q import LowRankFactors, ModelQ
 from fishleg_core.optim.nonfinite import NonFiniteGuard
@@ -22,7 +23,8 @@ class AuxiliaryUpdate:
 
     Owns the optimiser of λ and the generator of sampling Fisher methods. Under DDP
     (``distributed=True``) the gradients of λ are averaged across ranks before the step, so λ stays
-    identical on every rank. A non-finite loss or gradient leaves λ and its optimiser state untouched
+    identical on every rank. ``output_fn`` selects the output tensor of models returning tuples or dicts.
+    A non-finite loss or gradient leaves λ and its optimiser state untouched
     (``guard``).
     """
 
@@ -40,10 +42,12 @@ class AuxiliaryUpdate:
         generator: torch.Generator,
         guard: NonFiniteGuard,
         distributed: bool = False,
+        output_fn: OutputFn | None = None,
     ) -> None:
         self.model, self.likelihood, self.q = model, likelihood, q
         self.damping, self.fisher_method = damping, fisher_method
         self.generator, self.guard, self.distributed = generator, guard, distributed
+        self.output_fn = output_fn
         self.optimizer = AuxiliaryAdam(q.parameters(), lr, betas, eps)
         self.last_loss: Tensor | None = None
 
@@ -53,7 +57,7 @@ class AuxiliaryUpdate:
 
         def damped_fisher(v: ParamDict) -> ParamDict:
             return fisher_vp(self.model, self.likelihood, inputs, v, method=self.fisher_method, damping=self.damping,
-                             generator=self.generator, targets=targets)
+                             generator=self.generator, targets=targets, output_fn=self.output_fn)
 
         self.optimizer.zero_grad(set_to_none=True)
         with torch.enable_grad():

@@ -32,7 +32,7 @@ class FishLegConfig(BaseModel):
         "((first step, period), ...) from step 0, e.g. ((0, 1), (200, 10)): every step, then every 10th from 200"
     )
     fisher_method: str = Field("exact", description="a name in FISHER_METHODS")
-    low_rank: bool = Field(True, description="multiply Q with the low-rank factors of linear layers' gradients "
+    low_rank: bool = Field(True, description="multiply Q with the low-rank factors of layers' gradients "
                            "(momentum_on='update', no weight decay); False: always the dense product")
     strict: bool = Field(False, description="error, not warning, for parameters no layer adapter covers")
     nonfinite: Literal["skip", "raise"] = Field(

@@ -61,8 +61,8 @@ class FishLeg(torch.optim.Optimizer):
             a schedule of phases ((first step, period), ...) starting at step 0, e.g. ((0, 1), (200, 10)):
             frequent updates early, sparser later (paper §5.2).
         fisher_method: a name in ``FISHER_METHODS`` ("exact", "sampled", "empirical").
-        low_rank: use the low-rank factors of linear layers' gradients for Q·g (``momentum_on="update"``,
-            no weight decay, no DDP); False: always the dense product.
+        low_rank: use the low-rank factors of linear and convolution layers' gradients for Q·g where that is
+            cheaper (``momentum_on="update"``, no weight decay, no DDP); False: always the dense product.
         strict: an error, not a warning, for trainable parameters that no layer adapter covers.
         nonfinite: NaN/Inf in the gradient or an auxiliary update: ``"skip"`` that update (counted in
             ``nonfinite.skipped``, warned once) or ``"raise"`` FloatingPointError.
@@ -76,6 +76,8 @@ class FishLeg(torch.optim.Optimizer):
         aux_data: an iterable of auxiliary batches (a DataLoader, a list; cycled): an input tensor or a
             tuple (inputs, targets, ...). It must differ from the minibatches that produce g. Or give
             ``step(aux_batch=...)``.
+        output_fn: for a model whose forward returns a tuple or a dict, the function that selects the output
+            tensor the likelihood models (``lambda out: out["logits"]``), as the training loss does.
 
     The per-group ``lr``, ``momentum`` and ``weight_decay`` may be changed between steps (LR schedulers
     work). All arguments are validated by ``FishLegConfig``; errors name the argument.
@@ -107,11 +109,13 @@ class FishLeg(torch.optim.Optimizer):
         couple: str | None = None,
         q: ModelQ | None = None,
         aux_data: Iterable[Any] | None = None,
+        output_fn: Callable[[Any], Tensor] | None = None,
     ) -> None:
         arguments = dict(locals())
         self.config = validate(FishLegConfig, "FishLeg", {name: arguments[name] for name in FishLegConfig.model_fields})
         if not isinstance(model, nn.Module):
             raise TypeError(f"FishLeg: model must be a torch.nn.Module, got {type(model).__name__}")
+        check_callable("output_fn", output_fn, optional=True)
         self._distributed = isinstance(model, nn.parallel.DistributedDataParallel)
         model = model.module if self._distributed else model
         self.model = model
@@ -142,13 +146,13 @@ class FishLeg(torch.optim.Optimizer):
         self.auxiliary = AuxiliaryUpdate(
             model, self.likelihood, self.q, lr=self.config.aux_lr, betas=self.config.aux_betas,
             eps=self.config.aux_eps, damping=self.config.damping, fisher_method=self.config.fisher_method,
-            generator=generator, guard=self.nonfinite, distributed=self._distributed,
+            generator=generator, guard=self.nonfinite, distributed=self._distributed, output_fn=output_fn,
         )
         self.aux_data = CyclicBatches(aux_data) if aux_data is not None else None
         self.steps = 0
         # With momentum on Q·g, each step multiplies Q with the raw minibatch gradient, whose linear-layer
-        # blocks have rank ≤ batch size: capture their factors (paper §4.4). Under DDP the gradients are
-        # averaged over ranks and no longer match the local factors.
+        # blocks have rank ≤ batch size (convolutions: ≤ batch × positions): capture their factors (paper
+        # §4.4). Under DDP the gradients are averaged over ranks and no longer match the local factors.
         low_rank = (self.config.low_rank and self.config.momentum_on == "update" and self.config.weight_decay == 0
                     and not self._distributed)
         self._capture = GradientFactors.for_q(model, self.q) if low_rank else None
