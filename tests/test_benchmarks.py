@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from benchmarks import bench_aux, bench_step, bench_time_to_loss, sweep_time_to_loss
+from benchmarks import bench_aux, bench_online_aux, bench_step, bench_time_to_loss, sweep_time_to_loss
 
 
 @pytest.fixture(autouse=True)
@@ -57,3 +57,16 @@ def test_sweep_runs_every_setting_of_its_grid(monkeypatch):
     result = sweep_time_to_loss.main(["--iterations", "4", "--sgd-iterations", "10", "--window", "4"])
     assert [run["aux_lr"] for run in result["fishleg"]] == [1e-3, 3e-3, sweep_time_to_loss.REFERENCE["aux_lr"]]
     assert all(run["iterations"] <= 4 for run in result["fishleg"])
+
+
+def test_online_aux_reports_the_share_of_the_way_to_the_asymptote(tmp_path):
+    result = bench_online_aux.main(["--quick", "--cache", str(tmp_path), "--asymptote", "-0.02",
+                                    "--json", str(tmp_path / "online.json")])
+    assert json.loads((tmp_path / "online.json").read_text()) == result
+    assert [run["start"] for run in result["runs"]] == list(bench_online_aux.STARTS)
+    for run in result["runs"]:
+        a0, a = run["heldout_aux_loss_start"], run["heldout_aux_loss"]
+        assert run["share"] == pytest.approx((a0 - a) / (a0 + 0.02))
+        assert run["diverged"] == (not math.isfinite(a) or a > a0)
+    # the damped-KFAC start is already better than the best identity multiple
+    assert result["runs"][1]["heldout_aux_loss_start"] < result["runs"][0]["heldout_aux_loss_start"]
