@@ -30,12 +30,6 @@ SIGMA = 0.7
 # ---------------------------------------------------------------- helpers: flat vectors, dense Fishers
 
 
-
-
-
-
-
-
 def random_vector(model, seed):
     generator = torch.Generator().manual_seed(seed)
     return {name: torch.randn(p.shape, generator=generator, dtype=p.dtype) for name, p in trainable(model).items()}
@@ -47,8 +41,6 @@ def dot(a, b):
 
 def flat_fvp(model, likelihood, inputs, vector, **options):
     return flat(fisher_vp(model, likelihood, inputs, vector, **options), trainable(model))
-
-
 
 
 def log_likelihood(name, logits, y):
@@ -189,35 +181,100 @@ def test_sampled_is_reproducible_with_a_generator_and_independent_without():
     assert torch.equal(torch.get_rng_state(), rng_state)
 
 
-# ---------------------------------------------------------------- the model is left untouched
+# ---------------------------------------------------------------- empirical
+
+
+def data_targets(likelihood, model, inputs, seed):
+    """Targets for the batch drawn from the model with a fixed seed: data targets for the empirical Fisher."""
+    return likelihood.sample(model(inputs), torch.Generator().manual_seed(seed))
+
+
+def dense_empirical_fisher(model, likelihood, inputs, targets):
+    """F_emp = (1/B) Σ_b ∇ℓ_b ∇ℓ_bᵀ, with per-example gradients by autograd at the given targets."""
+    params = list(trainable(model).values())
+    rows = []
+    for x, y in zip(inputs, targets):
+        grads = torch.autograd.grad(likelihood.nll(model(x[None]), y[None]), params)
+        rows.append(torch.cat([g.reshape(-1) for g in grads]))
+    G = torch.stack(rows)
+    return G.T @ G / len(rows)
+
+
+@pytest.mark.parametrize("likelihood_name", list(LIKELIHOOD_SETUPS))
+@pytest.mark.parametrize("model_kind", list(MODELS))
+def test_empirical_matches_dense_empirical_fisher(model_kind, likelihood_name):
+    model, likelihood, inputs = build(model_kind, likelihood_name)
+    targets = data_targets(likelihood, model, inputs, 3)
+    expected = dense_empirical_fisher(model, likelihood, inputs, targets)
+    v = random_vector(model, 1)
+    torch.testing.assert_close(flat_fvp(model, likelihood, inputs, v, method="empirical", targets=targets),
+                               expected @ flat(v, trainable(model)), rtol=1e-10, atol=1e-10)
+
+
+def test_empirical_needs_targets():
+    model, likelihood, inputs = build("mlp", "bernoulli")
+    with pytest.raises(ValueError, match="the empirical Fisher needs the batch's data targets"):
+        fisher_vp(model, likelihood, inputs, random_vector(model, 1), method="empirical")
+
+
+SAMPLING_METHODS = {"sampled"}
+"""Methods whose single call is a random estimate (its mean is checked against the exact product)."""
+
+REFERENCE_TESTS = {
+    "exact": test_exact_matches_dense_fisher,
+    "sampled": test_sampled_mean_approaches_exact,
+    "empirical": test_empirical_matches_dense_empirical_fisher,
+}
+"""Each registered method's test against its dense reference (a new method adds its own here)."""
+
+
+def test_every_registered_method_has_a_dense_reference_test():
+    assert sorted(REFERENCE_TESTS) == sorted(FISHER_METHODS.names())
+
+
+# ---------------------------------------------------------------- every method: the model is left untouched
+
+
+def method_options(method, likelihood, model, inputs):
+    """Keyword arguments that every method accepts here: data targets for the empirical Fisher."""
+    return {"targets": data_targets(likelihood, model, inputs, 4)} if method == "empirical" else {}
+
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("method", ["exact", "sampled"])
+@pytest.mark.parametrize("method", FISHER_METHODS.names())
 def test_parameters_buffers_mode_and_rng_are_unchanged(method, training):
     model = batchnorm_dropout_mlp(3).train(training)
-    before = {name: t.clone() for name, t in model.state_dict().items()}
     inputs = random_inputs(MLP_INPUT, 8)
+    likelihood = LIKELIHOODS.build("categorical")
+    with torch.random.fork_rng(devices=[]):
+        options = method_options(method, likelihood, model, inputs)
+    before = {name: t.clone() for name, t in model.state_dict().items()}
     rng_state = torch.get_rng_state()
-    result = fisher_vp(model, "categorical", inputs, random_vector(model, 1), method=method)
-    assert all(torch.isfinite(t).all() for t in result.values())
+    result = fisher_vp(model, likelihood, inputs, random_vector(model, 1), method=method, **options)
+    assert all(torch.isfinite(t).all() and not t.requires_grad for t in result.values())
     assert torch.equal(torch.get_rng_state(), rng_state)
     assert model.training is training
     after = model.state_dict()
     assert all(torch.equal(after[name], t) for name, t in before.items())
 
 
-def test_exact_is_symmetric_with_dropout_in_train_mode():
-    """⟨w, F v⟩ = ⟨v, F w⟩ only if the jvp and the vjp linearise the same dropout masks."""
+@pytest.mark.parametrize("method", FISHER_METHODS.names())
+def test_symmetric_with_dropout_in_train_mode(method):
+    """⟨w, F v⟩ = ⟨v, F w⟩ only if the forward and the reverse pass linearise the same dropout masks
+    (sampling methods: with the same draw, i.e. generators in the same state). A Fisher is positive
+    semi-definite; one draw of the sampled Hessian need not be (only its mean is)."""
     model = batchnorm_dropout_mlp(3).train()
     inputs = random_inputs(MLP_INPUT, 8)
+    likelihood = LIKELIHOODS.build("categorical")
     with torch.random.fork_rng(devices=[]):
         assert not torch.equal(model(inputs), model(inputs))  # dropout really is random here
+        options = method_options(method, likelihood, model, inputs)
     v, w = random_vector(model, 1), random_vector(model, 2)
-    fv = fisher_vp(model, "categorical", inputs, v)
-    fw = fisher_vp(model, "categorical", inputs, w)
+    fv = fisher_vp(model, likelihood, inputs, v, method=method, generator=torch.Generator().manual_seed(0), **options)
+    fw = fisher_vp(model, likelihood, inputs, w, method=method, generator=torch.Generator().manual_seed(0), **options)
     torch.testing.assert_close(dot(w, fv), dot(v, fw), rtol=1e-12, atol=0)
-    assert dot(v, fv) > 0
+    assert dot(v, fv) > 0 or method in SAMPLING_METHODS
 
 
 # ---------------------------------------------------------------- extension and bad input
@@ -227,8 +284,10 @@ def test_registered_method_is_used(monkeypatch):
     monkeypatch.setattr(FISHER_METHODS, "_entries", dict(FISHER_METHODS._entries))  # undone after the test
 
     @FISHER_METHODS.register("twice_exact")
-    def twice_exact(model, likelihood, inputs, vector, generator):
-        return {name: 2 * t for name, t in FISHER_METHODS.get("exact")(model, likelihood, inputs, vector).items()}
+    def twice_exact(model, likelihood, inputs, targets, vector, generator):
+        exact = FISHER_METHODS.get("exact")
+        return {name: 2 * t for name, t in exact(model=model, likelihood=likelihood, inputs=inputs, targets=targets,
+                                                  vector=vector, generator=generator).items()}
 
     model, likelihood, inputs = build("mlp", "bernoulli")
     v = random_vector(model, 1)
@@ -257,7 +316,7 @@ def test_bad_vectors_are_rejected_naming_the_parameter():
 def test_bad_method_likelihood_and_damping_are_rejected():
     model, likelihood, inputs = build("mlp", "bernoulli")
     v = random_vector(model, 1)
-    with pytest.raises(UnknownNameError, match="unknown Fisher method 'newton'; known: exact, sampled"):
+    with pytest.raises(UnknownNameError, match="unknown Fisher method 'newton'; known: exact, sampled, empirical"):
         fisher_vp(model, likelihood, inputs, v, method="newton")
     with pytest.raises(UnknownNameError, match="unknown likelihood 'poison'; known: .*bernoulli"):
         fisher_vp(model, "poison", inputs, v)
@@ -266,10 +325,11 @@ def test_bad_method_likelihood_and_damping_are_rejected():
             fisher_vp(model, likelihood, inputs, v, damping=damping)
 
 
-@pytest.mark.parametrize("method", ["exact", "sampled"])
+@pytest.mark.parametrize("method", FISHER_METHODS.names())
 def test_likelihood_that_does_not_fit_the_outputs_is_rejected(method):
     model = nn.Sequential(tiny_mlp(1), nn.Flatten(0))  # outputs of shape (B,)
     inputs = random_inputs(MLP_INPUT, BATCH)
+    targets = torch.zeros(BATCH, dtype=torch.long)
     needs_2d = r"needs outputs of shape \(B, C, \*extra\) \(at least 2 dims\); got shape \(3,\)"
     with pytest.raises(ValueError, match=needs_2d):
-        fisher_vp(model, "categorical", inputs, random_vector(model, 1), method=method)
+        fisher_vp(model, "categorical", inputs, random_vector(model, 1), method=method, targets=targets)

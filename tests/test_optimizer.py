@@ -1,7 +1,8 @@
-"""The FishLeg optimizer (DESIGN §7)."""
+"""The FishLeg optimizer (docs/design.md §7)."""
 
 from __future__ import annotations
 
+import inspect
 import itertools
 
 import pytest
@@ -195,10 +196,23 @@ def test_a_likelihood_that_does_not_fit_the_outputs_is_a_clear_error():
         ({"fisher_method": "empirical-ish"}, "fisher_method"),
         ({"weight_decay": -1e-4}, "weight_decay"),
         ({"sgd_lr": 0.1, "init_scale": 2.0}, "configuration"),
-        ({"dampign": 1.0}, "dampign"),
     ],
 )
 def test_invalid_hyperparameters_name_the_field(options, field):
     options = {"lr": 0.1, **options}
     with pytest.raises(fl.InvalidConfigError, match=f"FishLeg: invalid {field}"):
         fl.FishLeg(tiny_mlp(2, dtype=torch.float32), "gaussian", **options)
+
+
+def test_a_misspelt_argument_is_named():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'dampign'"):
+        fl.FishLeg(tiny_mlp(2, dtype=torch.float32), "gaussian", lr=0.1, dampign=1.0)
+
+
+def test_signature_shows_every_hyperparameter_with_the_validated_default():
+    """help(FishLeg) and IDEs see the same arguments and defaults that FishLegConfig validates."""
+    parameters = inspect.signature(fl.FishLeg).parameters
+    for name, field in fl.FishLegConfig.model_fields.items():
+        assert name in parameters, name
+        if name != "lr":
+            assert parameters[name].default == field.default, name

@@ -9,7 +9,7 @@ import torch
 from models import MLP_INPUT, random_inputs, tiny_mlp
 
 import fishleg_core as fl
-import fishleg_core.optim.fishleg as optimizer_module
+import fishleg_core.optim.auxiliary_update as auxiliary_update_module
 from fishleg_core.vectors import all_finite
 
 LIKELIHOOD = fl.LIKELIHOODS.build("gaussian")
@@ -96,7 +96,7 @@ def test_a_non_finite_auxiliary_update_leaves_lambda_and_adam_state_unchanged(wh
         def nan_fisher(*args, **kwargs):
             return {name: torch.full_like(v, float("nan")) for name, v in args[3].items()}
 
-        monkeypatch.setattr(optimizer_module, "fisher_vp", nan_fisher)
+        monkeypatch.setattr(auxiliary_update_module, "fisher_vp", nan_fisher)
         aux = x
     else:
         aux = x.clone()
@@ -141,7 +141,8 @@ def test_resume_is_bit_identical_for_every_fisher_method(method, momentum_on, tm
     generator = torch.Generator().manual_seed(0)
     data = [(torch.randn(8, 4, generator=generator, dtype=torch.float64),
              torch.randn(8, 2, generator=generator, dtype=torch.float64)) for _ in range(10)]
-    aux = [torch.randn(8, 4, generator=generator, dtype=torch.float64) for _ in range(3)]
+    aux = [(torch.randn(8, 4, generator=generator, dtype=torch.float64),  # (inputs, targets): every method
+            torch.randn(8, 2, generator=generator, dtype=torch.float64)) for _ in range(3)]
 
     def make():
         model = tiny_mlp(2)

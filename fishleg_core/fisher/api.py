@@ -19,20 +19,25 @@ def fisher_vp(
     method: str = "exact",
     damping: float = 0.0,
     generator: torch.Generator | None = None,
+    targets: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """(F + damping·I)·vector on the batch ``inputs``, F = (1/B) Σ_b J_bᵀ H_b J_b (J = ∂outputs/∂θ).
 
     ``vector`` and the result are dicts keyed by the names of the model's trainable parameters (tied ones
     once, as ``named_parameters`` gives them), shaped like them. ``likelihood`` is an instance or a
-    registered name; ``method`` a name in ``FISHER_METHODS`` ("exact" or "sampled" built in); ``generator``
-    drives sampling methods. The model's parameters, buffers and the global RNG state are left unchanged,
-    and the result carries no autograd graph.
+    registered name; ``method`` a name in ``FISHER_METHODS`` ("exact", "sampled" and "empirical" built in);
+    ``generator`` drives sampling methods; ``targets`` are the batch's data targets, used only by methods
+    that need them ("empirical"). The model's parameters, buffers and the global RNG state are left
+    unchanged, and the result carries no autograd graph.
     """
     compute = FISHER_METHODS.get(method)
     likelihood = resolve_likelihood(likelihood)
     damping = check_number("damping", damping, 0.0, inclusive=True)
     check_tensor("inputs", inputs)
+    if targets is not None:
+        check_tensor("targets", targets)
     check_generator(generator)
     vector = checked_vector(trainable_parameters(model), vector)
-    fv = compute(model, likelihood, inputs, vector, generator)
+    fv = compute(model=model, likelihood=likelihood, inputs=inputs, targets=targets, vector=vector,
+                 generator=generator)
     return {name: fv[name] + damping * v for name, v in vector.items()}

@@ -15,8 +15,9 @@ def sampled_fisher_vp(
     model: nn.Module,
     likelihood: Likelihood,
     inputs: Tensor,
+    targets: Tensor | None,
     vector: dict[str, Tensor],
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None,
 ) -> dict[str, Tensor]:
     """F v ≈ ∇²_θ L(θ; ŷ) v with ŷ ~ p(y | x, θ) and L the batch NLL; unbiased since E_ŷ[∇²ℓ] = F.
 

@@ -52,13 +52,15 @@ class CyclicBatches:
             self.position += 1
 
 
-def batch_inputs(batch: Any) -> Tensor:
-    """The inputs of a batch given as a tensor or as a tuple/list whose first element is the inputs."""
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-        return batch[0]
+def split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
+    """(inputs, targets) of a batch given as an input tensor (targets None) or as a tuple/list
+    ``(inputs, targets, ...)`` (a DataLoader's (x, y) pairs)."""
     if isinstance(batch, Tensor):
-        return batch
+        return batch, None
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        targets = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
+        return batch[0], targets
     raise TypeError(
-        "FishLeg: an auxiliary batch must be an input tensor or a tuple (inputs, ...), whether given as aux_batch "
-        f"or by aux_data; got {type(batch).__name__}"
+        "FishLeg: an auxiliary batch must be an input tensor or a tuple (inputs, targets, ...), whether given as "
+        f"aux_batch or by aux_data; got {type(batch).__name__}"
     )

@@ -2,44 +2,74 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Literal
 
 import torch
 from torch import Tensor, nn
 
-from fishleg_core.aux_optimizers import AuxiliaryAdam
-from fishleg_core.auxiliary import auxiliary_loss
 from fishleg_core.checks import check_callable, validate
-from fishleg_core.fisher import fisher_vp
 from fishleg_core.gradient_factors import GradientFactors
 from fishleg_core.layers.form_choice import FormChoices
 from fishleg_core.likelihoods import Likelihood, resolve_likelihood
-from fishleg_core.model_q import LowRankFactors, ModelQ, build_model_q
-from fishleg_core.optim.aux_data import CyclicBatches, batch_inputs
+from fishleg_core.model_q import ModelQ, build_model_q
+from fishleg_core.optim.aux_data import CyclicBatches, split_batch
+from fishleg_core.optim.auxiliary_update import AuxiliaryUpdate
 from fishleg_core.optim.config import FishLegConfig
 from fishleg_core.optim.nonfinite import NonFiniteGuard
 from fishleg_core.vectors import ParamDict, norm, scale, trainable_parameters
 
 
 class FishLeg(torch.optim.Optimizer):
-    """Natural-gradient descent with a learned inverse Fisher Q(λ).
+    r"""Natural-gradient descent with a learned inverse Fisher Q(λ).
 
-    Each ``step()`` (after ``loss.backward()``), with the default ``momentum_on="update"`` (paper §4.4):
+    .. math::
+       \begin{aligned}
+       &\textbf{input}: \theta_0, \eta \text{ (lr)}, \beta \text{ (momentum)}, \gamma \text{ (damping)},
+            \alpha \text{ (aux\_lr)}, k \text{ (aux\_every)}, Q(\lambda_0) = q_0 I \\
+       &\textbf{for}\: t = 0, 1, \dots: \\
+       &\quad g_t = \nabla_\theta L(\theta_t) \;(+\; w\,\theta_t \text{ with weight\_decay } w) \\
+       &\quad \textbf{if}\: k > 0 \text{ and } t \bmod k = 0:
+            u = g_t / \lVert g_t \rVert,\;
+            \lambda \leftarrow \mathrm{Adam}_\alpha\big(\lambda, \nabla_\lambda
+            [\tfrac12 (Qu)^\top F_\gamma (Qu) - u^\top Q u]\big)
+            \text{ with } F_\gamma \text{ on an auxiliary batch} \\
+       &\quad m_t = \beta m_{t-1} + (1 - \beta)\, Q(\lambda) g_t \quad (m_{-1} = 0) \\
+       &\quad \theta_{t+1} = \theta_t - \eta\, m_t
+       \end{aligned}
 
-    1. every ``aux_every`` steps (the first step included; never if 0), one Adam step on λ for the
-       auxiliary loss A(λ; u) at u = g/‖g‖, with F_γ = F + γ I evaluated on an auxiliary minibatch;
-    2. m ← β m + (1 − β) Q(λ) g (from m = 0) and θ ← θ − η m. The minibatch gradient of a linear layer
-       has rank ≤ batch size, and Q·g uses it (``GradientFactors``; off with ``low_rank=False``).
-
-    With ``momentum_on="gradient"`` (Algorithm 1 as written): ḡ ← β ḡ + (1 − β) g, u = ḡ/‖ḡ‖ and
+    That is ``momentum_on="update"`` (the default, paper §4.4): the minibatch gradient of a linear layer
+    has rank ≤ batch size, and Q·g uses it (``GradientFactors``; off with ``low_rank=False``). With
+    ``momentum_on="gradient"`` (Algorithm 1 as written): ḡ ← β ḡ + (1 − β) g, u = ḡ/‖ḡ‖ and
     θ ← θ − η Q(λ) ḡ; ḡ is dense, so every product with Q is.
 
-    Q starts at (sgd_lr / lr)·I (so FishLeg starts out as SGD with momentum at ``sgd_lr``), or at
-    ``init_scale``·I, or at I. The auxiliary minibatch must differ from the one that produced g: pass an
-    iterable ``aux_data`` (a DataLoader, say; cycled, a batch is an input tensor or a tuple whose first
-    element is the inputs) or give ``step(aux_batch=inputs)``. ``forms`` chooses QForms per layer type,
-    module-name pattern or ``"default"`` (see ``choose_forms``). The per-group ``lr``, ``momentum`` and
-    ``weight_decay`` may be changed between steps (LR schedulers work). Hyperparameters: ``FishLegConfig``.
+    Args:
+        model: the network; a ``DistributedDataParallel`` wrapper is unwrapped, and the auxiliary
+            gradients are then averaged across ranks.
+        likelihood: a ``Likelihood`` or a registered name (``LIKELIHOODS``); it must match the training loss.
+        lr: η.
+        momentum: β of the exponential average (Algorithm 1's convention, from 0).
+        momentum_on: ``"update"`` (average Q·g) or ``"gradient"`` (average g).
+        weight_decay: adds ``weight_decay·θ`` to g.
+        damping: γ of F_γ = F + γ I.
+        sgd_lr: start Q at (sgd_lr / lr)·I, so that FishLeg starts out as SGD with momentum at ``sgd_lr``
+            (like ``torch.optim.SGD(lr=sgd_lr·(1 − β), momentum=β)``). At most one of sgd_lr, init_scale.
+        init_scale: start Q at init_scale·I (default I).
+        aux_lr, aux_betas, aux_eps: Adam hyperparameters of λ.
+        aux_every: one auxiliary update every this many steps, the first step included; 0: Q stays fixed.
+        fisher_method: a name in ``FISHER_METHODS`` ("exact", "sampled", "empirical").
+        low_rank: use the low-rank factors of linear layers' gradients for Q·g (``momentum_on="update"``,
+            no weight decay, no DDP); False: always the dense product.
+        strict: an error, not a warning, for trainable parameters that no layer adapter covers.
+        nonfinite: NaN/Inf in the gradient or an auxiliary update: ``"skip"`` that update (counted in
+            ``nonfinite.skipped``, warned once) or ``"raise"`` FloatingPointError.
+        seed: seed of the optimizer's own generator (sampling Fisher methods); default torch.initial_seed().
+        forms: QForms per layer type, module-name pattern or ``"default"`` (see ``choose_forms``).
+        aux_data: an iterable of auxiliary batches (a DataLoader, a list; cycled): an input tensor or a
+            tuple (inputs, targets, ...). It must differ from the minibatches that produce g. Or give
+            ``step(aux_batch=...)``.
+
+    The per-group ``lr``, ``momentum`` and ``weight_decay`` may be changed between steps (LR schedulers
+    work). All arguments are validated by ``FishLegConfig``; errors name the argument.
     """
 
     def __init__(
@@ -48,15 +78,28 @@ class FishLeg(torch.optim.Optimizer):
         likelihood: Likelihood | str,
         lr: float,
         *,
+        momentum: float = 0.9,
+        momentum_on: Literal["gradient", "update"] = "update",
+        weight_decay: float = 0.0,
+        damping: float = 1.0,
+        sgd_lr: float | None = None,
+        init_scale: float | None = None,
+        aux_lr: float = 1e-4,
+        aux_betas: tuple[float, float] = (0.9, 0.999),
+        aux_eps: float = 1e-8,
+        aux_every: int = 10,
+        fisher_method: str = "exact",
+        low_rank: bool = True,
+        strict: bool = False,
+        nonfinite: Literal["skip", "raise"] = "skip",
+        seed: int | None = None,
         forms: FormChoices | None = None,
         aux_data: Iterable[Any] | None = None,
-        **hyperparameters: Any,
     ) -> None:
-        self.config = validate(FishLegConfig, "FishLeg", {"lr": lr, **hyperparameters})
+        arguments = dict(locals())
+        self.config = validate(FishLegConfig, "FishLeg", {name: arguments[name] for name in FishLegConfig.model_fields})
         if not isinstance(model, nn.Module):
             raise TypeError(f"FishLeg: model must be a torch.nn.Module, got {type(model).__name__}")
-        # Under DistributedDataParallel, the wrapped module is the model; the auxiliary gradients are
-        # averaged across ranks so that λ stays identical on every rank.
         self._distributed = isinstance(model, nn.parallel.DistributedDataParallel)
         model = model.module if self._distributed else model
         self.model = model
@@ -69,22 +112,29 @@ class FishLeg(torch.optim.Optimizer):
         super().__init__(list(params.values()), defaults)
         self.q: ModelQ = build_model_q(model, forms, self.config.q_init_scale, self.config.strict)
         self.q.cache_grams(self.config.aux_every != 1)  # Gram matrices pay when λ serves several steps
-        self.aux_optimizer = AuxiliaryAdam(self.q.parameters(), self.config.aux_lr, self.config.aux_betas,
-                                           self.config.aux_eps)
         device = next(iter(params.values())).device
-        self.generator = torch.Generator(device=device)
+        generator = torch.Generator(device=device)
         seed = self.config.seed if self.config.seed is not None else torch.initial_seed()
-        self.generator.manual_seed(seed + (torch.distributed.get_rank() if self._distributed else 0))
+        generator.manual_seed(seed + (torch.distributed.get_rank() if self._distributed else 0))
+        self.nonfinite = NonFiniteGuard(self.config.nonfinite)
+        self.auxiliary = AuxiliaryUpdate(
+            model, self.likelihood, self.q, lr=self.config.aux_lr, betas=self.config.aux_betas,
+            eps=self.config.aux_eps, damping=self.config.damping, fisher_method=self.config.fisher_method,
+            generator=generator, guard=self.nonfinite, distributed=self._distributed,
+        )
         self.aux_data = CyclicBatches(aux_data) if aux_data is not None else None
         self.steps = 0
-        self.last_aux_loss: Tensor | None = None
-        self.nonfinite = NonFiniteGuard(self.config.nonfinite)
         # With momentum on Q·g, each step multiplies Q with the raw minibatch gradient, whose linear-layer
         # blocks have rank ≤ batch size: capture their factors (paper §4.4). Under DDP the gradients are
         # averaged over ranks and no longer match the local factors.
         low_rank = (self.config.low_rank and self.config.momentum_on == "update" and self.config.weight_decay == 0
                     and not self._distributed)
         self._capture = GradientFactors.for_q(model, self.q) if low_rank else None
+
+    @property
+    def last_aux_loss(self) -> Tensor | None:
+        """A(λ; u) at the last auxiliary update (before its step), or None before the first."""
+        return self.auxiliary.last_loss
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None, aux_batch: Any = None) -> Tensor | None:
@@ -94,13 +144,13 @@ class FishLeg(torch.optim.Optimizer):
         an auxiliary update meeting them skips only that update, leaving λ and its Adam state as they were.
         """
         check_callable("closure", closure, optional=True)
-        given = batch_inputs(aux_batch) if aux_batch is not None else None
+        given = split_batch(aux_batch) if aux_batch is not None else None
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         aux_due = bool(self.config.aux_every) and self.steps % self.config.aux_every == 0
-        aux_inputs = (given if given is not None else batch_inputs(self._next_aux_batch())) if aux_due else None
+        aux_batch_parts = (given if given is not None else split_batch(self._next_aux_batch())) if aux_due else None
         gradient = self._gradient()
         if not self.nonfinite.check("gradient", gradient, "the step is skipped"):
             if self._capture:
@@ -111,10 +161,10 @@ class FishLeg(torch.optim.Optimizer):
         if on_gradient:
             gradient = self._averaged("momentum_buffer", gradient)
         gradient_norm = norm(gradient) if aux_due else None
-        if aux_due and gradient_norm > 0:  # a zero gradient gives no direction to learn from
+        if aux_batch_parts is not None and gradient_norm > 0:  # a zero gradient gives no direction to learn from
             inverse_norm = 1.0 / gradient_norm
             u_factors = {name: (left * inverse_norm, right) for name, (left, right) in factors.items()}
-            self._update_auxiliary(scale(gradient, inverse_norm), u_factors, aux_inputs)
+            self.auxiliary.step(scale(gradient, inverse_norm), u_factors, *aux_batch_parts)
         direction = self.q(gradient, factors)
         if not on_gradient:
             direction = self._averaged("momentum_buffer", direction)
@@ -156,25 +206,6 @@ class FishLeg(torch.optim.Optimizer):
             for p in group["params"]:
                 self.state[p][key] = values[self._names[id(p)]]
 
-    def _update_auxiliary(self, u: ParamDict, u_factors: LowRankFactors, inputs: Tensor) -> None:
-        """One Adam step on λ for A(λ; u), unless the auxiliary loss or its gradient is not finite."""
-
-        def damped_fisher(v: ParamDict) -> ParamDict:
-            return fisher_vp(self.model, self.likelihood, inputs, v, method=self.config.fisher_method,
-                             damping=self.config.damping, generator=self.generator)
-
-        self.aux_optimizer.zero_grad(set_to_none=True)
-        with torch.enable_grad():
-            loss = auxiliary_loss(self.q, u, damped_fisher, u_factors)
-            loss.surrogate.backward()
-        grads = {name: p.grad for name, p in self.q.named_parameters() if p.grad is not None}
-        if self._distributed:
-            _average_across_ranks(list(grads.values()))
-        checked = {"auxiliary loss": loss.value, **grads}
-        if self.nonfinite.check("auxiliary update", checked, "λ and its Adam state are left unchanged"):
-            self.aux_optimizer.step()
-        self.last_aux_loss = loss.value
-
     def _next_aux_batch(self) -> Any:
         if self.aux_data is None:
             raise RuntimeError(
@@ -185,14 +216,13 @@ class FishLeg(torch.optim.Optimizer):
         return self.aux_data.next()
 
     def state_dict(self) -> dict[str, Any]:
-        """torch's optimizer state plus the auxiliary parameters λ, their Adam state, the step count and
-        the optimizer's own random generator, the counts of skipped updates and the position in aux_data."""
+        """torch's optimizer state plus, under ``"fishleg"``: λ (``q``), its Adam state (``aux_optimizer``),
+        the optimizer's random generator, the step count, the counts of skipped updates and the position
+        in aux_data."""
         state = super().state_dict()
         state["fishleg"] = {
-            "q": self.q.state_dict(),
-            "aux_optimizer": self.aux_optimizer.state_dict(),
+            **self.auxiliary.state_dict(),
             "steps": self.steps,
-            "generator": self.generator.get_state(),
             "skipped": dict(self.nonfinite.skipped),
             "aux_data": self.aux_data.state_dict() if self.aux_data else None,
         }
@@ -211,19 +241,8 @@ class FishLeg(torch.optim.Optimizer):
             raise ValueError(f"FishLeg state_dict: its auxiliary parameters do not fit this optimizer's QForms "
                              f"(differing entries: {differing[:4]}...); build the optimizer with the same forms")
         super().load_state_dict(state_dict)  # checks the parameter groups before changing anything
-        self.q.load_state_dict(extra["q"])
-        self.aux_optimizer.load_state_dict(extra["aux_optimizer"])
+        self.auxiliary.load_state_dict(extra)
         self.steps = extra["steps"]
-        self.generator.set_state(extra["generator"])
         self.nonfinite.skipped = dict(extra["skipped"])
         if self.aux_data and extra["aux_data"]:
             self.aux_data.load_state_dict(extra["aux_data"])
-
-
-def _average_across_ranks(tensors: list[Tensor]) -> None:
-    """In place, the mean of each tensor over the ranks of the default process group (one all-reduce)."""
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    torch.distributed.all_reduce(flat)
-    flat /= torch.distributed.get_world_size()
-    for t, piece in zip(tensors, torch.split(flat, [t.numel() for t in tensors])):
-        t.copy_(piece.view_as(t))
