@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Mapping, Union
 import torch
 from torch import nn
 
-from fishleg_core.registry import Registry
+from fishleg_core.registry import Registry, named_options
 
 AuxOptimizerFactory = Callable[..., torch.optim.Optimizer]
 """(params, lr, **options) -> an optimizer of λ."""
@@ -49,13 +49,10 @@ class AuxiliaryAdam(torch.optim.Adam):
 def split_spec(spec: AuxOptimizerSpec, argument: str = "aux_optimizer") -> tuple[str, dict[str, Any]]:
     """(name, options) of an ``aux_optimizer=`` value; a malformed one or an unknown name raises an error
     that names ``argument``."""
-    if isinstance(spec, str):
-        name, options = spec, {}
-    elif isinstance(spec, Mapping) and isinstance(spec.get("name"), str):
-        options = dict(spec)
-        name = options.pop("name")
-    else:
+    parsed = named_options(spec, "name")
+    if parsed is None:
         raise ValueError(f"{argument} must be a registered name or a mapping with a 'name' entry, got {spec!r}")
+    name, options = parsed
     if name not in AUX_OPTIMIZERS:
         raise ValueError(f"{argument}: unknown auxiliary optimizer {name!r}; known: {', '.join(AUX_OPTIMIZERS.names())}")
     return name, options

@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 from models import MLP_INPUT, random_inputs, tiny_mlp
-from test_reliability import LIKELIHOOD, assert_same, backward, snapshot
+from test_reliability import LIKELIHOOD, assert_resume_is_bit_identical, assert_same, backward, snapshot
 
 import fishleg_core as fl
 import fishleg_core.optim.auxiliary_update as auxiliary_update_module
@@ -59,22 +59,7 @@ def test_fishleg_resume_is_bit_identical(spec, tmp_path):
         return model, fl.FishLeg(model, LIKELIHOOD, lr=0.1, sgd_lr=0.05, aux_lr=0.01, aux_every=1, seed=7,
                                  aux_optimizer=spec, aux_data=aux)
 
-    def run(model, optimizer, batches):
-        for x, y in batches:
-            backward(model, optimizer, x, y)
-            optimizer.step()
-
-    model, optimizer = make()
-    run(model, optimizer, data[:4])
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, tmp_path / "checkpoint.pt")
-    run(model, optimizer, data[4:])
-    uninterrupted = [p.detach().clone() for p in model.parameters()]
-    model, optimizer = make()
-    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    run(model, optimizer, data[4:])
-    assert all(torch.equal(p, expected) for p, expected in zip(model.parameters(), uninterrupted))
+    assert_resume_is_bit_identical(make, data, 4, tmp_path)
 
 
 @pytest.mark.parametrize("spec", CASES)
