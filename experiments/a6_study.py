@@ -201,8 +201,9 @@ def fit_form(
                                        config.seed, q)
     with closing(stream):  # removes the gradient-factor hooks from the model
         fit = fl.fit_q(model, likelihood, q, stream, batches, config.steps, lr=config.lr(name),
-                       damping=config.damping, method="exact", schedule=cosine_tail(config.steps, config.decay_fraction),
-                       stop=monitor, progress=name if progress else False, aux_optimizer=config.aux_optimizer)
+                       damping=config.damping, method="exact",
+                       schedule=cosine_tail(config.steps, config.decay_fraction), stop=monitor,
+                       progress=name if progress else False, aux_optimizer=config.aux_optimizer)
     evaluation = evaluator.evaluate(float64_copy(q))
     certificate = continuation_certificate(name, q, evaluation.mean_aux_loss, config, model, likelihood, train,
                                            evaluator)

@@ -80,7 +80,8 @@ class StudyConfig(BaseModel):
     plateau_tolerance: float = Field(0.01, gt=0, description="plateau: the monitor's last-tenth gain ≤ this × its total gain")
     certificate_steps: int = Field(250, gt=0, description="steps of the continuation that certifies convergence")
     certificate_lr_factor: float = Field(
-        0.25, gt=0, allow_inf_nan=False, description="the continuation's constant rate, a fraction of the fit's peak rate"
+        0.25, gt=0, allow_inf_nan=False,
+        description="the continuation's constant rate, a fraction of the fit's peak rate",
     )
     certificate_tolerance: float = Field(
         0.01, gt=0, allow_inf_nan=False, description="certified: the continuation lowers held-out A by ≤ this × |A|"
