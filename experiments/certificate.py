@@ -24,6 +24,7 @@ import fishleg_core as fl
 from experiments.config import StudyConfig
 from experiments.evaluation import float64_copy
 from experiments.fit import training_streams
+from fishleg_core.fitting import fit_q
 
 CERTIFICATE_SEED_OFFSET = 4
 """The continuation's stream is seeded with seed + this offset (directions the fit never saw)."""
@@ -40,7 +41,7 @@ def continuation_certificate(
     stream, batches = training_streams(model, likelihood, train, config.batch_size, config.curvature_batch,
                                        config.seed + CERTIFICATE_SEED_OFFSET, continued)
     with closing(stream):
-        fit = fl.fit_q(model, likelihood, continued, stream, batches, config.certificate_steps, lr=lr,
+        fit = fit_q(model, likelihood, continued, stream, batches, config.certificate_steps, lr=lr,
                        damping=config.damping, aux_optimizer=config.aux_optimizer)
     continued_aux_loss = evaluator.evaluate(float64_copy(continued)).mean_aux_loss
     gain = fitted_aux_loss - continued_aux_loss

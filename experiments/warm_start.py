@@ -109,10 +109,10 @@ def kfac_start(
 
 
 def initial_q(
-    name: str, config: StudyConfig, model: nn.Module, likelihood: fl.Likelihood, train: Tensor,
+    build: Callable[[float], ModelQ], config: StudyConfig, model: nn.Module, likelihood: fl.Likelihood, train: Tensor,
     monitor_set: tuple[list[ParamDict], list[Tensor]], kfac_seed: int,
 ) -> tuple[ModelQ, dict[str, Any]]:
-    """Q₀ of form ``name`` on every block: c·I, c the best identity multiple on the monitor's directions (each
+    """Q₀ = ``build(init_scale)`` (a form on every block) at c·I, c the best identity multiple on the monitor's directions (each
     with its own F_γ), then, with ``config.init == "kfac"`` and a form that takes it, the rescaled damped-KFAC
     start (factors from ``kfac_samples`` sampled targets per training input, drawn with ``kfac_seed``).
     Returns Q₀ and how it was made."""
@@ -121,7 +121,7 @@ def initial_q(
     init_scale = best_identity_scale(directions, [fisher(u) for fisher, u in zip(fishers, directions)])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # random initial terms (kron_sum) are the same in every run
-        q = fl.build_model_q(model, {"default": name}, init_scale=init_scale)
+        q = build(init_scale)
     start: dict[str, Any] = {"init": "identity", "init_scale": init_scale}
     if config.init == "kfac" and supports_kfac_start(q):
         generator = torch.Generator().manual_seed(kfac_seed)

@@ -3,6 +3,7 @@ constant-rate certificate."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -10,6 +11,9 @@ import torch
 from models import MLP_INPUT, random_inputs, tiny_mlp
 
 import fishleg_core as fl
+from experiments.certificate import continuation_certificate
+from experiments.config import StudyConfig
+from experiments.fit import training_streams
 from experiments.kfac_reference import kronecker_factors
 from experiments.warm_start import KRONECKER_STARTS, damped_inverse_cholesky, kfac_start, supports_kfac_start
 from fishleg_core.qforms.positive import TriangularFactor
@@ -96,3 +100,35 @@ def test_triangular_factor_assign():
         factor.assign_(-L)
     with pytest.raises(ValueError, match="2×2 matrix"):
         factor.assign_(torch.eye(3, dtype=torch.float64))
+
+
+def _certificate_setting():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 4)).double()  # autoencoder
+    likelihood = fl.LIKELIHOODS.build("bernoulli")
+    generator = torch.Generator().manual_seed(0)
+    train, heldout = (torch.rand(n, 4, generator=generator, dtype=torch.float64) for n in (64, 32))
+    probes = list(fl.normalized_gradients(model, likelihood, [(heldout[:8], heldout[:8]), (heldout[8:16],) * 2]))
+    evaluator = fl.ProbeEvaluator(model, likelihood, probes, heldout[16:], DAMPING)
+    config = StudyConfig(forms=("dense",), n_train=64, batch_size=8, curvature_batch=8, damping=DAMPING,
+                         aux_lr=0.02, certificate_steps=300, certificate_lr_factor=1.0)
+    return model, likelihood, train, evaluator, config
+
+
+def test_the_certificate_refuses_a_fit_that_has_not_converged():
+    model, likelihood, train, evaluator, config = _certificate_setting()
+    q = fl.build_model_q(model, {"default": "dense"}, init_scale=0.1)  # not fitted at all
+    fitted = evaluator.evaluate(q).mean_aux_loss
+    certificate = continuation_certificate("dense", q, fitted, config, model, likelihood, train, evaluator)
+    assert not certificate["certified"] and certificate["relative_gain"] > 0.1
+    assert certificate["heldout_aux_loss_continued"] < fitted == certificate["heldout_aux_loss_fit"]
+    assert evaluator.evaluate(q).mean_aux_loss == fitted  # the fitted Q itself is left as it was
+    # the continuation of the continuation has (almost) nothing left to gain: certified
+    continued = copy.deepcopy(q)
+    stream, batches = training_streams(model, likelihood, train, 8, 8, 99, continued)
+    fl.fit_q(model, likelihood, continued, stream, batches, 1500, lr=0.02, damping=DAMPING)
+    stream.close()
+    fitted = evaluator.evaluate(continued).mean_aux_loss
+    certificate = continuation_certificate("dense", continued, fitted, config.model_copy(
+        update={"certificate_lr_factor": 0.1}), model, likelihood, train, evaluator)
+    assert certificate["certified"], certificate
