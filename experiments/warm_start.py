@@ -112,10 +112,10 @@ def initial_q(
     build: Callable[[float], ModelQ], config: StudyConfig, model: nn.Module, likelihood: fl.Likelihood, train: Tensor,
     monitor_set: tuple[list[ParamDict], list[Tensor]], kfac_seed: int,
 ) -> tuple[ModelQ, dict[str, Any]]:
-    """Q₀ = ``build(init_scale)`` (a form on every block) at c·I, c the best identity multiple on the monitor's directions (each
-    with its own F_γ), then, with ``config.init == "kfac"`` and a form that takes it, the rescaled damped-KFAC
-    start (factors from ``kfac_samples`` sampled targets per training input, drawn with ``kfac_seed``).
-    Returns Q₀ and how it was made."""
+    """Q₀ = ``build(init_scale)`` (a form on every block) at c·I, c the best identity multiple on the
+    monitor's directions (each with its own F_γ), then, with ``config.init == "kfac"`` and a form that takes
+    it, the rescaled damped-KFAC start (factors from ``kfac_samples`` sampled targets per training input,
+    drawn with ``kfac_seed``). Returns Q₀ and how it was made."""
     directions, curvature = monitor_set
     fishers = [partial(fl.fisher_vp, model, likelihood, x, method="exact", damping=config.damping) for x in curvature]
     init_scale = best_identity_scale(directions, [fisher(u) for fisher, u in zip(fishers, directions)])

@@ -54,7 +54,8 @@ def split_spec(spec: AuxOptimizerSpec, argument: str = "aux_optimizer") -> tuple
         raise ValueError(f"{argument} must be a registered name or a mapping with a 'name' entry, got {spec!r}")
     name, options = parsed
     if name not in AUX_OPTIMIZERS:
-        raise ValueError(f"{argument}: unknown auxiliary optimizer {name!r}; known: {', '.join(AUX_OPTIMIZERS.names())}")
+        known = ", ".join(AUX_OPTIMIZERS.names())
+        raise ValueError(f"{argument}: unknown auxiliary optimizer {name!r}; known: {known}")
     return name, options
 
 

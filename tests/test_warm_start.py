@@ -28,7 +28,8 @@ def _setting():
     inputs = random_inputs(MLP_INPUT, 16)
     factors = kronecker_factors(model, likelihood, inputs, 2, torch.Generator().manual_seed(0))
     generator = torch.Generator().manual_seed(1)
-    directions = [{name: torch.randn(p.shape, generator=generator, dtype=p.dtype) for name, p in model.named_parameters()}
+    params = dict(model.named_parameters())
+    directions = [{name: torch.randn(p.shape, generator=generator, dtype=p.dtype) for name, p in params.items()}
                   for _ in range(3)]
     batches = [random_inputs(MLP_INPUT, 8, seed=s) for s in (2, 3, 4)]
     fishers = [lambda v, x=x: fl.fisher_vp(model, likelihood, x, v, "exact", DAMPING) for x in batches]
