@@ -1,11 +1,13 @@
 """The paper's Appendix A.6 study (Figure 4): forms of Q fitted on a frozen MNIST autoencoder, compared.
 
     python -m experiments.a6_study [--quick] [--out DIR] [--forms diagonal,kron,...] [--steps N]
+                                   [--aux-optimizer NAME] [--init kfac|identity]
                                    [--damping G] [--seed S] [--seeds N] [--data-dir DIR] [--config FILE]
                                    [--plugins MODULE_OR_FILE,...] [--force]
 
-Pre-trains the autoencoder, then for each form fits Q by Adam on the auxiliary loss and measures it on
-held-out probes, next to two references (best identity multiple, inverse damped KFAC); writes
+Pre-trains the autoencoder, then for each form fits Q (from the rescaled damped-KFAC start, by Adam by
+default) on the auxiliary loss, measures it on held-out probes, certifies it by a constant-rate
+continuation, next to two references (best identity multiple, inverse damped KFAC); writes
 ``results.json``, ``figure4.png`` and ``summary.md`` in DIR. Results are cached under a hash of the settings
 they depend on: ``DIR/pretrained-<key>.pt``, ``DIR/forms/<form>-<key>.json`` (written as each form finishes)
 and ``DIR/references/<name>-<key>.json``, so a re-run reuses them, a changed configuration computes its own
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 
 import fishleg_core as fl
 from experiments.autoencoder import build_autoencoder, pretrain
+from experiments.certificate import continuation_certificate
 from experiments.config import (
     OWNER,
     ConfigError,
@@ -51,9 +54,10 @@ from experiments.report import result_row, write_reports
 from experiments.results import Row, StudyResults
 from experiments.seeds import combine
 from experiments.store import load_keyed, save_keyed
+from experiments.warm_start import initial_q
 from fishleg_core.vectors import ParamDict, scale
 
-MONITOR_SEED_OFFSET, PROBE_SEED_OFFSET, KFAC_SEED_OFFSET = 1, 2, 3
+MONITOR_SEED_OFFSET, PROBE_SEED_OFFSET, KFAC_SEED_OFFSET = 1, 2, 3  # the certificate's stream: 4
 """Seeds of the other random streams: seed + offset (the data, model and fit streams use the seed itself)."""
 
 
@@ -71,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="a smoke run: few steps and probes (< 1 minute)")
     parser.add_argument("--out", default="results/a6", help="output folder (default: results/a6)")
     parser.add_argument("--forms", help="comma-separated QForm names (default: diagonal,kron,ekfac,kron_sum)")
-    parser.add_argument("--steps", type=int, help="Adam steps per form")
+    parser.add_argument("--steps", type=int, help="optimizer steps per form")
+    parser.add_argument("--aux-optimizer", help="optimizer of λ, a name in AUX_OPTIMIZERS (default: adam)")
+    parser.add_argument("--init", help="Q₀: kfac (default; c·I for forms without a Kronecker start) or identity")
     parser.add_argument("--damping", type=float, help="γ of F_γ = F + γI (> 0)")
     parser.add_argument("--seed", type=int, help="seed of every random stream")
     parser.add_argument("--seeds", type=_positive_int, help="repeat everything with N seeds (seed, seed+1, ...) and "
@@ -99,7 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.plugins:
             load_plugins(args.plugins)
         overrides = {"forms": args.forms, "steps": args.steps, "damping": args.damping, "seed": args.seed,
-                     "seeds": args.seeds, "data_dir": args.data_dir}
+                     "aux_optimizer": args.aux_optimizer, "init": args.init, "seeds": args.seeds,
+                     "data_dir": args.data_dir}
         config = resolve(args.config, args.quick, overrides)
         data = prepare(config)
     except fl.InvalidConfigError as error:
@@ -229,30 +236,37 @@ def fit_form(
     name: str, monitor_set: tuple[list[ParamDict], list[Tensor]], config: StudyConfig, model: nn.Module,
     likelihood: fl.Likelihood, train: Tensor, evaluator: fl.ProbeEvaluator, progress: bool,
 ) -> Row:
-    """Q of the form labelled ``name`` (``kron_sum:K=3``) on every block, fitted by Adam for ``steps`` steps on
-    the same seeded stream of (u, curvature batch) pairs as every other form, then evaluated in float64. Every
-    form starts at the same Q₀ = c·I, c the best identity multiple on the monitor's directions (so no form
-    spends its budget on the overall scale)."""
+    """Q of the form labelled ``name`` (``kron_sum:K=3``) on every block, started at Q₀ (``initial_q``: the
+    rescaled damped-KFAC start where the form takes it, else the best identity multiple c·I on the monitor's
+    directions), fitted for ``steps`` steps of ``aux_optimizer`` on the same seeded stream of (u, curvature
+    batch) pairs as every other form, evaluated in float64, then certified by a constant-rate continuation
+    (``continuation_certificate``)."""
     directions, curvature = monitor_set
-    products = [fl.fisher_vp(model, likelihood, x, u, "exact", config.damping) for u, x in zip(directions, curvature)]
-    init_scale = best_identity_scale(directions, products)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)  # random initial terms (kron_sum) are the same in every run
-        q = build_form(model, name, init_scale)
+    start = time.perf_counter()
+    q, initial = initial_q(lambda init_scale: build_form(model, name, init_scale), config, model, likelihood, train,
+                           monitor_set, config.seed + KFAC_SEED_OFFSET)
+    start_seconds = time.perf_counter() - start
     monitor = Monitor(model, likelihood, q, directions, curvature, config.damping, config.steps)
     stream, batches = training_streams(model, likelihood, train, config.batch_size, config.curvature_batch,
                                        config.seed, q)
     with closing(stream):  # removes the gradient-factor hooks from the model
         fit = fl.fit_q(model, likelihood, q, stream, batches, config.steps, lr=config.lr(name),
-                       damping=config.damping, method="exact", schedule=cosine_tail(config.steps, config.decay_fraction),
-                       stop=monitor, progress=name if progress else False)
+                       damping=config.damping, method="exact",
+                       schedule=cosine_tail(config.steps, config.decay_fraction), stop=monitor,
+                       progress=name if progress else False, aux_optimizer=config.aux_optimizer)
     q64 = float64_copy(q)
     evaluation = evaluator.evaluate(q64)
-    _note(f"{name}: {fit.seconds:.1f} s, held-out e = {evaluation.mean_normalized_error:.3f}")
-    return result_row(name, "form", evaluation, sum(p.numel() for p in q.parameters()), fit.seconds, fit.curve,
+    certificate = continuation_certificate(name, q, evaluation.mean_aux_loss, config, model, likelihood, train,
+                                           evaluator)
+    seconds = start_seconds + fit.seconds
+    _note(f"{name}: start ({initial['init']}) {start_seconds:.1f} s + fit {fit.seconds:.1f} s, held-out "
+          f"e = {evaluation.mean_normalized_error:.3f}; certificate {certificate['seconds']:.1f} s: "
+          f"{'certified' if certificate['certified'] else 'NOT certified'} "
+          f"(continuation gain {certificate['relative_gain']:+.2%})")
+    return result_row(name, "form", evaluation, sum(p.numel() for p in q.parameters()), seconds, fit.curve,
                       plateau(monitor.record["steps"], monitor.record["aux_loss"], config.plateau_tolerance),
-                      init_scale=init_scale, lr=config.lr(name), monitor=monitor.record,
-                      layer_split=layer_split(evaluator, q64))
+                      lr=config.lr(name), monitor=monitor.record, certificate=certificate,
+                      layer_split=layer_split(evaluator, q64), **initial)
 
 
 def identity_reference(

@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -15,6 +15,7 @@ from experiments.coupling import GROUP_FORMS, study_form_names
 from experiments.form_specs import parse_spec
 from experiments.provenance import code_hash, environment
 from fishleg_core import QFORMS, QGROUPS
+from fishleg_core.aux_optimizers import AUX_OPTIMIZERS, split_spec
 from fishleg_core.checks import validate
 
 OWNER = "a6_study: error"
@@ -27,6 +28,7 @@ QUICK: dict[str, Any] = {
     "monitor_directions": 2,
     "kfac_samples": 1,
     "cg_rtol": 1e-4,
+    "certificate_steps": 5,
 }
 """``--quick``: a smoke run of the whole pipeline (same data and pre-training, few steps and probes)."""
 
@@ -34,7 +36,8 @@ PRETRAINING_FIELDS = ("data_dir", "seed", "n_train", "n_heldout", "batch_size", 
                       "pretrain_lr", "pretrain_momentum")
 
 
-FIT_FIELDS = ("aux_lr", "steps", "decay_fraction", "curvature_batch", "monitor_directions", "plateau_tolerance")
+FIT_FIELDS = ("aux_lr", "steps", "decay_fraction", "curvature_batch", "monitor_directions", "plateau_tolerance", "init",
+              "aux_optimizer", "certificate_steps", "certificate_lr_factor", "certificate_tolerance")
 
 
 class ConfigError(ValueError):
@@ -59,11 +62,17 @@ class StudyConfig(BaseModel):
     pretrain_iterations: int = Field(200, ge=0, description="SGD-with-momentum iterations before freezing")
     pretrain_lr: float = Field(3e-3, gt=0, allow_inf_nan=False, description="SGD learning rate")
     pretrain_momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
-    steps: int = Field(2500, gt=0, description="Adam steps on the auxiliary loss per form")
+    steps: int = Field(500, gt=0, description="optimizer steps on the auxiliary loss per form")
     aux_lr: dict[str, float] = Field(
         {"default": 1e-3, "diagonal": 0.1},
         description="Adam learning rate of λ per row label or QForm name, 'default' for the others (a number: for "
         "every form)",
+    )
+    aux_optimizer: str | dict[str, Any] = Field(
+        "adam", description="optimizer of λ in AUX_OPTIMIZERS: a name or {name: ..., options}"
+    )
+    init: Literal["kfac", "identity"] = Field(
+        "kfac", description="Q₀: the rescaled damped-KFAC start where the form takes one (else c·I), or c·I"
     )
     decay_fraction: float = Field(0.5, ge=0, le=1, description="final part of the steps with cosine LR decay to 0")
     damping: float = Field(1.0, gt=0, allow_inf_nan=False, description="γ of F_γ = F + γI")
@@ -77,6 +86,20 @@ class StudyConfig(BaseModel):
     cg_rtol: float = Field(1e-6, gt=0, lt=1, description="relative residual ‖u − F_γx‖/‖u‖ of CG (float64)")
     kfac_samples: int = Field(4, gt=0, description="model-sampled targets per training input for KFAC's G")
     plateau_tolerance: float = Field(0.01, gt=0, description="plateau: the monitor's last-tenth gain ≤ this × its total gain")
+    certificate_steps: int = Field(250, gt=0, description="steps of the continuation that certifies convergence")
+    certificate_lr_factor: float = Field(
+        0.25, gt=0, allow_inf_nan=False,
+        description="the continuation's constant rate, a fraction of the fit's peak rate",
+    )
+    certificate_tolerance: float = Field(
+        0.01, gt=0, allow_inf_nan=False, description="certified: the continuation lowers held-out A by ≤ this × |A|"
+    )
+
+    @field_validator("aux_optimizer")
+    @classmethod
+    def _registered_optimizer(cls, spec: str | dict[str, Any]) -> str | dict[str, Any]:
+        split_spec(spec, "aux_optimizer")
+        return spec
 
     @field_validator("forms", mode="before")
     @classmethod
@@ -152,8 +175,11 @@ class StudyConfig(BaseModel):
 
     def form_key(self, form: str) -> str:
         """The key of a form's result: every setting but the list of forms and the other forms' rates, the
-        form's label (name and options) and the hash of its code (``form_code``)."""
-        return self.key(exclude=("forms", "aux_lr"), lr=self.lr(form), form=form, code=code_hash(*form_code(form)))
+        form's label (name and options) and the hash of its code (``form_code``) and of the auxiliary
+        optimizer's factory (a plugin may register either)."""
+        optimizer = AUX_OPTIMIZERS.get(split_spec(self.aux_optimizer)[0])
+        return self.key(exclude=("forms", "aux_lr"), lr=self.lr(form), form=form,
+                        code=code_hash(*form_code(form), optimizer))
 
     def reference_key(self) -> str:
         """The key of a reference row: every setting but the forms and those of their fits."""

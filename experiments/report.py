@@ -72,17 +72,18 @@ def write_reports(results: StudyResults) -> None:
 def summary(config: StudyConfig, pretraining: dict[str, Any], forms: list[Row], references: list[Row]) -> str:
     """The Markdown table: form, aux params, final training aux loss, held-out A, A*, e, seconds, plateau."""
     lines = [
-        "| form | aux params | final training aux loss | held-out A | A* | e | seconds | plateau |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| form | Q₀ | aux params | final training aux loss | held-out A | A* | e | seconds | plateau | certified |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for row in forms + references:
         final = "–" if row["final_aux_loss"] is None else f"{row['final_aux_loss']:.5g}"
         verdict = "–" if row["plateau"] is None else _verdict(row["plateau"])
+        certified = _certified(row.get("certificate"))
         name = row["name"] if row["kind"] == "form" else f"*{row['name']}* (reference)"
         lines.append(
-            f"| {name} | {row['n_params']:,} | {final} | {row['mean_probe_aux_loss']:.5g} | "
+            f"| {name} | {row.get('init', '–')} | {row['n_params']:,} | {final} | {row['mean_probe_aux_loss']:.5g} | "
             f"{row['mean_probe_optimal_aux_loss']:.5g} | {_error(row)} | "
-            f"{row['seconds']:.1f} | {verdict} |"
+            f"{row['seconds']:.1f} | {verdict} | {certified} |"
         )
     rates = ", ".join(f"{name} {lr:g}" for name, lr in config.aux_lr.items())
     return "\n".join([
@@ -91,18 +92,19 @@ def summary(config: StudyConfig, pretraining: dict[str, Any], forms: list[Row], 
         f"Autoencoder {list(SIZES)}, Bernoulli likelihood, pre-trained for "
         f"{config.pretrain_iterations} SGD-with-momentum iterations (lr {config.pretrain_lr:g}, momentum "
         f"{config.pretrain_momentum:g}, batch {config.batch_size}; training NLL {pretraining['final_loss']:.1f}, "
-        f"held-out NLL {pretraining['heldout_loss']:.1f} nats). Each form: {config.steps} Adam steps "
-        f"(lr: {rates}; cosine decay to 0 over the last {config.decay_fraction:.0%}), damping "
+        f"held-out NLL {pretraining['heldout_loss']:.1f} nats). Each form: {config.steps} steps of "
+        f"{config.aux_optimizer} (lr: {rates}; cosine decay to 0 over the last {config.decay_fraction:.0%}), damping "
         f"γ = {config.damping:g}, exact Fisher on curvature batches of {config.curvature_batch}, u from other "
-        f"training minibatches of {config.batch_size}; every form starts at the same Q₀ = c·I, c the best "
-        f"identity multiple on {config.monitor_directions} fixed training directions.",
+        f"training minibatches of {config.batch_size}. Q₀ (start {config.init}): 'kfac' = the damped KFAC factors "
+        "(G + √γπI)⁻¹ ⊗ (A + √γ/πI)⁻¹ per layer (for diagonal: its diagonal) times the best scalar, 'identity' = "
+        f"c·I, c the best identity multiple; both on {config.monitor_directions} fixed training directions.",
         "",
         *lines,
         "",
         f"Held-out columns: means over {config.n_probes} probe directions (normalised gradients of held-out "
         f"minibatches) with the exact damped Fisher on {config.n_curvature} other held-out inputs, in float64; "
         "A* = −½ uᵀF_γ⁻¹u by conjugate gradients; e = ‖Qu − F_γ⁻¹u‖_F_γ / ‖F_γ⁻¹u‖_F_γ (0: exact, 1: Q = 0). "
-        "Final training aux loss: mean over the last tenth of the training curve. Seconds: the fit, its monitor "
+        "Final training aux loss: mean over the last tenth of the training curve. Seconds: Q₀ and the fit, its monitor "
         "included (for a reference, its estimation). References: the best identity multiple c*·I on the probes (what SGD "
         "amounts to) and the inverse of the damped KFAC approximation (G ⊗ A + γI)⁻¹ per layer, estimated on "
         "the training data.",
@@ -110,8 +112,20 @@ def summary(config: StudyConfig, pretraining: dict[str, Any], forms: list[Row], 
         f"Plateau (tolerance {config.plateau_tolerance:g}; in brackets the last tenth's share of the gain): "
         f"{PLATEAU_CRITERION}",
         "",
+        f"Certified (in brackets the continuation's gain in held-out A, relative to |A|): {config.certificate_steps} "
+        f"more steps from the fitted Q at the constant rate {config.certificate_lr_factor:g} × the fit's peak rate "
+        "(no decay), on directions and curvature batches the fit never saw, lower held-out A by at most "
+        f"{config.certificate_tolerance:.0%} of |A|. Not certified: that no other optimiser, start or longer run "
+        "would go lower.",
+        "",
         *(_seeds_section(config, forms) if config.seeds > 1 else []),
     ])
+
+
+def _certified(certificate: dict[str, Any] | None) -> str:
+    if certificate is None:
+        return "–"
+    return f"{'yes' if certificate['certified'] else 'NO'} ({certificate['relative_gain']:+.2%})"
 
 
 def _error(row: Row) -> str:

@@ -1,5 +1,6 @@
 """fishleg_core: FishLeg natural-gradient optimisation with learned inverse-Fisher models (QForms)."""
 
+from fishleg_core.aux_optimizers import AUX_OPTIMIZERS, build_aux_optimizer
 from fishleg_core.auxiliary import AuxiliaryLoss, auxiliary_loss
 from fishleg_core.checks import InvalidConfigError
 from fishleg_core.evaluation import ProbeEvaluator, QEvaluation
@@ -23,6 +24,7 @@ from fishleg_core.qforms import QFORMS, QForm
 from fishleg_core.registry import Registry, UnknownNameError
 
 __all__ = [
+    "AUX_OPTIMIZERS",
     "AuxiliaryLoss",
     "Block",
     "BlockLayout",
@@ -48,6 +50,7 @@ __all__ = [
     "UnknownNameError",
     "UnsupportedLayerError",
     "auxiliary_loss",
+    "build_aux_optimizer",
     "build_model_q",
     "fisher_vp",
     "fit_q",

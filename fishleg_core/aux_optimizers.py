@@ -1,13 +1,30 @@
-"""Optimisers of the auxiliary parameters λ."""
+"""Optimisers of the auxiliary parameters λ, and their registry ``AUX_OPTIMIZERS``.
+
+A registered factory takes the parameters λ, the learning rate and its own keyword options, and returns a
+``torch.optim.Optimizer`` whose ``step`` bumps the parameters' version counters (the cached L and
+M = L Lᵀ of the triangular factors rely on them; see ``TriangularFactor``). ``aux_optimizer=`` arguments
+name one (``"adam"``) or give its options too (``{"name": "adam", "betas": (0.9, 0.99)}``).
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping, Union
 
 import torch
 from torch import nn
 
+from fishleg_core.registry import Registry, named_options
 
+AuxOptimizerFactory = Callable[..., torch.optim.Optimizer]
+"""(params, lr, **options) -> an optimizer of λ."""
+
+AuxOptimizerSpec = Union[str, Mapping[str, Any]]
+"""A registered name, or a mapping {"name": ..., **options}."""
+
+AUX_OPTIMIZERS: Registry[AuxOptimizerFactory] = Registry("auxiliary optimizer")
+
+
+@AUX_OPTIMIZERS.register("adam")
 class AuxiliaryAdam(torch.optim.Adam):
     """torch's Adam for λ, with its fused kernel where the device has one (on CPU about 5× faster than the
     foreach kernel for the millions of entries of large triangular factors), else the foreach kernel.
@@ -16,7 +33,8 @@ class AuxiliaryAdam(torch.optim.Adam):
     L and M = L Lᵀ of the triangular factors rely (``TriangularFactor``): ``step`` bumps them.
     """
 
-    def __init__(self, params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float], eps: float = 1e-8):
+    def __init__(self, params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
         params = list(params)
         fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
         super().__init__(params, lr=lr, betas=betas, eps=eps, fused=fused or None, foreach=None if fused else True)
@@ -26,3 +44,24 @@ class AuxiliaryAdam(torch.optim.Adam):
         loss = super().step(closure)
         torch.autograd.graph.increment_version([p for group in self.param_groups for p in group["params"]])
         return loss
+
+
+def split_spec(spec: AuxOptimizerSpec, argument: str = "aux_optimizer") -> tuple[str, dict[str, Any]]:
+    """(name, options) of an ``aux_optimizer=`` value; a malformed one or an unknown name raises an error
+    that names ``argument``."""
+    parsed = named_options(spec, "name")
+    if parsed is None:
+        raise ValueError(f"{argument} must be a registered name or a mapping with a 'name' entry, got {spec!r}")
+    name, options = parsed
+    if name not in AUX_OPTIMIZERS:
+        known = ", ".join(AUX_OPTIMIZERS.names())
+        raise ValueError(f"{argument}: unknown auxiliary optimizer {name!r}; known: {known}")
+    return name, options
+
+
+def build_aux_optimizer(spec: AuxOptimizerSpec, params: Iterable[nn.Parameter], lr: float,
+                        **defaults: Any) -> torch.optim.Optimizer:
+    """The optimizer ``spec`` names on ``params`` at learning rate ``lr``; ``defaults`` are options (such as
+    Adam's ``betas``) that ``spec``'s own options override."""
+    name, options = split_spec(spec)
+    return AUX_OPTIMIZERS.build(name, params=params, lr=lr, **{**defaults, **options})

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from fishleg_core.aux_optimizers import AuxiliaryAdam
+from fishleg_core.aux_optimizers import AuxOptimizerSpec, build_aux_optimizer
 from fishleg_core.auxiliary import auxiliary_loss
 from fishleg_core.checks import (
     check_callable,
@@ -117,15 +117,17 @@ def fit_q(
     generator: torch.Generator | None = None,
     progress: bool | str = False,
     output_fn: OutputFn | None = None,
+    aux_optimizer: AuxOptimizerSpec = "adam",
 ) -> FitResult:
-    """Minimise A(λ; u) with Adam on a frozen model, one step per (direction, curvature batch) pair.
+    """Minimise A(λ; u) on a frozen model, one optimizer step per (direction, curvature batch) pair.
 
     ``directions`` yields unit vectors u, alone or with low-rank factors of their blocks (e.g.
     ``normalized_gradients`` of fresh minibatches, with ``factors_for=q``), and
-    ``curvature_batches`` the inputs on which F_γ v is evaluated (other minibatches). ``schedule`` builds an
-    LR scheduler for the Adam optimizer; ``stop(curve)`` may end the fit early (``stopped_early``).
-    ``progress`` shows a progress bar (a string names it). ``output_fn`` selects the output tensor of a
-    model returning a tuple or a dict.
+    ``curvature_batches`` the inputs on which F_γ v is evaluated (other minibatches). ``aux_optimizer`` names
+    the optimizer of λ in ``AUX_OPTIMIZERS`` (Adam by default; ``betas`` are its default betas), alone or
+    as ``{"name": ..., **options}``. ``schedule`` builds an LR scheduler for it; ``stop(curve)`` may end the
+    fit early (``stopped_early``). ``progress`` shows a progress bar (a string names it). ``output_fn``
+    selects the output tensor of a model returning a tuple or a dict.
     """
     check_module(model)
     likelihood = resolve_likelihood(likelihood)
@@ -144,7 +146,7 @@ def fit_q(
     check_callable("stop", stop, optional=True)
     check_generator(generator)
     check_callable("output_fn", output_fn, optional=True)
-    optimizer = AuxiliaryAdam(q.parameters(), lr, tuple(betas))
+    optimizer = build_aux_optimizer(aux_optimizer, q.parameters(), lr, betas=tuple(betas))
     scheduler = schedule(optimizer) if schedule else None
     result = FitResult()
     start = time.perf_counter()

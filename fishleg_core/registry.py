@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import weakref
-from typing import Any, Callable, ClassVar, Generic, Hashable, Iterator, TypeVar
+from typing import Any, Callable, ClassVar, Generic, Hashable, Iterator, Mapping, TypeVar
 
 T = TypeVar("T")
 
@@ -99,6 +99,17 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}: {', '.join(self.names())})"
+
+
+def named_options(spec: Any, name_key: str) -> tuple[str, dict[str, Any]] | None:
+    """(name, options) of a choice given as a name or as a mapping {name_key: name, **options}; None when
+    ``spec`` is neither."""
+    if isinstance(spec, str):
+        return spec, {}
+    if isinstance(spec, Mapping) and isinstance(spec.get(name_key), str):
+        options = dict(spec)
+        return options.pop(name_key), options
+    return None
 
 
 class UnknownNameError(KeyError, ValueError):

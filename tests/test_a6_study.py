@@ -137,6 +137,12 @@ def test_quick_run_outputs_are_consistent(quick_run):
         assert len(row["aux_loss_curve"]) == config["steps"]
         assert all(math.isfinite(value) for value in row["aux_loss_curve"])
         assert isinstance(row["plateau"]["on_plateau"], bool)
+        assert row["init"] == "kfac" and row["kfac_scale"] > 0
+        certificate = row["certificate"]
+        assert certificate["steps"] == config["certificate_steps"] and isinstance(certificate["certified"], bool)
+        gain = certificate["heldout_aux_loss_fit"] - certificate["heldout_aux_loss_continued"]
+        assert certificate["heldout_aux_loss_fit"] == row["mean_probe_aux_loss"]
+        assert certificate["certified"] == (gain <= config["certificate_tolerance"] * abs(row["mean_probe_aux_loss"]))
         tenth = config["steps"] // 10
         assert row["final_aux_loss"] == pytest.approx(sum(row["aux_loss_curve"][-tenth:]) / tenth)
     for row in results["references"]:
@@ -171,7 +177,7 @@ def test_force_and_changed_settings_refit(tmp_path, monkeypatch):
     base = ["--config", str(config), "--out", str(tmp_path / "out"), "--no-progress"]
     assert a6_study.main(base) == 0
     assert a6_study.main(base) == 0
-    assert len(calls) == 2  # the second run reused both forms
+    assert len(calls) == 2  # the second run reused both forms (and their certificates, which fit_q no longer counts)
     assert a6_study.main([*base, "--force"]) == 0
     assert len(calls) == 4
     assert a6_study.main([*base, "--damping", "2"]) == 0  # a changed configuration is not served stale results
@@ -197,8 +203,9 @@ def _fail(what):
         (["--forms", "diagonal,banana"], "unknown QForm 'banana'"),
         (["--damping", "-1"], "invalid damping"),
         (["--steps", "many"], "invalid int value"),
+        (["--aux-optimizer", "sgd"], "unknown auxiliary optimizer 'sgd'"),
     ],
-    ids=["missing-data-dir", "unknown-form", "negative-damping", "malformed-option"],
+    ids=["missing-data-dir", "unknown-form", "negative-damping", "malformed-option", "unknown-aux-optimizer"],
 )
 def test_bad_input_is_one_line_and_exit_status_2(arguments, message, tmp_path, capsys):
     out = tmp_path / "out"

@@ -11,7 +11,14 @@ import math
 import pytest
 import torch
 
-from benchmarks import bench_aux, bench_conv_lowrank, bench_step, bench_time_to_loss, sweep_time_to_loss
+from benchmarks import (
+    bench_aux,
+    bench_conv_lowrank,
+    bench_online_aux,
+    bench_step,
+    bench_time_to_loss,
+    sweep_time_to_loss,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -72,4 +79,16 @@ def test_bench_conv_lowrank_compares_the_two_products_on_the_same_gradient(tmp_p
     small, large = result["runs"]
     assert (small["rank"], large["rank"]) == (4, 256) and small["pays"] and not large["pays"]
     assert all(run["relative_difference"] < 1e-5 for run in result["runs"])
-    assert small["speedup"] == pytest.approx(small["dense_ms"] / small["low_rank_ms"])
+
+
+def test_online_aux_reports_the_share_of_the_way_to_the_asymptote(tmp_path):
+    result = bench_online_aux.main(["--quick", "--cache", str(tmp_path), "--asymptote", "-0.02",
+                                    "--json", str(tmp_path / "online.json")])
+    assert json.loads((tmp_path / "online.json").read_text()) == result
+    assert [run["start"] for run in result["runs"]] == list(bench_online_aux.STARTS)
+    for run in result["runs"]:
+        a0, a = run["heldout_aux_loss_start"], run["heldout_aux_loss"]
+        assert run["share"] == pytest.approx((a0 - a) / (a0 + 0.02))
+        assert run["diverged"] == (not math.isfinite(a) or a > a0)
+    # the damped-KFAC start is already better than the best identity multiple
+    assert result["runs"][1]["heldout_aux_loss_start"] < result["runs"][0]["heldout_aux_loss_start"]

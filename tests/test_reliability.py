@@ -151,21 +151,28 @@ def test_resume_is_bit_identical_for_every_fisher_method(method, momentum_on, au
                                  fisher_method=method, momentum_on=momentum_on, forms={"Linear": "kron_sum"},
                                  aux_data=aux)
 
+    assert_resume_is_bit_identical(make, data, 6, tmp_path)
+
+
+def assert_resume_is_bit_identical(make, data, split, tmp_path):
+    """Training on ``data`` with the FishLeg that ``make()`` builds, saved after ``split`` batches and resumed,
+    gives exactly the parameters of an uninterrupted run."""
+
     def run(model, optimizer, batches):
         for x, y in batches:
             backward(model, optimizer, x, y)
             optimizer.step()
 
     model, optimizer = make()
-    run(model, optimizer, data[:6])
+    run(model, optimizer, data[:split])
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, tmp_path / "checkpoint.pt")
-    run(model, optimizer, data[6:])
+    run(model, optimizer, data[split:])
     uninterrupted = [p.detach().clone() for p in model.parameters()]
 
     model, optimizer = make()
     checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
-    run(model, optimizer, data[6:])
+    run(model, optimizer, data[split:])
     for p, expected in zip(model.parameters(), uninterrupted):
         assert torch.equal(p, expected)

@@ -8,4 +8,5 @@ n_curvature: 100
 cg_rtol: 1.0e-3
 monitor_directions: 1
 kfac_samples: 1
+certificate_steps: 2
 """

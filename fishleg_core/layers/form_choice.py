@@ -9,6 +9,7 @@ from fishleg_core.checks import check_mapping
 from fishleg_core.layers.adapters import LAYER_ADAPTERS
 from fishleg_core.layers.mapping import Block
 from fishleg_core.qforms import QFORMS
+from fishleg_core.registry import named_options
 from fishleg_core.user_warnings import warn_user
 
 FormSpec = Union[str, Mapping[str, Any]]
@@ -55,13 +56,10 @@ def _parse(key: str, spec: FormSpec) -> tuple[str, dict[str, Any]]:
     if not isinstance(key, str):
         raise TypeError(f"forms: key {key!r} must be a string: 'default', a layer type name such as 'Linear', "
                         "or a module-name pattern")
-    if isinstance(spec, str):
-        name, options = spec, {}
-    elif isinstance(spec, Mapping) and isinstance(spec.get("form"), str):
-        options = dict(spec)
-        name = options.pop("form")
-    else:
+    parsed = named_options(spec, "form")
+    if parsed is None:
         raise ValueError(f"form choice {key!r}: expected a form name or a dict with a 'form' name, got {spec!r}")
+    name, options = parsed
     QFORMS.get(name)  # unknown names fail here, listing the known forms
     return name, options
 

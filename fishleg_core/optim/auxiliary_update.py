@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fishleg_core.aux_optimizers import AuxiliaryAdam
+from fishleg_core.aux_optimizers import AuxOptimizerSpec, build_aux_optimizer
 from fishleg_core.auxiliary import auxiliary_loss
 from fishleg_core.fisher import fisher_vp
 from fishleg_core.fisher.functional import OutputFn
@@ -18,7 +18,7 @@ from fishleg_core.vectors import ParamDict
 
 
 class AuxiliaryUpdate:
-    """λ ← Adam step on ∇_λ A(λ; u), A(λ; u) = ½ (Q u)ᵀ F_γ (Q u) − uᵀ Q u, with F_γ v = F v + γ v by
+    """λ ← ``optimizer`` step (Adam by default, see ``AUX_OPTIMIZERS``) on ∇_λ A(λ; u), A(λ; u) = ½ (Q u)ᵀ F_γ (Q u) − uᵀ Q u, with F_γ v = F v + γ v by
     ``fisher_method`` on an auxiliary minibatch.
 
     Owns the optimiser of λ and the generator of sampling Fisher methods. Under DDP
@@ -34,6 +34,7 @@ class AuxiliaryUpdate:
         likelihood: Likelihood,
         q: ModelQ,
         *,
+        optimizer: AuxOptimizerSpec = "adam",
         lr: float,
         betas: tuple[float, float],
         eps: float,
@@ -48,7 +49,7 @@ class AuxiliaryUpdate:
         self.damping, self.fisher_method = damping, fisher_method
         self.generator, self.guard, self.distributed = generator, guard, distributed
         self.output_fn = output_fn
-        self.optimizer = AuxiliaryAdam(q.parameters(), lr, betas, eps)
+        self.optimizer = build_aux_optimizer(optimizer, q.parameters(), lr, betas=betas, eps=eps)
         self.last_loss: Tensor | None = None
 
     def step(self, u: ParamDict, u_factors: LowRankFactors, inputs: Tensor, targets: Tensor | None) -> Tensor:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fishleg_core.aux_optimizers import split_spec
 from fishleg_core.fisher import FISHER_METHODS
 
 
@@ -24,7 +25,10 @@ class FishLegConfig(BaseModel):
     damping: float = Field(1.0, ge=0, allow_inf_nan=False, description="γ of F_γ = F + γ I")
     sgd_lr: float | None = Field(None, gt=0, allow_inf_nan=False, description="start Q at (sgd_lr / lr)·I")
     init_scale: float | None = Field(None, gt=0, allow_inf_nan=False, description="start Q at init_scale·I")
-    aux_lr: float = Field(1e-4, gt=0, allow_inf_nan=False, description="α: Adam learning rate of λ")
+    aux_optimizer: str | dict[str, Any] = Field(
+        "adam", description="optimizer of λ: a name in AUX_OPTIMIZERS or {name: ..., options}"
+    )
+    aux_lr: float = Field(1e-4, gt=0, allow_inf_nan=False, description="α: learning rate of λ")
     aux_betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas of λ")
     aux_eps: float = Field(1e-8, gt=0, allow_inf_nan=False, description="Adam epsilon of λ")
     aux_every: int | tuple[tuple[int, int], ...] = Field(
@@ -59,6 +63,12 @@ class FishLegConfig(BaseModel):
         if any(period < 0 for _, period in phases):
             raise ValueError("periods must be >= 0 (0: no auxiliary updates)")
         return aux_every
+
+    @field_validator("aux_optimizer")
+    @classmethod
+    def _registered_optimizer(cls, spec: str | dict[str, Any]) -> str | dict[str, Any]:
+        split_spec(spec, "aux_optimizer")
+        return spec
 
     @field_validator("fisher_method")
     @classmethod

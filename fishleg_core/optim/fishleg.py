@@ -56,7 +56,8 @@ class FishLeg(torch.optim.Optimizer):
         sgd_lr: start Q at (sgd_lr / lr)·I, so that FishLeg starts out as SGD with momentum at ``sgd_lr``
             (like ``torch.optim.SGD(lr=sgd_lr·(1 − β), momentum=β)``). At most one of sgd_lr, init_scale.
         init_scale: start Q at init_scale·I (default I).
-        aux_lr, aux_betas, aux_eps: Adam hyperparameters of λ.
+        aux_optimizer: the optimizer of λ, a name in ``AUX_OPTIMIZERS`` or ``{"name": ..., **options}``.
+        aux_lr, aux_betas, aux_eps: its learning rate, and Adam's betas and epsilon (defaults of its options).
         aux_every: one auxiliary update every this many steps, the first step included; 0: Q stays fixed. Or
             a schedule of phases ((first step, period), ...) starting at step 0, e.g. ((0, 1), (200, 10)):
             frequent updates early, sparser later (paper §5.2).
@@ -95,6 +96,7 @@ class FishLeg(torch.optim.Optimizer):
         damping: float = 1.0,
         sgd_lr: float | None = None,
         init_scale: float | None = None,
+        aux_optimizer: str | dict[str, Any] = "adam",
         aux_lr: float = 1e-4,
         aux_betas: tuple[float, float] = (0.9, 0.999),
         aux_eps: float = 1e-8,
@@ -144,7 +146,8 @@ class FishLeg(torch.optim.Optimizer):
         generator.manual_seed(seed + (torch.distributed.get_rank() if self._distributed else 0))
         self.nonfinite = NonFiniteGuard(self.config.nonfinite)
         self.auxiliary = AuxiliaryUpdate(
-            model, self.likelihood, self.q, lr=self.config.aux_lr, betas=self.config.aux_betas,
+            model, self.likelihood, self.q, optimizer=self.config.aux_optimizer, lr=self.config.aux_lr,
+            betas=self.config.aux_betas,
             eps=self.config.aux_eps, damping=self.config.damping, fisher_method=self.config.fisher_method,
             generator=generator, guard=self.nonfinite, distributed=self._distributed, output_fn=output_fn,
         )

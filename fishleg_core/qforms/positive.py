@@ -68,6 +68,19 @@ class TriangularFactor(nn.Module):
         """The factor L = scale · I."""
         return cls(torch.eye(n, device=device, dtype=dtype) * scale)
 
+    @torch.no_grad()
+    def assign_(self, L: Tensor) -> None:
+        """Set the factor to the lower-triangular ``L`` (a positive diagonal, e.g. a Cholesky factor); the
+        entries above the diagonal are ignored."""
+        if L.shape != (self.n, self.n):
+            raise ValueError(f"TriangularFactor.assign_ needs a {self.n}×{self.n} matrix, got {tuple(L.shape)}")
+        diagonal = torch.diagonal(L)
+        if not bool((diagonal > 0).all()):
+            raise ValueError("TriangularFactor.assign_ needs a positive diagonal")
+        rows, cols = torch.tril_indices(self.n, self.n, offset=-1, device=L.device)
+        self.diag.copy_(inverse_softplus(diagonal.clone()))
+        self.off.copy_(L[rows, cols])
+
     def forward(self) -> Tensor:
         """L as a dense lower-triangular matrix."""
         if self._tracking_gradients():

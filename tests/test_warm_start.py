@@ -1,0 +1,135 @@
+"""The damped-KFAC start of the A.6 study against dense algebra, for every form that takes one, and the
+constant-rate certificate."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from models import MLP_INPUT, random_inputs, tiny_mlp
+
+import fishleg_core as fl
+from experiments.certificate import continuation_certificate
+from experiments.config import StudyConfig
+from experiments.fit import training_streams
+from experiments.kfac_reference import kronecker_factors
+from experiments.warm_start import KRONECKER_STARTS, damped_inverse_cholesky, kfac_start, supports_kfac_start
+from fishleg_core.qforms.positive import TriangularFactor
+from fishleg_core.vectors import dot
+
+DAMPING = 0.3
+
+
+def _setting():
+    model = tiny_mlp(3)
+    likelihood = fl.LIKELIHOODS.build("bernoulli")
+    inputs = random_inputs(MLP_INPUT, 16)
+    factors = kronecker_factors(model, likelihood, inputs, 2, torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(1)
+    params = dict(model.named_parameters())
+    directions = [{name: torch.randn(p.shape, generator=generator, dtype=p.dtype) for name, p in params.items()}
+                  for _ in range(3)]
+    batches = [random_inputs(MLP_INPUT, 8, seed=s) for s in (2, 3, 4)]
+    fishers = [lambda v, x=x: fl.fisher_vp(model, likelihood, x, v, "exact", DAMPING) for x in batches]
+    return model, factors, directions, fishers
+
+
+def _dense_kfac_start(factors, block):
+    """(G + √γπI)⁻¹ ⊗ (A + √γ/πI)⁻¹ by explicit inverses, π² = (tr G / dim G) / (tr A / dim A)."""
+    G, A = factors[block].G, factors[block].A
+    pi = math.sqrt((G.trace() / len(G)) / (A.trace() / len(A)))
+    root = math.sqrt(DAMPING)
+    left = torch.linalg.inv(G + root * pi * torch.eye(len(G), dtype=G.dtype))
+    right = torch.linalg.inv(A + root / pi * torch.eye(len(A), dtype=A.dtype))
+    return torch.kron(left, right)
+
+
+@pytest.mark.parametrize("form", ["kron", "ekfac", "kron_sum", "diagonal"])
+def test_kfac_start_is_the_rescaled_damped_kfac_inverse(form):
+    model, factors, directions, fishers = _setting()
+    torch.manual_seed(0)
+    q = fl.build_model_q(model, {"default": form}, init_scale=0.7)
+    assert supports_kfac_start(q)
+    s = kfac_start(q, factors, DAMPING, directions, fishers)
+    for group in q.groups:
+        expected = s * _dense_kfac_start(factors, group.block.name)
+        dense = group.form.to_dense()
+        if form == "diagonal":
+            expected = torch.diag(expected.diagonal())
+        if form == "kron_sum":  # term 1 is the start; the small random terms stay as built
+            torch.testing.assert_close(dense, expected, atol=0.01 * 0.7, rtol=0.0)
+        else:
+            torch.testing.assert_close(dense, expected)
+
+    def mean_aux(c):
+        products = [{k: c * v for k, v in q(u).items()} for u in directions]
+        return sum(0.5 * dot(qu, f(qu)) - dot(u, qu) for u, qu, f in zip(directions, products, fishers)) / 3
+
+    # s is the best scalar multiple on the training directions
+    assert mean_aux(1.0) < min(mean_aux(0.98), mean_aux(1.02))
+
+
+def test_factored_damping_keeps_the_product_of_the_dampings():
+    _, factors, _, _ = _setting()
+    for f in factors.values():
+        C_G, C_A = damped_inverse_cholesky(f, DAMPING)
+        shift_G = torch.linalg.inv(C_G @ C_G.mT) - f.G
+        shift_A = torch.linalg.inv(C_A @ C_A.mT) - f.A
+        # each inverse is of the factor plus a multiple of I, and the two multiples multiply to γ
+        torch.testing.assert_close(shift_G, shift_G[0, 0] * torch.eye(len(f.G), dtype=f.G.dtype))
+        torch.testing.assert_close(shift_A, shift_A[0, 0] * torch.eye(len(f.A), dtype=f.A.dtype))
+        assert (shift_G[0, 0] * shift_A[0, 0]).item() == pytest.approx(DAMPING)
+
+
+def test_forms_without_a_kronecker_start_are_refused():
+    model, factors, directions, fishers = _setting()
+    q = fl.build_model_q(model, {"default": "dense"})
+    assert "dense" in fl.QFORMS and not supports_kfac_start(q)
+    with pytest.raises(ValueError, match="without a registered Kronecker start"):
+        kfac_start(q, factors, DAMPING, directions, fishers)
+    assert len(KRONECKER_STARTS.names()) == 4
+
+
+def test_triangular_factor_assign():
+    L = torch.tensor([[2.0, 9.0], [0.5, 0.25]], dtype=torch.float64)
+    factor = TriangularFactor(torch.eye(2, dtype=torch.float64))
+    factor.assign_(L)
+    torch.testing.assert_close(factor(), L.tril())
+    with pytest.raises(ValueError, match="positive diagonal"):
+        factor.assign_(-L)
+    with pytest.raises(ValueError, match="2×2 matrix"):
+        factor.assign_(torch.eye(3, dtype=torch.float64))
+
+
+def _certificate_setting():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 4)).double()  # autoencoder
+    likelihood = fl.LIKELIHOODS.build("bernoulli")
+    generator = torch.Generator().manual_seed(0)
+    train, heldout = (torch.rand(n, 4, generator=generator, dtype=torch.float64) for n in (64, 32))
+    probes = list(fl.normalized_gradients(model, likelihood, [(heldout[:8], heldout[:8]), (heldout[8:16],) * 2]))
+    evaluator = fl.ProbeEvaluator(model, likelihood, probes, heldout[16:], DAMPING)
+    config = StudyConfig(forms=("dense",), n_train=64, batch_size=8, curvature_batch=8, damping=DAMPING,
+                         aux_lr=0.02, certificate_steps=300, certificate_lr_factor=1.0)
+    return model, likelihood, train, evaluator, config
+
+
+def test_the_certificate_refuses_a_fit_that_has_not_converged():
+    model, likelihood, train, evaluator, config = _certificate_setting()
+    q = fl.build_model_q(model, {"default": "dense"}, init_scale=0.1)  # not fitted at all
+    fitted = evaluator.evaluate(q).mean_aux_loss
+    certificate = continuation_certificate("dense", q, fitted, config, model, likelihood, train, evaluator)
+    assert not certificate["certified"] and certificate["relative_gain"] > 0.1
+    assert certificate["heldout_aux_loss_continued"] < fitted == certificate["heldout_aux_loss_fit"]
+    assert evaluator.evaluate(q).mean_aux_loss == fitted  # the fitted Q itself is left as it was
+    # the continuation of the continuation has (almost) nothing left to gain: certified
+    continued = copy.deepcopy(q)
+    stream, batches = training_streams(model, likelihood, train, 8, 8, 99, continued)
+    fl.fit_q(model, likelihood, continued, stream, batches, 1500, lr=0.02, damping=DAMPING)
+    stream.close()
+    fitted = evaluator.evaluate(continued).mean_aux_loss
+    certificate = continuation_certificate("dense", continued, fitted, config.model_copy(
+        update={"certificate_lr_factor": 0.1}), model, likelihood, train, evaluator)
+    assert certificate["certified"], certificate
