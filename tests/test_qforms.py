@@ -66,11 +66,14 @@ class TestQFormContract:
         expected = torch.stack([torch.stack([q(G) for G in row]) for row in Gs])
         torch.testing.assert_close(q(Gs), expected, rtol=1e-12, atol=1e-12)
 
-    def test_low_rank_product_matches_dense_product(self, name, options):
+    @pytest.mark.parametrize("rank", [1, 2, min(SHAPE)])
+    def test_low_rank_product_is_none_or_matches_dense_product(self, name, options, rank):
         q = build(name, options)
         perturb(q, 0.5)
-        left, right = torch.randn(SHAPE[0], 2), torch.randn(SHAPE[1], 2)
-        torch.testing.assert_close(q.multiply_low_rank(left, right), q(left @ right.T), rtol=1e-12, atol=1e-12)
+        left, right = torch.randn(SHAPE[0], rank), torch.randn(SHAPE[1], rank)
+        product = q.multiply_low_rank(left, right)
+        if product is not None:
+            torch.testing.assert_close(product, q(left @ right.T), rtol=1e-12, atol=1e-12)
 
     @pytest.mark.parametrize(
         "scale,shift", [(0.1, 0.0), (0.5, 0.0), (1.0, 0.0), (1.0, 10.0)], ids=["small", "medium", "unit", "large"]
@@ -223,7 +226,11 @@ def layer_like_fisher(generator, samples=400, damping=0.1):
 def test_richer_forms_fit_a_layer_fisher_at_least_as_well_as_kron():
     generator = torch.Generator().manual_seed(5)
     F = layer_like_fisher(generator)
-    assert torch.linalg.matrix_norm(F - torch.kron(torch.eye(3), torch.eye(4)) * F.diagonal().mean()) > 0
+    # F is not a Kronecker product: Van Loan's rearrangement R(F)[(i,k),(j,l)] = F[(i,j),(k,l)] has rank 1
+    # exactly when F = A ⊗ B, and its singular values past the first give the Frobenius distance from F to
+    # the nearest Kronecker product (about 6 % of ‖F‖ here).
+    singular = torch.linalg.svdvals(F.reshape(3, 4, 3, 4).permute(0, 2, 1, 3).reshape(9, 16))
+    assert singular[1:].norm() > 0.03 * singular.norm()
     held_out = torch.nn.functional.normalize(torch.randn(12, 200, generator=generator), dim=0)
     forms = {name: fit(build(name, {}, init_scale=0.5), F) for name in ["diagonal", "kron", "ekfac", "kron_sum"]}
     excess = {name: excess_loss(q, F, held_out) for name, q in forms.items()}
