@@ -162,7 +162,7 @@ def test_resume_is_bit_identical_for_every_fisher_method(method, momentum_on, tm
     uninterrupted = [p.detach().clone() for p in model.parameters()]
 
     model, optimizer = make()
-    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     run(model, optimizer, data[6:])
