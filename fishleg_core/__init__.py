@@ -11,6 +11,7 @@ from fishleg_core.layers import (
     BlockLayout,
     LayerAdapter,
     UnsupportedLayerError,
+    choose_forms,
     joint_block,
     map_blocks,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "UnsupportedLayerError",
     "auxiliary_loss",
     "build_model_q",
+    "choose_forms",
     "fisher_vp",
     "fit_q",
     "joint_block",

@@ -38,20 +38,23 @@ class QGroup(nn.Module, ABC):
     def to_dense(self) -> Tensor:
         """The dense matrix of this group on its parameters flattened and concatenated in order."""
 
-    def describe(self) -> tuple[str, str, str, str]:
-        """(name, layer type, block shape, form) for ``ModelQ.summary``."""
-        return ", ".join(self.param_names), type(self).__name__, "-", type(self).__name__
+    def describe(self) -> tuple[str, str, str, str, int | None]:
+        """(name, layer type, block shape, form, number of model parameters covered or None) for
+        ``ModelQ.summary``."""
+        return ", ".join(self.param_names), type(self).__name__, "-", type(self).__name__, None
 
 
 class BlockQ(QGroup):
-    """One block with one QForm: G = pack(tensors), Q·G, unpack."""
+    """One block with one QForm: G = pack(tensors), Q·G, unpack. ``label`` names the form in summaries
+    (default: its registered name)."""
 
-    def __init__(self, block: Block, form: QForm) -> None:
+    def __init__(self, block: Block, form: QForm, label: str | None = None) -> None:
         super().__init__()
         if form.shape != block.shape:
             raise ValueError(f"block {block.name!r} has shape {block.shape} but its form acts on {form.shape}")
         self.block = block
         self.form = form
+        self.label = label or QFORMS.name_of(type(form)) or type(form).__name__
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -77,8 +80,9 @@ class BlockQ(QGroup):
         dense[order[:, None], order[None, :]] = block_dense
         return dense
 
-    def describe(self) -> tuple[str, str, str, str]:
-        return self.block.name, self.block.module_type.__name__, str(self.block.shape), type(self.form).__name__
+    def describe(self) -> tuple[str, str, str, str, int | None]:
+        rows, cols = self.block.shape
+        return self.block.name, self.block.module_type.__name__, str(self.block.shape), self.label, rows * cols
 
     def extra_repr(self) -> str:
         return f"block={self.block.name!r} ({self.block.module_type.__name__}, shape={self.block.shape})"
@@ -118,14 +122,37 @@ class ModelQ(nn.Module):
         """The dense Q on all parameters flattened and concatenated in ``param_names`` order."""
         return torch.block_diag(*[group.to_dense() for group in self.groups])
 
-    def summary(self) -> str:
-        """A table of blocks, their shapes, forms and numbers of auxiliary parameters."""
-        lines = [f"{'block':<28} {'layer':<14} {'shape':<14} {'form':<10} {'aux params':>10}"]
+    def summary(self, flag_ratio: float = 10.0) -> str:
+        """A table of blocks: layer type, shape, form (registered name and options), the layer's parameters,
+        the auxiliary parameters, their ratio, and totals; blocks with more than ``flag_ratio`` auxiliary
+        parameters per layer parameter are flagged ("!")."""
+        header = f"{'block':<24} {'layer':<12} {'shape':<12} {'form':<20} {'params':>10} {'aux params':>11} {'ratio':>7}"
+        lines, flagged, total_params, total_aux = [header], [], 0, 0
         for group in self.groups:
-            name, layer, shape, form = group.describe()
-            count = sum(p.numel() for p in group.parameters())
-            lines.append(f"{name:<28} {layer:<14} {shape:<14} {form:<10} {count:>10}")
+            name, layer, shape, form, covered = group.describe()
+            aux = sum(p.numel() for p in group.parameters())
+            ratio = aux / covered if covered else None
+            flag = "!" if ratio is not None and ratio > flag_ratio else ""
+            if flag:
+                flagged.append(name)
+            total_params += covered or 0
+            total_aux += aux
+            lines.append(f"{name:<24} {layer:<12} {shape:<12} {form:<20} {_count(covered):>10} {aux:>11,} "
+                         f"{_ratio(ratio):>7} {flag}".rstrip())
+        lines.append(f"{'total':<24} {'':<12} {'':<12} {'':<20} {total_params:>10,} {total_aux:>11,} "
+                     f"{_ratio(total_aux / total_params if total_params else None):>7}")
+        if flagged:
+            lines.append(f"! more than {flag_ratio:g} auxiliary parameters per layer parameter ({', '.join(flagged)}): "
+                         "a cheaper form (\"diagonal\") for these blocks costs less memory and time per step")
         return "\n".join(lines)
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def build_model_q(
@@ -143,7 +170,8 @@ def build_model_q(
         like = params[block.param_names[0]]
         with _factory_defaults(like):
             form = QFORMS.build(form_name, shape=block.shape, init_scale=init_scale, **options)
-        groups.append(BlockQ(block, form))
+        label = form_name + "".join(f" {key}={value!r}" for key, value in options.items())
+        groups.append(BlockQ(block, form, label))
     return ModelQ(groups)
 
 

@@ -12,6 +12,7 @@ from fishleg_core.auxiliary import auxiliary_loss
 from fishleg_core.fisher import fisher_vp
 from fishleg_core.likelihoods import Likelihood
 from fishleg_core.model_q import LowRankFactors, ModelQ
+from fishleg_core.optim.diagnostics import QMonitor
 from fishleg_core.optim.nonfinite import NonFiniteGuard
 from fishleg_core.vectors import ParamDict
 
@@ -23,7 +24,7 @@ class AuxiliaryUpdate:
     Owns the optimiser of λ and the generator of sampling Fisher methods. Under DDP
     (``distributed=True``) the gradients of λ are averaged across ranks before the step, so λ stays
     identical on every rank. A non-finite loss or gradient leaves λ and its optimiser state untouched
-    (``guard``).
+    (``guard``). ``monitor`` records the health of Q at every update that passes the guard.
     """
 
     def __init__(
@@ -40,10 +41,11 @@ class AuxiliaryUpdate:
         generator: torch.Generator,
         guard: NonFiniteGuard,
         distributed: bool = False,
+        monitor: QMonitor | None = None,
     ) -> None:
         self.model, self.likelihood, self.q = model, likelihood, q
         self.damping, self.fisher_method = damping, fisher_method
-        self.generator, self.guard, self.distributed = generator, guard, distributed
+        self.generator, self.guard, self.distributed, self.monitor = generator, guard, distributed, monitor
         self.optimizer = AuxiliaryAdam(q.parameters(), lr, betas, eps)
         self.last_loss: Tensor | None = None
 
@@ -65,6 +67,8 @@ class AuxiliaryUpdate:
         checked = {"auxiliary loss": loss.value, **grads}
         if self.guard.check("auxiliary update", checked, "λ and its Adam state are left unchanged"):
             self.optimizer.step()
+            if self.monitor is not None:
+                self.monitor.record(u, loss.qu, loss.fisher_qu, loss.value)
         self.last_loss = loss.value
         return loss.value
 

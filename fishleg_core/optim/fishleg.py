@@ -15,6 +15,7 @@ from fishleg_core.model_q import ModelQ, build_model_q
 from fishleg_core.optim.aux_data import CyclicBatches, split_batch
 from fishleg_core.optim.auxiliary_update import AuxiliaryUpdate
 from fishleg_core.optim.config import FishLegConfig
+from fishleg_core.optim.diagnostics import QMonitor
 from fishleg_core.optim.nonfinite import NonFiniteGuard
 from fishleg_core.vectors import ParamDict, norm, scale, trainable_parameters
 
@@ -117,10 +118,11 @@ class FishLeg(torch.optim.Optimizer):
         seed = self.config.seed if self.config.seed is not None else torch.initial_seed()
         generator.manual_seed(seed + (torch.distributed.get_rank() if self._distributed else 0))
         self.nonfinite = NonFiniteGuard(self.config.nonfinite)
+        self.monitor = QMonitor(self.q, self.config.q_init_scale, self.config.damping)
         self.auxiliary = AuxiliaryUpdate(
             model, self.likelihood, self.q, lr=self.config.aux_lr, betas=self.config.aux_betas,
             eps=self.config.aux_eps, damping=self.config.damping, fisher_method=self.config.fisher_method,
-            generator=generator, guard=self.nonfinite, distributed=self._distributed,
+            generator=generator, guard=self.nonfinite, distributed=self._distributed, monitor=self.monitor,
         )
         self.aux_data = CyclicBatches(aux_data) if aux_data is not None else None
         self.steps = 0
@@ -135,6 +137,16 @@ class FishLeg(torch.optim.Optimizer):
     def last_aux_loss(self) -> Tensor | None:
         """A(λ; u) at the last auxiliary update (before its step), or None before the first."""
         return self.auxiliary.last_loss
+
+    def diagnostics(self) -> dict[str, Any]:
+        """The health of training: the step count, the last auxiliary loss A (healthy: in [−1/(2γ), 0)), per
+        block the scale of Q along the gradients relative to its start (``q_scale``), the Fisher's size
+        relative to the damping along Q·g (``fisher_to_damping``), the warnings given (``QMonitor``) and the
+        skipped non-finite updates."""
+        last = self.last_aux_loss
+        return {"steps": self.steps, "last_aux_loss": None if last is None else last.item(),
+                "aux_loss_floor": -0.5 / self.config.damping if self.config.damping > 0 else None,
+                **self.monitor.state(), "skipped": dict(self.nonfinite.skipped)}
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None, aux_batch: Any = None) -> Tensor | None:
