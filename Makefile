@@ -6,15 +6,27 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: study test bench
+.PHONY: help study test lint format bench
 
-study: $(INSTALLED)
+help:  ## this list
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+study: $(INSTALLED)  ## the Appendix A.6 study on the embedded MNIST digits -> results/a6/ (ARGS="--quick": smoke run)
 	$(PY) -m experiments.a6_study $(ARGS)
 
-test: $(INSTALLED)
+test: $(INSTALLED)  ## the test-suite (ARGS: extra pytest arguments)
 	$(PY) -m pytest -q $(ARGS)
 
-bench: $(INSTALLED)
+lint: $(INSTALLED)  ## ruff (lint and format check) and mypy on the whole repository
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(INSTALLED)  ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: $(INSTALLED)  ## the speed benchmarks
 	$(PY) -m benchmarks.bench_step
 	$(PY) -m benchmarks.bench_aux
 

@@ -1,4 +1,4 @@
-"""Held-out evaluation in float64: fixed probe directions and a fixed curvature set (DESIGN §3)."""
+"""Held-out evaluation in float64: fixed probe directions and a fixed curvature set (docs/design.md §1)."""
 
 from __future__ import annotations
 

@@ -64,9 +64,8 @@ class BlockQ(QGroup):
         """Q·G with G = pack(tensors), or = left @ rightᵀ when ``factors`` has this block and the form's
         low-rank product is cheaper at that rank."""
         low_rank = (factors or {}).get(self.block.name)
-        if low_rank is not None and self.form.low_rank_pays(low_rank[0].shape[-1]):
-            QG = self.form.multiply_low_rank(*low_rank)
-        else:
+        QG = self.form.multiply_low_rank(*low_rank) if low_rank is not None else None
+        if QG is None:
             pieces = [tensors[name] for name in self.param_names]
             for name, piece, shape in zip(self.param_names, pieces, self.block.layout.param_shapes):
                 check_entry("vector", name, piece, shape)
@@ -168,21 +167,9 @@ def build_model_q(
     groups = []
     for block, (form_name, options) in zip(blocks, choose_forms(blocks, forms)):
         like = params[block.param_names[0]]
-        with _factory_defaults(like):
-            form = QFORMS.build(form_name, shape=block.shape, init_scale=init_scale, **options)
+        form = QFORMS.build(form_name, shape=block.shape, init_scale=init_scale, device=like.device,
+                            dtype=like.dtype, **options)
         label = form_name + "".join(f" {key}={value!r}" for key, value in options.items())
         groups.append(BlockQ(block, form, label))
     return ModelQ(groups)
-
-
-@contextmanager
-def _factory_defaults(like: Tensor) -> Iterator[None]:
-    """Create tensors with the dtype and on the device of ``like`` (so initial values are exact)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(like.dtype)
-    try:
-        with torch.device(like.device):
-            yield
-    finally:
-        torch.set_default_dtype(previous)
 

@@ -9,7 +9,8 @@ A form in one's own file passes the package's own contract with::
 The checks run in float64 (dense references need the precision) on a small block:
 
 - Q·G matches the dense matrix (``to_dense``, row-major vec) before and after perturbing λ, on single
-  and batched blocks, and ``multiply_low_rank`` matches the product with the dense block;
+  and batched blocks, and ``multiply_low_rank`` is None or matches the product with the dense block;
+- the factory arguments ``device=`` and ``dtype=`` give λ and the products that dtype;
 - Q is symmetric positive definite after perturbations, small and large;
 - Q starts at ``init_scale · I`` (up to the form's declared ``init_deviation``);
 - gradients with respect to λ match finite differences (``gradcheck``);
@@ -139,10 +140,18 @@ def check_batched_blocks(name: str, options: dict[str, Any]) -> None:
 def check_low_rank_product(name: str, options: dict[str, Any]) -> None:
     q = build(name, options)
     perturb(q, 0.5)
-    left, right = torch.randn(SHAPE[0], 2), torch.randn(SHAPE[1], 2)
-    product = q.multiply_low_rank(left, right)
-    if product is not None:  # None: the form declines the low-rank product
-        _close(product, q(left @ right.T), atol=1e-12, rtol=1e-12)
+    for rank in (1, 2, min(SHAPE)):
+        left, right = torch.randn(SHAPE[0], rank), torch.randn(SHAPE[1], rank)
+        product = q.multiply_low_rank(left, right)
+        if product is not None:  # None: no cheaper product at this rank, the caller multiplies the dense block
+            _close(product, q(left @ right.T), atol=1e-12, rtol=1e-12)
+
+
+def check_factory_arguments(name: str, options: dict[str, Any]) -> None:
+    torch.manual_seed(0)
+    q = QFORMS.build(name, shape=SHAPE, init_scale=INIT_SCALE, dtype=torch.float32, device="cpu", **options)
+    dtypes = {p.dtype for p in q.parameters()} | {q.to_dense().dtype, q(torch.randn(*SHAPE, dtype=torch.float32)).dtype}
+    assert dtypes == {torch.float32}, f"dtype=torch.float32 gave {dtypes}"
 
 
 def check_symmetric_positive_definite(name: str, options: dict[str, Any]) -> None:
@@ -226,6 +235,7 @@ QFORM_CHECKS: dict[str, QFormCheck] = {
     "multiply matches dense": check_multiply_matches_dense,
     "batched blocks": check_batched_blocks,
     "low-rank product": check_low_rank_product,
+    "device and dtype": check_factory_arguments,
     "symmetric positive definite": check_symmetric_positive_definite,
     "starts at init_scale*I": check_initialised_at_scaled_identity,
     "gradients": check_gradients,

@@ -1,4 +1,4 @@
-"""The auxiliary loss and its surrogate gradient (DESIGN §3) against a dense Fisher."""
+"""The auxiliary loss and its surrogate gradient (docs/design.md §1) against a dense Fisher."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Layer-to-block mapping, form choice and the whole-model Q (DESIGN §6)."""
+"""Layer-to-block mapping, form choice and the whole-model Q (docs/design.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The FishLeg optimizer (DESIGN §7)."""
+"""The FishLeg optimizer (docs/design.md §7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Layer adapters and the mapping of any module tree to parameter blocks (DESIGN §6)."""
+"""Layer adapters and the mapping of any module tree to parameter blocks (docs/design.md §6)."""
 
 from fishleg_core.layers.adapters import LAYER_ADAPTERS, LayerAdapter, adapter_for
 from fishleg_core.layers.form_choice import choose_forms

@@ -1,4 +1,4 @@
-"""Layer adapters: which parameters of a module form one block, and its default QForm (DESIGN §6).
+"""Layer adapters: which parameters of a module form one block, and its default QForm (docs/design.md §6).
 
 An adapter is registered for a module type and found along the class hierarchy, so a subclass of
 ``nn.Linear`` uses the Linear adapter unless it has one of its own:

@@ -1,4 +1,4 @@
-"""Map any ``nn.Module`` tree to parameter blocks, without touching its modules (DESIGN §6)."""
+"""Map any ``nn.Module`` tree to parameter blocks, without touching its modules (docs/design.md §6)."""
 
 from __future__ import annotations
 

@@ -20,13 +20,22 @@ class QForm(nn.Module, ABC):
     - ``to_dense()``: the ``(rows·cols, rows·cols)`` matrix in row-major vec order, so that
       ``q(G).reshape(-1) == q.to_dense() @ G.reshape(-1)``.
 
+    Like ``torch.nn`` modules, a form takes ``device=`` and ``dtype=`` factory arguments for its λ.
+
     A form whose start needs small random terms (factors started at zero would never move) declares how
     far from ``init_scale · I`` it may start, as a fraction of init_scale in spectral norm.
     """
 
     init_deviation: float = 0.0
 
-    def __init__(self, shape: tuple[int, int], init_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        init_scale: float = 1.0,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         self.shape = _validate_shape(shape)
         self.init_scale = check_number("init_scale", init_scale, 0.0)
@@ -48,14 +57,11 @@ class QForm(nn.Module, ABC):
             )
         return self.multiply(G)
 
-    def multiply_low_rank(self, left: Tensor, right: Tensor) -> Tensor:
-        """Q·(left @ rightᵀ) for ``left`` (rows, r) and ``right`` (cols, r); forms with structure override it,
-        together with ``low_rank_pays``."""
-        return self(left @ right.mT)
-
-    def low_rank_pays(self, rank: int) -> bool:
-        """Whether ``multiply_low_rank`` at this rank is cheaper than ``multiply`` on the dense block."""
-        return False
+    def multiply_low_rank(self, left: Tensor, right: Tensor) -> Tensor | None:
+        """Q·(left @ rightᵀ) for ``left`` (rows, r) and ``right`` (cols, r) when the form has a product on
+        these factors cheaper than ``multiply`` on the dense block at this rank r; else None (the default),
+        and the caller multiplies the dense block."""
+        return None
 
     @abstractmethod
     def multiply(self, G: Tensor) -> Tensor:

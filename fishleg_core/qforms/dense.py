@@ -19,7 +19,14 @@ class DenseQ(QForm):
     exact inverse Fisher of the block. It has (rows·cols)² / 2 parameters: for small blocks only.
     """
 
-    def __init__(self, shape: tuple[int, int], init_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        init_scale: float = 1.0,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__(shape, init_scale)
         n = self.rows * self.cols
         if n > MAX_DENSE_SIZE:
@@ -27,7 +34,7 @@ class DenseQ(QForm):
                 f"dense QForm on a block of {n} entries would hold {n * (n + 1) // 2} parameters; "
                 f"it is meant for blocks of at most {MAX_DENSE_SIZE} entries"
             )
-        self.C = TriangularFactor.scaled_identity(n, self.init_scale**0.5)
+        self.C = TriangularFactor.scaled_identity(n, self.init_scale**0.5, device=device, dtype=dtype)
 
     def multiply(self, G: Tensor) -> Tensor:
         flat = G.reshape(*G.shape[:-2], -1)

@@ -20,13 +20,22 @@ class DiagLowRankQ(QForm):
 
     init_deviation = 0.01
 
-    def __init__(self, shape: tuple[int, int], init_scale: float = 1.0, rank: int = 4) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        init_scale: float = 1.0,
+        rank: int = 4,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__(shape, init_scale)
         if not isinstance(rank, int) or rank < 1:
             raise ValueError(f"diag_low_rank needs rank >= 1, got rank={rank!r}")
         n = self.rows * self.cols
-        self.D = PositiveTensor(torch.full(self.shape, self.init_scale))
-        self.U = nn.Parameter(torch.randn(n, rank) * (1e-3 * self.init_scale / (n * rank)) ** 0.5)
+        self.D = PositiveTensor(torch.full(self.shape, self.init_scale, device=device, dtype=dtype))
+        spread = (1e-3 * self.init_scale / (n * rank)) ** 0.5
+        self.U = nn.Parameter(torch.randn(n, rank, device=device, dtype=dtype) * spread)
 
     def multiply(self, G: Tensor) -> Tensor:
         flat = G.reshape(*G.shape[:-2], -1)

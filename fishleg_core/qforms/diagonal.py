@@ -14,9 +14,16 @@ from fishleg_core.qforms.registry import QFORMS
 class DiagonalQ(QForm):
     """Q = diag(vec(D)), D = softplus(raw) > 0, started at D = init_scale."""
 
-    def __init__(self, shape: tuple[int, int], init_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        init_scale: float = 1.0,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__(shape, init_scale)
-        self.D = PositiveTensor(torch.full(self.shape, self.init_scale))
+        self.D = PositiveTensor(torch.full(self.shape, self.init_scale, device=device, dtype=dtype))
 
     def multiply(self, G: Tensor) -> Tensor:
         return self.D() * G

@@ -18,13 +18,21 @@ class EKFACQ(QForm):
     factors at L = R = init_scale^¼ · I, so Q starts at init_scale · I.
     """
 
-    def __init__(self, shape: tuple[int, int], init_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        init_scale: float = 1.0,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__(shape, init_scale)
         root = self.init_scale**0.25
-        self.L = TriangularFactor.scaled_identity(self.rows, root)
-        self.R = TriangularFactor.scaled_identity(self.cols, root)
-        self.A = PositiveTensor(torch.ones(self.shape))
-        self.B2 = PositiveTensor(torch.ones(self.shape))
+        factory = {"device": device, "dtype": dtype}
+        self.L = TriangularFactor.scaled_identity(self.rows, root, **factory)
+        self.R = TriangularFactor.scaled_identity(self.cols, root, **factory)
+        self.A = PositiveTensor(torch.ones(self.shape, **factory))
+        self.B2 = PositiveTensor(torch.ones(self.shape, **factory))
 
     def multiply(self, G: Tensor) -> Tensor:
         L, R, A = self.L(), self.R(), self.A()

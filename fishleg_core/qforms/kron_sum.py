@@ -24,18 +24,27 @@ class KronSumQ(QForm):
     EXTRA_TERMS_NORM = 0.005
     init_deviation = 0.01
 
-    def __init__(self, shape: tuple[int, int], init_scale: float = 1.0, K: int = 2) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        init_scale: float = 1.0,
+        K: int = 2,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__(shape, init_scale)
         if not isinstance(K, int) or isinstance(K, bool) or K < 1:
             raise ValueError(f"kron_sum needs K >= 1 Kronecker terms, got K={K!r}")
         self.K = K
         root = self.init_scale**0.25
         extra_root = (self.EXTRA_TERMS_NORM * self.init_scale / max(K - 1, 1)) ** 0.25
-        self.L = nn.ModuleList([TriangularFactor.scaled_identity(self.rows, root)])
-        self.R = nn.ModuleList([TriangularFactor.scaled_identity(self.cols, root)])
+        factory = {"device": device, "dtype": dtype}
+        self.L = nn.ModuleList([TriangularFactor.scaled_identity(self.rows, root, **factory)])
+        self.R = nn.ModuleList([TriangularFactor.scaled_identity(self.cols, root, **factory)])
         for _ in range(K - 1):
-            self.L.append(TriangularFactor(_random_triangular(self.rows, extra_root)))
-            self.R.append(TriangularFactor(_random_triangular(self.cols, extra_root)))
+            self.L.append(TriangularFactor(_random_triangular(self.rows, extra_root, **factory)))
+            self.R.append(TriangularFactor(_random_triangular(self.cols, extra_root, **factory)))
 
     def grams(self) -> list[tuple[Tensor, Tensor]]:
         """The pairs (M_L⁽ᵏ⁾, M_R⁽ᵏ⁾) of all K terms."""
@@ -44,12 +53,11 @@ class KronSumQ(QForm):
     def multiply(self, G: Tensor) -> Tensor:
         return sum(L.gram_matmul(R.gram_matmul(G.mT).mT) for L, R in zip(self.L, self.R))
 
-    def multiply_low_rank(self, left: Tensor, right: Tensor) -> Tensor:
-        """Σ_k (M_L⁽ᵏ⁾ left)(M_R⁽ᵏ⁾ right)ᵀ."""
+    def multiply_low_rank(self, left: Tensor, right: Tensor) -> Tensor | None:
+        """Σ_k (M_L⁽ᵏ⁾ left)(M_R⁽ᵏ⁾ right)ᵀ, when it pays as for ``kron``."""
+        if not kron_low_rank_pays(self.shape, left.shape[-1]):
+            return None
         return sum(L.gram_matmul(left) @ R.gram_matmul(right).mT for L, R in zip(self.L, self.R))
-
-    def low_rank_pays(self, rank: int) -> bool:
-        return kron_low_rank_pays(self.shape, rank)
 
     def to_dense(self) -> Tensor:
         return sum(torch.kron(M_L, M_R) for M_L, M_R in self.grams())
@@ -58,8 +66,8 @@ class KronSumQ(QForm):
         return f"{super().extra_repr()}, K={self.K}"
 
 
-def _random_triangular(n: int, spectral_norm: float) -> Tensor:
-    """A random lower-triangular matrix with positive diagonal and the given spectral norm."""
-    T = torch.randn(n, n).tril() / n**0.5
+def _random_triangular(n: int, spectral_norm: float, device=None, dtype=None) -> Tensor:
+    """A random lower-triangular matrix with positive diagonal and the given spectral norm (global RNG)."""
+    T = torch.randn(n, n, device=device, dtype=dtype).tril() / n**0.5
     T.diagonal().abs_().add_(0.1)
     return T * (spectral_norm / torch.linalg.matrix_norm(T, ord=2))

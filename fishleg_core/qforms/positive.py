@@ -62,9 +62,11 @@ class TriangularFactor(nn.Module):
         self._cache: dict[str, tuple[tuple[int, ...], Tensor]] = {}
 
     @classmethod
-    def scaled_identity(cls, n: int, scale: float) -> "TriangularFactor":
+    def scaled_identity(
+        cls, n: int, scale: float, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> "TriangularFactor":
         """The factor L = scale · I."""
-        return cls(torch.eye(n) * scale)
+        return cls(torch.eye(n, device=device, dtype=dtype) * scale)
 
     def forward(self) -> Tensor:
         """L as a dense lower-triangular matrix."""
