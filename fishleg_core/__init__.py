@@ -17,7 +17,7 @@ from fishleg_core.layers import (
 )
 from fishleg_core.likelihoods import LIKELIHOODS, Likelihood
 from fishleg_core.model_q import BlockQ, ModelQ, QGroup, build_model_q
-from fishleg_core.optim.config import FishLegConfig
+from fishleg_core.optim.config import FishLegConfig, sgd_lr_from_torch
 from fishleg_core.optim.fishleg import FishLeg
 from fishleg_core.qforms import QFORMS, QForm
 from fishleg_core.registry import Registry, UnknownNameError
@@ -53,4 +53,5 @@ __all__ = [
     "joint_block",
     "map_blocks",
     "normalized_gradients",
+    "sgd_lr_from_torch",
 ]

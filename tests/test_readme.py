@@ -16,11 +16,11 @@ PROGRAMS = [block for block in BLOCKS if block.startswith("import")]
 
 
 def test_the_readme_has_its_examples():
-    assert len(PROGRAMS) == 3  # training, frozen-model fit, a new layer type
+    assert len(PROGRAMS) == 5  # training, classification, frozen-model fit, a form of one's own, a new layer type
     assert "make study" in README and "make test" in README
 
 
-@pytest.mark.parametrize("program", PROGRAMS, ids=["training", "frozen-fit", "layer-type"])
+@pytest.mark.parametrize("program", PROGRAMS, ids=["training", "classification", "frozen-fit", "own-form", "layer-type"])
 def test_readme_programs_run(program, tmp_path):
     script = tmp_path / "example.py"
     script.write_text(program)
