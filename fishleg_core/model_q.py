@@ -110,6 +110,15 @@ class ModelQ(nn.Module):
             result.update(group(vector, factors))
         return {name: result[name] for name in self.param_names}
 
+    def entry_label(self, key: str) -> str:
+        """A ``state_dict`` key with the name of the block it belongs to, e.g.
+        ``"groups.1.form.L.off (block '2', Linear, kron)"``."""
+        parts = key.split(".")
+        if len(parts) > 1 and parts[0] == "groups" and parts[1].isdigit() and int(parts[1]) < len(self.groups):
+            name, layer, _, form, _ = self.groups[int(parts[1])].describe()
+            return f"{key} (block {name!r}, {layer}, {form})"
+        return key
+
     def cache_grams(self, enabled: bool) -> None:
         """Whether the triangular factors of the forms cache their Gram matrices M = L Lᵀ outside autograd
         (pays when λ serves several products between changes; see ``TriangularFactor``)."""

@@ -88,15 +88,13 @@ def _skip(iterator: Iterator[Any], count: int | None, indices_only: bool) -> int
     return taken
 
 
-def split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
+def split_batch(batch: Any, source: str = "FishLeg: an auxiliary batch") -> tuple[Tensor, Tensor | None]:
     """(inputs, targets) of a batch given as an input tensor (targets None) or as a tuple/list
-    ``(inputs, targets, ...)`` (a DataLoader's (x, y) pairs)."""
+    ``(inputs, targets, ...)`` (a DataLoader's (x, y) pairs); ``source`` names the batch in errors."""
     if isinstance(batch, Tensor):
         return batch, None
     if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
         targets = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
         return batch[0], targets
-    raise TypeError(
-        "FishLeg: an auxiliary batch must be an input tensor or a tuple (inputs, targets, ...), whether given as "
-        f"aux_batch or by aux_data; got {type(batch).__name__}"
-    )
+    raise TypeError(f"{source} must be an input tensor or a tuple (inputs, targets, ...), got {type(batch).__name__}"
+                    + (" (whether given as aux_batch or by aux_data)" if source.startswith("FishLeg") else ""))

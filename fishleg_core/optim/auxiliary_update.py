@@ -59,7 +59,10 @@ class AuxiliaryUpdate:
 
         self.optimizer.zero_grad(set_to_none=True)
         with torch.enable_grad():
-            loss = auxiliary_loss(self.q, u, damped_fisher, u_factors)
+            try:
+                loss = auxiliary_loss(self.q, u, damped_fisher, u_factors)
+            except (TypeError, ValueError, RuntimeError) as error:
+                raise type(error)(_in_context(error, inputs, targets)) from error
             loss.surrogate.backward()
         grads = {name: p.grad for name, p in self.q.named_parameters() if p.grad is not None}
         if self.distributed:
@@ -81,6 +84,18 @@ class AuxiliaryUpdate:
         self.q.load_state_dict(state["q"])
         self.optimizer.load_state_dict(state["aux_optimizer"])
         self.generator.set_state(state["generator"])
+
+
+def _in_context(error: Exception, inputs: Tensor, targets: Tensor | None) -> str:
+    """The message of an error raised by the Fisher-vector product on an auxiliary batch, with where the
+    batch came from and what it held."""
+    held = f"inputs {_describe(inputs)}" + ("" if targets is None else f", targets {_describe(targets)}")
+    return (f"FishLeg: the Fisher-vector product on the auxiliary batch (from aux_data or step(aux_batch=...); "
+            f"{held}) failed: {error}. A batch is an input tensor or a tuple (inputs, targets), inputs first")
+
+
+def _describe(t: Tensor) -> str:
+    return f"{tuple(t.shape)} {t.dtype}".replace("torch.", "")
 
 
 def average_across_ranks(tensors: list[Tensor]) -> None:

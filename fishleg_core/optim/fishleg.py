@@ -17,6 +17,7 @@ from fishleg_core.optim.auxiliary_update import AuxiliaryUpdate
 from fishleg_core.optim.config import FishLegConfig
 from fishleg_core.optim.diagnostics import QMonitor
 from fishleg_core.optim.nonfinite import NonFiniteGuard
+from fishleg_core.user_warnings import warn_user
 from fishleg_core.vectors import ParamDict, norm, scale, trainable_parameters
 
 
@@ -117,6 +118,10 @@ class FishLeg(torch.optim.Optimizer):
         generator = torch.Generator(device=device)
         seed = self.config.seed if self.config.seed is not None else torch.initial_seed()
         generator.manual_seed(seed + (torch.distributed.get_rank() if self._distributed else 0))
+        if self.config.damping == 0 and self.config.aux_every:
+            warn_user("FishLeg: damping=0: F_γ = F is singular wherever the model has more parameters than the "
+                      "auxiliary batch has outputs, and nothing then bounds Q (A(λ; u) is unbounded below along "
+                      "F's null space); use damping > 0")
         self.nonfinite = NonFiniteGuard(self.config.nonfinite)
         self.monitor = QMonitor(self.q, self.config.q_init_scale, self.config.damping)
         self.auxiliary = AuxiliaryUpdate(
@@ -249,9 +254,13 @@ class FishLeg(torch.optim.Optimizer):
         expected = {name: tuple(t.shape) for name, t in self.q.state_dict().items()}
         given = {name: tuple(t.shape) for name, t in extra["q"].items()}
         if given != expected:
-            differing = sorted(set(given.items()) ^ set(expected.items()))
-            raise ValueError(f"FishLeg state_dict: its auxiliary parameters do not fit this optimizer's QForms "
-                             f"(differing entries: {differing[:4]}...); build the optimizer with the same forms")
+            differing = sorted({name for name in given.keys() | expected.keys() if given.get(name) != expected.get(name)})
+            lines = [f"  {self.q.entry_label(name)}: saved {given.get(name, '(none)')}, "
+                     f"current {expected.get(name, '(none)')}" for name in differing[:8]]
+            more = f"\n  ... and {len(differing) - 8} more" if len(differing) > 8 else ""
+            raise ValueError("FishLeg state_dict: its auxiliary parameters do not fit this optimizer's QForms "
+                             "(build the optimizer with the same model and forms); entries that differ:\n"
+                             + "\n".join(lines) + more)
         super().load_state_dict(state_dict)  # checks the parameter groups before changing anything
         self.auxiliary.load_state_dict(extra)
         self.steps = extra["steps"]
