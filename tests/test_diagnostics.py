@@ -60,7 +60,7 @@ def test_a_healthy_run_gives_no_diagnostic_warning_and_reports_its_state():
     assert report["steps"] == 30 and report["aux_updates"] == 30 and report["warnings"] == []
     assert set(report["q_scale"]) == {"0", "2"} and all(0.1 < s < 10 for s in report["q_scale"].values())
     assert report["aux_loss_floor"] == pytest.approx(-5.0) and report["aux_loss_floor"] < report["last_aux_loss"]
-    assert report["fisher_to_damping"] > 1e-4 and report["skipped"] == {}
+    assert report["fisher_to_damping"] > 1e-2 and report["skipped"] == {}
 
 
 def test_a_vanishing_fisher_warns_that_training_has_likely_stalled():
@@ -70,7 +70,7 @@ def test_a_vanishing_fisher_warns_that_training_has_likely_stalled():
         model[0].bias.fill_(40.0)
     optimizer = fl.FishLeg(model, "bernoulli", lr=0.1, aux_lr=1e-3, aux_every=1, aux_data=aux_batches())
     likelihood = fl.LIKELIHOODS.build("bernoulli")
-    with pytest.warns(RuntimeWarning, match="the Fisher is .* the damping along Q·g: the model's outputs saturated"):
+    with pytest.warns(RuntimeWarning, match="the Fisher is .* the damping along Q·g.*outputs saturated"):
         for step in range(12):
             x = torch.randn(16, 4, dtype=torch.float64)
             optimizer.zero_grad()
@@ -79,13 +79,42 @@ def test_a_vanishing_fisher_warns_that_training_has_likely_stalled():
     assert optimizer.diagnostics()["warnings"] == ["vanishing Fisher"]
 
 
+@pytest.mark.parametrize("softmax", [True, False], ids=["softmax-outputs", "logits"])
+def test_a_softmax_before_the_categorical_likelihood_warns_and_logits_do_not(softmax):
+    """10 classes: with probabilities taken for logits the training loss stalls near log 10 (2.29 after 30
+    steps, against 1.25 on logits) and F is about 10⁻³γ along Q·g (0.1γ on logits)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 4, generator=generator, dtype=torch.float64)
+    y = (x @ torch.randn(4, 10, generator=generator, dtype=torch.float64)).argmax(1)
+    model = nn.Sequential(tiny_mlp(10), *([nn.Softmax(dim=1)] if softmax else []))
+    likelihood = fl.LIKELIHOODS.build("categorical")
+    optimizer = fl.FishLeg(model, likelihood, lr=0.3, aux_lr=1e-2, aux_every=1, damping=1.0,
+                           aux_data=[x[i : i + 32] for i in range(128, 256, 32)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(30):
+            batch = slice(32 * (step % 4), 32 * (step % 4 + 1))
+            optimizer.zero_grad()
+            likelihood.nll(model(x[batch]), y[batch]).backward()
+            optimizer.step()
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    if softmax:
+        assert any("a softmax before the categorical likelihood" in message for message in messages)
+    else:
+        assert messages == []
+
+
 def test_an_exploding_q_warns_and_names_aux_lr():
-    model = tiny_mlp(2)
-    optimizer = fl.FishLeg(model, LIKELIHOOD, lr=0.1, init_scale=1.0, aux_lr=0.5, aux_every=1, damping=0.01,
-                           forms={"default": "diagonal"}, aux_data=aux_batches(scale=0.01))
-    with pytest.warns(RuntimeWarning, match=r"Q of block '\w+' grew to .* above 10/γ .* lower aux_lr"):
-        train(model, optimizer, 40, scale=0.01)
-    assert "explosion" in optimizer.diagnostics()["warnings"]
+    """Q = 20/γ·I along u: above the 10/γ that no F_γ⁻¹ ⪯ I/γ reaches."""
+    monitor = QMonitor(fl.build_model_q(tiny_mlp(2)), init_scale=0.5, damping=0.1, window=2)
+    u = {name: torch.ones_like(p) for name, p in tiny_mlp(2).named_parameters()}
+    large = {name: 200.0 * t for name, t in u.items()}
+    with pytest.warns(RuntimeWarning, match=r"Q of block '0' grew to 400× its start along the gradients, above "
+                                            r"10/γ where no F_γ⁻¹ reaches: lower aux_lr"):
+        monitor.record(u, large, large)
+        assert monitor.warned == set()  # not before a whole window
+        monitor.record(u, large, large)
+    assert monitor.state()["warnings"] == ["explosion"]
 
 
 def test_a_collapsing_q_warns():

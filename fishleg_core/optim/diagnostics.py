@@ -12,8 +12,9 @@ uᵀF_γu > 2/q₀, common along gradients, which follow the largest curvature).
 
 - Q explodes: a group's uᵀQu/‖u‖² exceeds ``explode`` / γ (no F_γ⁻¹ is that large);
 - Q collapses: a group's scale s_b falls below ``collapse`` (steps shrink to nothing);
-- the Fisher vanishes, f < ``vanish`` (saturated outputs or dead units: the gradients, and with them the
-  training loss, stop moving while A falls towards −1/(2γ) and looks healthy).
+- the Fisher vanishes, f < ``vanish``: Q → I/γ and A falls towards −1/(2γ), looking healthy, while the
+  training loss may be stuck (a softmax before a categorical likelihood on logits, saturated outputs, dead
+  units).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class QMonitor:
     warns when they show that training fails silently (see the module docstring)."""
 
     def __init__(self, q: ModelQ, init_scale: float, damping: float, window: int = 10, explode: float = 10.0,
-                 collapse: float = 1e-3, vanish: float = 1e-4) -> None:
+                 collapse: float = 1e-3, vanish: float = 1e-2) -> None:
         self.groups = [(group.describe()[0], group.param_names) for group in q.groups]
         self.init_scale, self.damping = init_scale, damping
         self.explode, self.collapse, self.vanish = explode, collapse, vanish
@@ -78,10 +79,11 @@ class QMonitor:
                            "gradients: its steps vanish; lower aux_lr (λ overshoots) or raise damping")
         ratios = [ratio for _, ratio in recent]
         if all(ratio is not None and ratio < self.vanish for ratio in ratios):
-            self._warn("vanishing Fisher", f"the Fisher is {ratios[-1]:.2g}× the damping along Q·g: the model's "
-                       "outputs saturated or its units died (often after too large steps: a too large aux_lr or "
-                       "lr), so the training loss has likely stopped moving while the auxiliary loss falls "
-                       "towards −1/(2γ) and looks healthy")
+            self._warn("vanishing Fisher", f"the Fisher is {ratios[-1]:.2g}× the damping along Q·g, so FishLeg is "
+                       "SGD at lr/γ and A falls towards −1/(2γ), looking healthy. If the training loss is not moving: "
+                       "the likelihood may not match the outputs (a softmax before the categorical likelihood, "
+                       "which takes logits), or the outputs saturated or the units died (after too large steps: "
+                       "aux_lr or lr); else damping is large for this model")
 
     def _warn(self, kind: str, message: str) -> None:
         if kind not in self.warned:
