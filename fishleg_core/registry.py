@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Generic, Hashable, Iterator, TypeVar
+import weakref
+from typing import Any, Callable, ClassVar, Generic, Hashable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -18,9 +19,17 @@ class Registry(Generic[T]):
     <...Square object at ...>
     """
 
+    _instances: ClassVar[weakref.WeakSet["Registry[Any]"]] = weakref.WeakSet()
+
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[Hashable, T] = {}
+        Registry._instances.add(self)
+
+    @classmethod
+    def instances(cls) -> list["Registry[Any]"]:
+        """Every registry alive (QForms, likelihoods, layer adapters, Fisher methods, ...)."""
+        return list(cls._instances)
 
     def register(self, key: Hashable, *, replace: bool = False) -> Callable[[T], T]:
         """Decorator registering ``factory`` under ``key``; re-registering a key needs ``replace=True``."""
@@ -38,6 +47,16 @@ class Registry(Generic[T]):
             return factory
 
         return decorator
+
+    def unregister(self, key: Hashable) -> T:
+        """Remove and return the factory registered under ``key`` (an unknown key raises like ``get``)."""
+        factory = self.get(key)
+        del self._entries[key]
+        return factory
+
+    def items(self) -> list[tuple[Hashable, T]]:
+        """(key, factory) pairs in registration order."""
+        return list(self._entries.items())
 
     def get(self, key: Hashable) -> T:
         """The factory registered under ``key``; an unknown key raises a ``KeyError`` listing the known ones."""

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from models import MLP_INPUT, random_inputs, tiny_mlp
+from tiny_study import TINY_STUDY
 
 import fishleg_core as fl
 from experiments import a6_study
@@ -104,16 +105,7 @@ def test_plateau_verdict():
 
 # --- the study end to end ----------------------------------------------------------------------------
 
-TINY = """
-forms: [diagonal, kron]
-pretrain_iterations: 10
-steps: 6
-n_probes: 1
-n_curvature: 100
-cg_rtol: 1.0e-3
-monitor_directions: 1
-kfac_samples: 1
-"""
+TINY = "forms: [diagonal, kron]\n" + TINY_STUDY
 """Settings even smaller than --quick, as a YAML config file, for the runs that test caching."""
 
 

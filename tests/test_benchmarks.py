@@ -25,9 +25,10 @@ def keep_thread_count():
 def test_bench_step_reports_ratios_against_sgd_from_the_same_run(tmp_path, capsys):
     result = bench_step.main(["--cycles", "1", "--warmup", "0", "--json", str(tmp_path / "step.json")])
     assert json.loads((tmp_path / "step.json").read_text()) == result
-    for name in ("aux10", "aux1", "aux10_gmom", "adam"):
-        assert result[f"ratio_{name}"] == pytest.approx(result[f"fishleg_{name}_s" if name != "adam" else "adam_s"]
-                                                        / result["sgdm_s"])
+    names = ("sgdm", "adam", "fishleg_aux10", "fishleg_aux1", "fishleg_aux10_gmom")
+    # every contender starts from the same model on the same first batch
+    assert len({result[f"{name}_first_loss"] for name in names}) == 1
+    assert all(result[f"{name}_s"] > 0 for name in names)
     assert all(math.isfinite(result[f"{name}_final_loss"]) for name in ("sgdm", "adam", "fishleg_aux10"))
     assert "fishleg_aux10" in capsys.readouterr().out
 
@@ -38,7 +39,6 @@ def test_bench_aux_counts_the_flops_of_a_kron_fit_step(tmp_path):
     assert result["ratio_kron"] > 1  # a fit step holds a forward+backward and more
     # Q·u forward and backward alone is over 1 GFLOP on the A.6 autoencoder (see README)
     assert 1.0 < result["kron_step_gflop"] < 10.0
-    assert result["kron_gflops_per_s"] == pytest.approx(result["kron_step_gflop"] / result["kron_step_s"])
 
 
 @pytest.mark.filterwarnings("ignore:FishLeg. non-finite values:RuntimeWarning")  # momentum on g diverges there
