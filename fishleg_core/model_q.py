@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -134,7 +133,8 @@ class ModelQ(nn.Module):
         """A table of blocks: layer type, shape, form (registered name and options), the layer's parameters,
         the auxiliary parameters, their ratio, and totals; blocks with more than ``flag_ratio`` auxiliary
         parameters per layer parameter are flagged ("!")."""
-        header = f"{'block':<24} {'layer':<12} {'shape':<12} {'form':<20} {'params':>10} {'aux params':>11} {'ratio':>7}"
+        header = (f"{'block':<24} {'layer':<12} {'shape':<12} {'form':<20} {'params':>10} {'aux params':>11} "
+                  f"{'ratio':>7}")
         lines, flagged, total_params, total_aux = [header], [], 0, 0
         for group in self.groups:
             name, layer, shape, form, covered = group.describe()

@@ -71,7 +71,7 @@ def test_a_vanishing_fisher_warns_that_training_has_likely_stalled():
     optimizer = fl.FishLeg(model, "bernoulli", lr=0.1, aux_lr=1e-3, aux_every=1, aux_data=aux_batches())
     likelihood = fl.LIKELIHOODS.build("bernoulli")
     with pytest.warns(RuntimeWarning, match="the Fisher is .* the damping along Q·g.*outputs saturated"):
-        for step in range(12):
+        for _ in range(12):
             x = torch.randn(16, 4, dtype=torch.float64)
             optimizer.zero_grad()
             likelihood.nll(model(x), torch.zeros(16, 2, dtype=torch.float64)).backward()

@@ -61,9 +61,10 @@ class ScaledDiagonalQ(QForm):
 
 
 @pytest.fixture
-def outside_form(monkeypatch):
-    monkeypatch.setitem(QFORMS._entries, "scaled_diagonal", ScaledDiagonalQ)  # removed after the test
-    return "scaled_diagonal"
+def outside_form():
+    QFORMS.register("scaled_diagonal")(ScaledDiagonalQ)
+    yield "scaled_diagonal"
+    QFORMS.unregister("scaled_diagonal")
 
 
 def test_an_outside_form_passes_the_public_contract_without_breaking_the_suite(outside_form):

@@ -27,7 +27,10 @@ def test_the_readme_has_its_examples():
     assert "make study" in README and "make test" in README
 
 
-@pytest.mark.parametrize("program", PROGRAMS, ids=["training", "classification", "frozen-fit", "own-form", "layer-type"])
+PROGRAM_IDS = ["training", "classification", "frozen-fit", "own-form", "layer-type"]
+
+
+@pytest.mark.parametrize("program", PROGRAMS, ids=PROGRAM_IDS)
 def test_readme_programs_run(program, tmp_path):
     script = tmp_path / "example.py"
     script.write_text(program)

@@ -8,7 +8,8 @@ At each auxiliary update, with u = g/‖g‖, v = Q u and h = F_γ v:
 
 Since F_γ⁻¹ ⪯ I/γ, the optimum Q* = F_γ⁻¹ has uᵀQ*u ≤ 1/γ and A* = −½uᵀF_γ⁻¹u ∈ [−1/(2γ), 0): a healthy A is
 negative and above −1/(2γ) once Q has learned (it may start positive: at Q₀ = q₀I, A > 0 where
-uᵀF_γu > 2/q₀, common along gradients, which follow the largest curvature). Over the last ``window`` updates the monitor warns (once per kind) when
+uᵀF_γu > 2/q₀, common along gradients, which follow the largest curvature). Over the last ``window``
+updates the monitor warns (once per kind) when
 
 - Q explodes: a group's uᵀQu/‖u‖² exceeds ``explode`` / γ (no F_γ⁻¹ is that large);
 - Q collapses: a group's scale s_b falls below ``collapse`` (steps shrink to nothing);

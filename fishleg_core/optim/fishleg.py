@@ -254,7 +254,8 @@ class FishLeg(torch.optim.Optimizer):
         expected = {name: tuple(t.shape) for name, t in self.q.state_dict().items()}
         given = {name: tuple(t.shape) for name, t in extra["q"].items()}
         if given != expected:
-            differing = sorted({name for name in given.keys() | expected.keys() if given.get(name) != expected.get(name)})
+            names = given.keys() | expected.keys()
+            differing = sorted(name for name in names if given.get(name) != expected.get(name))
             lines = [f"  {self.q.entry_label(name)}: saved {given.get(name, '(none)')}, "
                      f"current {expected.get(name, '(none)')}" for name in differing[:8]]
             more = f"\n  ... and {len(differing) - 8} more" if len(differing) > 8 else ""
