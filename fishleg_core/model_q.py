@@ -61,6 +61,15 @@ class ModelQ(nn.Module):
             result.update(group(vector, factors))
         return {name: result[name] for name in self.param_names}
 
+    def entry_label(self, key: str) -> str:
+        """A ``state_dict`` key with the blocks, layer types and form of its group, e.g.
+        ``"by_blocks.2.form.L.off (block '2', Linear, kron)"``."""
+        parts = key.split(".")
+        if len(parts) > 1 and parts[0] == "by_blocks" and parts[1] in self.by_blocks:
+            name, layer, _, form, _ = self.by_blocks[parts[1]].describe()
+            return f"{key} (block {name!r}, {layer}, {form})"
+        return key
+
     def cache_grams(self, enabled: bool) -> None:
         """Whether the triangular factors of the forms cache their Gram matrices M = L Lᵀ outside autograd
         (pays when λ serves several products between changes; see ``TriangularFactor``)."""
@@ -83,14 +92,38 @@ class ModelQ(nn.Module):
             dense[index[:, None], index[None, :]] = part
         return dense
 
-    def summary(self) -> str:
-        """A table of groups (blocks), their shapes, forms and numbers of auxiliary parameters."""
-        rows = [(*group.describe(), sum(p.numel() for p in group.parameters())) for group in self.groups]
-        width = max([28] + [len(row[0]) + 1 for row in rows])
-        lines = [f"{'block':<{width}} {'layer':<14} {'shape':<14} {'form':<12} {'aux params':>10}"]
-        lines += [f"{name:<{width}} {layer:<14} {shape:<14} {form:<12} {count:>10}"
-                  for name, layer, shape, form, count in rows]
+    def summary(self, flag_ratio: float = 10.0) -> str:
+        """A table of blocks: layer type, shape, form (registered name and options), the layer's parameters,
+        the auxiliary parameters, their ratio, and totals; blocks with more than ``flag_ratio`` auxiliary
+        parameters per layer parameter are flagged ("!")."""
+        header = (f"{'block':<24} {'layer':<12} {'shape':<12} {'form':<20} {'params':>10} {'aux params':>11} "
+                  f"{'ratio':>7}")
+        lines, flagged, total_params, total_aux = [header], [], 0, 0
+        for group in self.groups:
+            name, layer, shape, form, covered = group.describe()
+            aux = sum(p.numel() for p in group.parameters())
+            ratio = aux / covered if covered else None
+            flag = "!" if ratio is not None and ratio > flag_ratio else ""
+            if flag:
+                flagged.append(name)
+            total_params += covered or 0
+            total_aux += aux
+            lines.append(f"{name:<24} {layer:<12} {shape:<12} {form:<20} {_count(covered):>10} {aux:>11,} "
+                         f"{_ratio(ratio):>7} {flag}".rstrip())
+        lines.append(f"{'total':<24} {'':<12} {'':<12} {'':<20} {total_params:>10,} {total_aux:>11,} "
+                     f"{_ratio(total_aux / total_params if total_params else None):>7}")
+        if flagged:
+            lines.append(f"! more than {flag_ratio:g} auxiliary parameters per layer parameter ({', '.join(flagged)}): "
+                         "a cheaper form (\"diagonal\") for these blocks costs less memory and time per step")
         return "\n".join(lines)
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def build_model_q(

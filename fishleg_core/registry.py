@@ -84,6 +84,10 @@ class Registry(Generic[T]):
                 ) from None
         return factory(**kwargs)  # type: ignore[operator]
 
+    def name_of(self, factory: T) -> str | None:
+        """The name ``factory`` is registered under (the first, if several), or None."""
+        return next((_label(key) for key, entry in self._entries.items() if entry is factory), None)
+
     def names(self) -> list[str]:
         """The registered keys as readable names, in registration order."""
         return [_label(key) for key in self._entries]

@@ -114,7 +114,7 @@ def test_save_load_continue_is_identical_to_an_uninterrupted_run(method, tmp_pat
     uninterrupted = [p.detach().clone() for p in model.parameters()]
 
     model, optimizer = make()
-    checkpoint = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    checkpoint = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     run(model, optimizer, range(6, 10))

@@ -1,19 +1,17 @@
-"""The shared QForm test-suite: every registered form runs through every test here.
+"""The QForm suite: every form of the package runs through the public contract (``fishleg_core.testing``,
+one test per check), plus tests of fitting forms to known Fisher matrices.
 
-Adding a form to the suite is one line in QFORM_CASES.
+Adding a form of the package to the suite is one line in QFORM_CASES.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from torch.func import functional_call
+from torch import Tensor, nn
 
-from fishleg_core import QFORMS, UnknownNameError
-from fishleg_core.aux_optimizers import AuxiliaryAdam
-
-SHAPE = (3, 4)
-INIT_SCALE = 0.7
+from fishleg_core import QFORMS, QForm, UnknownNameError
+from fishleg_core.testing import QFORM_CHECKS, SHAPE, build, check_qform
 
 # (registered name, options): one line per form.
 QFORM_CASES = [
@@ -27,114 +25,61 @@ QFORM_CASES = [
 ]
 
 
-def test_every_registered_form_is_in_the_suite():
-    assert {case.values[0] for case in QFORM_CASES} == set(QFORMS.names())
+def package_forms() -> set[str]:
+    """The registered forms defined in fishleg_core (forms registered from outside are not the suite's)."""
+    return {name for name in QFORMS.names() if QFORMS.get(name).__module__.startswith("fishleg_core.")}
 
 
-def build(name, options, shape=SHAPE, init_scale=INIT_SCALE, seed=0):
-    torch.manual_seed(seed)
-    return QFORMS.build(name, shape=shape, init_scale=init_scale, **options)
-
-
-@torch.no_grad()
-def perturb(q, scale, seed=1, shift=0.0):
-    generator = torch.Generator().manual_seed(seed)
-    for p in q.parameters():
-        p.add_(scale * torch.randn(p.shape, generator=generator, dtype=p.dtype) + shift)
-
-
-def vec(G):
-    return G.reshape(-1)
+def test_every_form_of_the_package_is_in_the_suite():
+    assert {case.values[0] for case in QFORM_CASES} == package_forms()
 
 
 @pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("check", QFORM_CHECKS.values(), ids=QFORM_CHECKS.keys())
 @pytest.mark.parametrize("name,options", QFORM_CASES)
-class TestQFormContract:
-    @pytest.mark.parametrize("scale", [0.0, 0.3, 1.0])
-    def test_multiply_matches_dense(self, name, options, scale):
-        q = build(name, options)
-        perturb(q, scale)
-        G = torch.randn(*SHAPE)
-        with torch.no_grad():
-            Q = q.to_dense()
-            torch.testing.assert_close(vec(q(G)), Q @ vec(G), rtol=0, atol=1e-12 * Q.abs().max().item())
+def test_qform_contract(name, options, check):
+    check(name, options)
 
-    def test_batched_blocks(self, name, options):
-        q = build(name, options)
-        perturb(q, 0.5)
-        Gs = torch.randn(5, 2, *SHAPE)
-        expected = torch.stack([torch.stack([q(G) for G in row]) for row in Gs])
-        torch.testing.assert_close(q(Gs), expected, rtol=1e-12, atol=1e-12)
 
-    @pytest.mark.parametrize("rank", [1, 2, min(SHAPE)])
-    def test_low_rank_product_is_none_or_matches_dense_product(self, name, options, rank):
-        q = build(name, options)
-        perturb(q, 0.5)
-        left, right = torch.randn(SHAPE[0], rank), torch.randn(SHAPE[1], rank)
-        product = q.multiply_low_rank(left, right)
-        if product is not None:
-            torch.testing.assert_close(product, q(left @ right.T), rtol=1e-12, atol=1e-12)
+class ScaledDiagonalQ(QForm):
+    """Q G = d ⊙ G with d = exp(raw) > 0 (an outside form, as a user would write it)."""
 
-    @pytest.mark.parametrize(
-        "scale,shift", [(0.1, 0.0), (0.5, 0.0), (1.0, 0.0), (1.0, 10.0)], ids=["small", "medium", "unit", "large"]
-    )
-    def test_symmetric_positive_definite_after_perturbation(self, name, options, scale, shift):
-        for seed in range(10):
-            q = build(name, options, seed=seed)
-            perturb(q, scale, seed=seed, shift=shift)
-            Q = q.to_dense().detach()
-            torch.testing.assert_close(Q, Q.T, rtol=0, atol=1e-13 * Q.abs().max().item())
-            assert torch.linalg.eigvalsh(Q).min() > 0
+    def __init__(self, shape: tuple[int, int], init_scale: float = 1.0, skew: float = 0.0, *,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__(shape, init_scale, device=device, dtype=dtype)
+        self.raw = nn.Parameter(torch.full(self.shape, self.init_scale, device=device, dtype=dtype).log())
+        self.skew = skew  # > 0: an off-diagonal term that breaks symmetry (a broken form)
 
-    def test_initialised_at_scaled_identity(self, name, options):
-        q = build(name, options)
-        n = SHAPE[0] * SHAPE[1]
-        error = torch.linalg.matrix_norm(q.to_dense() - INIT_SCALE * torch.eye(n), ord=2)
-        # forms with symmetry-breaking random terms declare their deviation (kron_sum: 1 %); others are exact
-        assert q.init_deviation <= 0.01
-        assert error <= max(q.init_deviation * INIT_SCALE, 1e-12)
+    def multiply(self, G: Tensor) -> Tensor:
+        shifted = torch.roll(G, 1, dims=-1)
+        return self.raw.exp() * G + self.skew * shifted
 
-    def test_gradients_match_finite_differences(self, name, options):
-        q = build(name, options)
-        perturb(q, 0.3)
-        names = [n for n, _ in q.named_parameters()]
-        G = torch.randn(*SHAPE)
+    def to_dense(self) -> Tensor:
+        n = self.rows * self.cols
+        basis = torch.eye(n, dtype=self.raw.dtype, device=self.raw.device).reshape(n, *self.shape)
+        return self.multiply(basis).reshape(n, n).T
 
-        def apply(*values):
-            return functional_call(q, dict(zip(names, values)), (G,))
 
-        values = tuple(p.detach().clone().requires_grad_() for p in q.parameters())
-        assert torch.autograd.gradcheck(apply, values)
+@pytest.fixture
+def outside_form():
+    QFORMS.register("scaled_diagonal")(ScaledDiagonalQ)
+    yield "scaled_diagonal"
+    QFORMS.unregister("scaled_diagonal")
 
-    def test_products_outside_autograd_follow_every_auxiliary_adam_step(self, name, options):
-        """Cached factors and Gram matrices are rebuilt after each step of the (fused) auxiliary Adam."""
-        q = build(name, options)
-        optimizer = AuxiliaryAdam(q.parameters(), lr=0.1, betas=(0.9, 0.999))
-        G = torch.randn(*SHAPE)
-        for _ in range(3):
-            with torch.no_grad():
-                q(G)  # fills the caches
-            optimizer.zero_grad()
-            q(G).square().sum().backward()
-            optimizer.step()
-            with torch.no_grad():
-                outside_autograd = q(G)
-            torch.testing.assert_close(outside_autograd, q(G).detach(), rtol=1e-12, atol=1e-12)
 
-    def test_wrong_block_shape_is_rejected(self, name, options):
-        q = build(name, options)
-        with pytest.raises(ValueError, match=r"blocks of shape \(\.\.\., 3, 4\); got \(4, 3\)"):
-            q(torch.randn(4, 3))
+def test_an_outside_form_passes_the_public_contract_without_breaking_the_suite(outside_form):
+    check_qform(outside_form)
+    assert outside_form in QFORMS.names() and outside_form not in package_forms()
 
-    @pytest.mark.parametrize("init_scale", [0.0, -1.0, float("nan"), float("inf")])
-    def test_non_positive_init_scale_is_rejected(self, name, options, init_scale):
-        with pytest.raises(ValueError, match="init_scale must be a finite number > 0"):
-            build(name, options, init_scale=init_scale)
 
-    @pytest.mark.parametrize("shape", [(0, 3), (3,), (2.0, 3), "3x4"])
-    def test_malformed_shape_is_rejected(self, name, options, shape):
-        with pytest.raises(ValueError, match="shape must be a pair of positive integers"):
-            build(name, options, shape=shape)
+def test_the_public_contract_names_the_check_a_broken_form_fails(outside_form):
+    with pytest.raises(AssertionError, match="'scaled_diagonal' {'skew': 0.1}: check 'symmetric positive definite'"):
+        check_qform(outside_form, skew=0.1)
+
+
+def test_the_public_contract_rejects_an_unknown_name():
+    with pytest.raises(UnknownNameError, match="unknown QForm 'nope'"):
+        check_qform("nope")
 
 
 def test_unknown_form_name_lists_known_names():

@@ -23,12 +23,16 @@ PROGRAMS = [block for block in BLOCKS if block.startswith("import")]
 
 
 def test_the_readme_has_its_examples():
-    # training, frozen-model fit, groups, tuple/dict outputs with tied weights, a new layer type
-    assert len(PROGRAMS) == 5
+    # training, classification, frozen-model fit, tuple/dict outputs with tied weights, a form of one's own,
+    # groups, a new layer type
+    assert len(PROGRAMS) == len(PROGRAM_IDS)
     assert "make study" in README and "make test" in README
 
 
-@pytest.mark.parametrize("program", PROGRAMS, ids=[f"program-{i}" for i in range(len(PROGRAMS))])
+PROGRAM_IDS = ["training", "classification", "frozen-fit", "architectures", "own-form", "groups", "layer-type"]
+
+
+@pytest.mark.parametrize("program", PROGRAMS, ids=PROGRAM_IDS)
 def test_readme_programs_run(program, tmp_path):
     script = tmp_path / "example.py"
     script.write_text(program)

@@ -170,7 +170,7 @@ def assert_resume_is_bit_identical(make, data, split, tmp_path):
     uninterrupted = [p.detach().clone() for p in model.parameters()]
 
     model, optimizer = make()
-    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     run(model, optimizer, data[split:])

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from fishleg_core.groups.low_rank import LowRank, Matrix
+from fishleg_core.groups.registry import QGROUPS
 from fishleg_core.layers.mapping import Block
 from fishleg_core.vectors import check_entry
 
@@ -109,13 +110,15 @@ class QGroup(nn.Module, ABC):
             offset += sum(shape.numel() for shape in block.layout.param_shapes)
         return torch.cat(pieces)
 
-    def describe(self) -> tuple[str, str, str, str]:
-        """(blocks, layer types, block shapes, form) for ``ModelQ.summary``."""
+    def describe(self) -> tuple[str, str, str, str, int]:
+        """(blocks, layer types, block shapes, form, number of model parameters covered) for
+        ``ModelQ.summary``; the form is its registered group-form name where it has one."""
         return (
             "+".join(block.name for block in self.blocks),
             "+".join(block.module_type.__name__ for block in self.blocks),
             "+".join(f"{rows}x{cols}" for rows, cols in (block.shape for block in self.blocks)),
-            type(self).__name__,
+            QGROUPS.name_of(type(self)) or type(self).__name__,
+            sum(rows * cols for rows, cols in (block.shape for block in self.blocks)),
         )
 
     def extra_repr(self) -> str:

@@ -18,7 +18,7 @@ class BlockQ(QGroup):
     """One block with one QForm: G = pack(tensors), Q·G (or Q·(left rightᵀ) when the form's low-rank
     product pays at that rank), unpack."""
 
-    def __init__(self, block: Block, form: QForm) -> None:
+    def __init__(self, block: Block, form: QForm, label: str | None = None) -> None:
         super().__init__([block])
         if not isinstance(form, QForm):
             raise TypeError(f"BlockQ: form must be a QForm, got {type(form).__name__}")
@@ -26,6 +26,9 @@ class BlockQ(QGroup):
             raise ValueError(f"block {block.name!r} has shape {block.shape} but its form acts on {form.shape}")
         self.block = block
         self.form = form
+        forms = form.forms if isinstance(form, RowBandsQ) else [form]
+        name = QFORMS.name_of(type(forms[0])) or type(forms[0]).__name__
+        self.label = label or (name if len(forms) == 1 else f"{len(forms)}×{name}")
         self.init_deviation = form.init_deviation
 
     def multiply(self, x: list[BlockVector]) -> list[Tensor]:
@@ -38,10 +41,9 @@ class BlockQ(QGroup):
     def packed_dense(self) -> Tensor:
         return self.form.to_dense()
 
-    def describe(self) -> tuple[str, str, str, str]:
-        forms = self.form.forms if isinstance(self.form, RowBandsQ) else [self.form]
-        label = type(forms[0]).__name__ if len(forms) == 1 else f"{len(forms)}×{type(forms[0]).__name__}"
-        return self.block.name, self.block.module_type.__name__, str(self.block.shape), label
+    def describe(self) -> tuple[str, str, str, str, int]:
+        rows, cols = self.block.shape
+        return self.block.name, self.block.module_type.__name__, str(self.block.shape), self.label, rows * cols
 
     def extra_repr(self) -> str:
         return f"block={self.block.name!r} ({self.block.module_type.__name__}, shape={self.block.shape})"
@@ -74,4 +76,7 @@ def block_q(
     rows, cols = block.shape
     bands = [QFORMS.build(form, shape=(rows // block.row_parts, cols), init_scale=init_scale, device=device,
                           dtype=dtype, **options) for _ in range(block.row_parts)]
-    return BlockQ(block, bands[0] if block.row_parts == 1 else RowBandsQ(bands))
+    label = form + "".join(f" {key}={value!r}" for key, value in options.items())
+    if block.row_parts > 1:
+        label = f"{block.row_parts}×{label}"
+    return BlockQ(block, bands[0] if block.row_parts == 1 else RowBandsQ(bands), label)

@@ -13,6 +13,7 @@ from fishleg_core.fisher import fisher_vp
 from fishleg_core.fisher.functional import OutputFn
 from fishleg_core.likelihoods import Likelihood
 from fishleg_core.model_q import LowRankFactors, ModelQ
+from fishleg_core.optim.diagnostics import QMonitor
 from fishleg_core.optim.nonfinite import NonFiniteGuard
 from fishleg_core.vectors import ParamDict
 
@@ -24,8 +25,8 @@ class AuxiliaryUpdate:
     Owns the optimiser of λ and the generator of sampling Fisher methods. Under DDP
     (``distributed=True``) the gradients of λ are averaged across ranks before the step, so λ stays
     identical on every rank. ``output_fn`` selects the output tensor of models returning tuples or dicts.
-    A non-finite loss or gradient leaves λ and its optimiser state untouched
-    (``guard``).
+    A non-finite loss or gradient leaves λ and its optimiser state untouched (``guard``). ``monitor``
+    records the health of Q at every update that passes the guard.
     """
 
     def __init__(
@@ -44,10 +45,11 @@ class AuxiliaryUpdate:
         guard: NonFiniteGuard,
         distributed: bool = False,
         output_fn: OutputFn | None = None,
+        monitor: QMonitor | None = None,
     ) -> None:
         self.model, self.likelihood, self.q = model, likelihood, q
         self.damping, self.fisher_method = damping, fisher_method
-        self.generator, self.guard, self.distributed = generator, guard, distributed
+        self.generator, self.guard, self.distributed, self.monitor = generator, guard, distributed, monitor
         self.output_fn = output_fn
         self.optimizer = build_aux_optimizer(optimizer, q.parameters(), lr, betas=betas, eps=eps)
         self.last_loss: Tensor | None = None
@@ -62,7 +64,10 @@ class AuxiliaryUpdate:
 
         self.optimizer.zero_grad(set_to_none=True)
         with torch.enable_grad():
-            loss = auxiliary_loss(self.q, u, damped_fisher, u_factors)
+            try:
+                loss = auxiliary_loss(self.q, u, damped_fisher, u_factors)
+            except (TypeError, ValueError, RuntimeError) as error:
+                raise type(error)(_in_context(error, inputs, targets)) from error
             loss.surrogate.backward()
         grads = {name: p.grad for name, p in self.q.named_parameters() if p.grad is not None}
         if self.distributed:
@@ -70,6 +75,8 @@ class AuxiliaryUpdate:
         checked = {"auxiliary loss": loss.value, **grads}
         if self.guard.check("auxiliary update", checked, "λ and its Adam state are left unchanged"):
             self.optimizer.step()
+            if self.monitor is not None:
+                self.monitor.record(u, loss.qu, loss.fisher_qu)
         self.last_loss = loss.value
         return loss.value
 
@@ -82,6 +89,18 @@ class AuxiliaryUpdate:
         self.q.load_state_dict(state["q"])
         self.optimizer.load_state_dict(state["aux_optimizer"])
         self.generator.set_state(state["generator"])
+
+
+def _in_context(error: Exception, inputs: Tensor, targets: Tensor | None) -> str:
+    """The message of an error raised by the Fisher-vector product on an auxiliary batch, with where the
+    batch came from and what it held."""
+    held = f"inputs {_describe(inputs)}" + ("" if targets is None else f", targets {_describe(targets)}")
+    return (f"FishLeg: the Fisher-vector product on the auxiliary batch (from aux_data or step(aux_batch=...); "
+            f"{held}) failed: {error}. A batch is an input tensor or a tuple (inputs, targets), inputs first")
+
+
+def _describe(t: Tensor) -> str:
+    return f"{tuple(t.shape)} {t.dtype}".replace("torch.", "")
 
 
 def average_across_ranks(tensors: list[Tensor]) -> None:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fishleg_core.aux_optimizers import split_spec
+from fishleg_core.checks import check_number
 from fishleg_core.fisher import FISHER_METHODS
 
 
@@ -101,3 +102,13 @@ class FishLegConfig(BaseModel):
         if self.sgd_lr is not None:
             return self.sgd_lr / self.lr
         return self.init_scale if self.init_scale is not None else 1.0
+
+
+def sgd_lr_from_torch(lr: float, momentum: float) -> float:
+    """The ``sgd_lr`` with which FishLeg starts out as ``torch.optim.SGD(lr=lr, momentum=momentum)``.
+
+    torch's buffer b ← βb + g (from b = g) is FishLeg's m ← βm + (1 − β)g (from 0) divided by 1 − β, so
+    θ ← θ − lr·b is FishLeg's step θ ← θ − sgd_lr·m with sgd_lr = lr / (1 − β)."""
+    check_number("lr", lr, 0.0)
+    check_number("momentum", momentum, 0.0, inclusive=True, below=1.0)
+    return lr / (1.0 - momentum)

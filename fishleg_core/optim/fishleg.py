@@ -16,7 +16,9 @@ from fishleg_core.model_q import ModelQ, build_model_q, check_model_q
 from fishleg_core.optim.aux_data import CyclicBatches, split_batch
 from fishleg_core.optim.auxiliary_update import AuxiliaryUpdate
 from fishleg_core.optim.config import FishLegConfig
+from fishleg_core.optim.diagnostics import QMonitor
 from fishleg_core.optim.nonfinite import NonFiniteGuard
+from fishleg_core.user_warnings import warn_user
 from fishleg_core.vectors import ParamDict, norm, scale, trainable_parameters
 
 
@@ -144,12 +146,18 @@ class FishLeg(torch.optim.Optimizer):
         generator = torch.Generator(device=device)
         seed = self.config.seed if self.config.seed is not None else torch.initial_seed()
         generator.manual_seed(seed + (torch.distributed.get_rank() if self._distributed else 0))
+        if self.config.damping == 0 and self.config.aux_every:
+            warn_user("FishLeg: damping=0: F_γ = F is singular wherever the model has more parameters than the "
+                      "auxiliary batch has outputs, and nothing then bounds Q (A(λ; u) is unbounded below along "
+                      "F's null space); use damping > 0")
         self.nonfinite = NonFiniteGuard(self.config.nonfinite)
+        self.monitor = QMonitor(self.q, self.config.q_init_scale, self.config.damping)
         self.auxiliary = AuxiliaryUpdate(
             model, self.likelihood, self.q, optimizer=self.config.aux_optimizer, lr=self.config.aux_lr,
             betas=self.config.aux_betas,
             eps=self.config.aux_eps, damping=self.config.damping, fisher_method=self.config.fisher_method,
             generator=generator, guard=self.nonfinite, distributed=self._distributed, output_fn=output_fn,
+            monitor=self.monitor,
         )
         self.aux_data = CyclicBatches(aux_data) if aux_data is not None else None
         self.steps = 0
@@ -164,6 +172,16 @@ class FishLeg(torch.optim.Optimizer):
     def last_aux_loss(self) -> Tensor | None:
         """A(λ; u) at the last auxiliary update (before its step), or None before the first."""
         return self.auxiliary.last_loss
+
+    def diagnostics(self) -> dict[str, Any]:
+        """The health of training: the step count, the last auxiliary loss A (healthy: in [−1/(2γ), 0)), per
+        block the scale of Q along the gradients relative to its start (``q_scale``), the Fisher's size
+        relative to the damping along Q·g (``fisher_to_damping``), the warnings given (``QMonitor``) and the
+        skipped non-finite updates."""
+        last = self.last_aux_loss
+        return {"steps": self.steps, "last_aux_loss": None if last is None else last.item(),
+                "aux_loss_floor": -0.5 / self.config.damping if self.config.damping > 0 else None,
+                **self.monitor.state(), "skipped": dict(self.nonfinite.skipped)}
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None, aux_batch: Any = None) -> Tensor | None:
@@ -275,9 +293,14 @@ class FishLeg(torch.optim.Optimizer):
         expected = {name: tuple(t.shape) for name, t in self.q.state_dict().items()}
         given = {name: tuple(t.shape) for name, t in extra["q"].items()}
         if given != expected:
-            differing = sorted(set(given.items()) ^ set(expected.items()))
-            raise ValueError(f"FishLeg state_dict: its auxiliary parameters do not fit this optimizer's Q "
-                             f"(differing entries: {differing[:4]}...); build the optimizer with the same forms and groups")
+            names = given.keys() | expected.keys()
+            differing = sorted(name for name in names if given.get(name) != expected.get(name))
+            lines = [f"  {self.q.entry_label(name)}: saved {given.get(name, '(none)')}, "
+                     f"current {expected.get(name, '(none)')}" for name in differing[:8]]
+            more = f"\n  ... and {len(differing) - 8} more" if len(differing) > 8 else ""
+            raise ValueError("FishLeg state_dict: its auxiliary parameters do not fit this optimizer's Q "
+                             "(build the optimizer with the same model, forms and groups); entries that differ:\n"
+                             + "\n".join(lines) + more)
         super().load_state_dict(state_dict)  # checks the parameter groups before changing anything
         self.auxiliary.load_state_dict(extra)
         self.steps = extra["steps"]

@@ -22,6 +22,9 @@ class NonFiniteGuard:
         self.skipped: dict[str, int] = {}
         self._warned: set[str] = set()
 
+    def __repr__(self) -> str:
+        return f"NonFiniteGuard(policy={self.policy!r}, skipped={self.skipped})"
+
     def check(self, kind: str, tensors: Mapping[str, Tensor], consequence: str) -> bool:
         if all_finite(tensors):
             return True

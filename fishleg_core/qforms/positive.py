@@ -108,15 +108,15 @@ class TriangularFactor(nn.Module):
     def _tracking_gradients(self) -> bool:
         return torch.is_grad_enabled() and (self.diag.requires_grad or self.off.requires_grad)
 
-    def _version(self) -> tuple[int, ...]:
+    def _parameter_versions(self) -> tuple[int, ...]:
         return tuple(v for p in (self.diag, self.off) for v in (p.data_ptr(), p._version))
 
     def _has_cached(self, key: str) -> bool:
-        return key in self._cache and self._cache[key][0] == self._version()
+        return key in self._cache and self._cache[key][0] == self._parameter_versions()
 
     def _cached(self, key: str, build: Callable[[], Tensor]) -> Tensor:
         if not self._has_cached(key):
-            self._cache[key] = (self._version(), build().detach())
+            self._cache[key] = (self._parameter_versions(), build().detach())
         return self._cache[key][1]
 
 
