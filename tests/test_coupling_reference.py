@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import fishleg_core as fl
-from tests.reference import gaussian_fisher
+from reference import gaussian_fisher
 
 DAMPING = 0.1
 

@@ -12,7 +12,7 @@ from experiments.coupling import layer_split
 from experiments.kfac_reference import KFACInverse, kronecker_factors
 from experiments.references import best_rescaling, curvlinops_inverse, rescaled
 from fishleg_core.vectors import dot
-from tests.reference import flat, gaussian_fisher
+from reference import flat, gaussian_fisher
 
 DAMPING = 0.1
 
