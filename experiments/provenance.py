@@ -102,6 +102,9 @@ def _feed_object(obj: Any, feed: Callable[[bytes], None], seen: set[int]) -> Non
 def _feed_attribute(name: str, value: Any, feed: Callable[[bytes], None], seen: set[int]) -> None:
     if isinstance(value, (staticmethod, classmethod)):
         value = value.__func__
+    if isinstance(value, types.FunctionType):
+        # the code as written: torch.optim.Optimizer wraps its subclasses' step on first use
+        value = inspect.unwrap(value)
     if isinstance(value, property):
         feed(f"property {name}\0".encode())
         for accessor in (value.fget, value.fset, value.fdel):

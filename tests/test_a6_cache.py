@@ -151,3 +151,15 @@ def test_code_hash_sees_the_module_constants_a_form_uses(monkeypatch):
     with_tensor = code_hash(Scaled)
     monkeypatch.setattr(sys.modules[__name__], "SCALE", torch.tensor([1.0, 2.0]))
     assert code_hash(Scaled) != with_tensor
+
+
+def test_code_hash_of_an_optimizer_is_the_same_after_its_first_use():
+    """torch.optim.Optimizer wraps a subclass's ``step`` when the first instance is made: the hash must follow
+    the code as written, or the second run of the study would miss its cache."""
+    class Plain(torch.optim.SGD):
+        def step(self, closure=None):
+            return super().step(closure)
+
+    before = code_hash(Plain)
+    Plain([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    assert code_hash(Plain) == before
