@@ -42,7 +42,8 @@ def test_readme_programs_run(program, tmp_path):
         assert expected in done.stdout
 
 
-@pytest.mark.parametrize("path", ["fishleg_core/qforms/diag_low_rank.py", "fishleg_core/likelihoods/poisson.py"])
+@pytest.mark.parametrize("path", ["fishleg_core/qforms/diag_low_rank.py", "fishleg_core/likelihoods/poisson.py",
+                                  "fishleg_core/fisher/empirical.py"])
 def test_readme_shows_the_library_files_verbatim(path):
     assert (ROOT / path).read_text().rstrip() in README
 
