@@ -64,7 +64,7 @@ def test_a_state_dict_of_other_forms_names_the_blocks_saved_and_current():
     model = tiny_mlp(3)
     saved = fl.FishLeg(model, CATEGORICAL, lr=0.1, forms={"default": "diagonal"}).state_dict()
     current = fl.FishLeg(model, CATEGORICAL, lr=0.1, forms={"2": "kron", "default": "diagonal"})
-    with pytest.raises(ValueError, match=r"(?s)entries that differ:.*groups\.1\.form\.D\.raw \(block '2', Linear, "
+    with pytest.raises(ValueError, match=r"(?s)entries that differ:.*by_blocks\.2\.form\.D\.raw \(block '2', Linear, "
                                          r"kron\): saved \(3, 6\), current \(none\)"):
         current.load_state_dict(saved)
 

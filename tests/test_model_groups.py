@@ -99,7 +99,7 @@ def test_regrouped_state_dict_does_not_load():
     data = [torch.randn(8, 4)]
     optimizer = fl.FishLeg(model, "gaussian", lr=0.1, couple="adjacent", aux_data=data)
     other = fl.FishLeg(model, "gaussian", lr=0.1, aux_data=data)
-    with pytest.raises(ValueError, match=r"do not fit this optimizer's Q .*by_blocks"):
+    with pytest.raises(ValueError, match=r"(?s)do not fit this optimizer's Q .*by_blocks"):
         other.load_state_dict(optimizer.state_dict())
 
 
