@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn

@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -148,7 +149,7 @@ class StudyConfig(BaseModel):
         return None if data_dir is None else str(Path(data_dir).expanduser().resolve())
 
     @model_validator(mode="after")
-    def _heldout_split(self) -> "StudyConfig":
+    def _heldout_split(self) -> StudyConfig:
         if self.n_heldout - self.n_curvature < self.batch_size:
             raise ValueError(f"n_heldout ({self.n_heldout}) must exceed n_curvature ({self.n_curvature}) by at "
                              f"least one probe batch ({self.batch_size})")
@@ -165,7 +166,7 @@ class StudyConfig(BaseModel):
         values["environment"] = environment()
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
-    def seed_configs(self) -> list["StudyConfig"]:
+    def seed_configs(self) -> list[StudyConfig]:
         """One configuration per seed: seed, seed + 1, ..., seed + seeds - 1."""
         return [self.model_copy(update={"seed": self.seed + i, "seeds": 1}) for i in range(self.seeds)]
 

@@ -21,8 +21,9 @@ import hashlib
 import inspect
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-import fishleg_core as fl  # noqa: E402
-from experiments.autoencoder import SIZES  # noqa: E402
-from experiments.config import StudyConfig  # noqa: E402
-from experiments.fit import last_tenth_mean  # noqa: E402
-from experiments.results import Row, StudyResults  # noqa: E402
-from experiments.store import save_json, write_atomic  # noqa: E402
+import fishleg_core as fl
+from experiments.autoencoder import SIZES
+from experiments.config import StudyConfig
+from experiments.fit import last_tenth_mean
+from experiments.results import Row, StudyResults
+from experiments.store import save_json, write_atomic
 
 PLATEAU_CRITERION = (
     "M(Q) = the mean of A(Q; u) over fixed training directions u (each with F_γ on its own fixed training "

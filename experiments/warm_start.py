@@ -14,8 +14,9 @@ minimises the mean of A(s·Q₀; u) over them). A form takes the start through a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn

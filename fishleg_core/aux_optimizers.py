@@ -8,7 +8,8 @@ name one (``"adam"``) or give its options too (``{"name": "adam", "betas": (0.9,
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Union
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Union
 
 import torch
 from torch import nn

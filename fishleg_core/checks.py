@@ -7,8 +7,9 @@ kind (a module, a tensor, a mapping, a callable) raise ``TypeError``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from numbers import Integral, Real
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from pydantic import BaseModel, ValidationError

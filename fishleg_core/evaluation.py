@@ -4,8 +4,8 @@ gradients, and the normalised error e(Q; u)."""
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor

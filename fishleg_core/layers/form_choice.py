@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Union
 
 from fishleg_core.checks import check_mapping
 from fishleg_core.layers.adapters import LAYER_ADAPTERS

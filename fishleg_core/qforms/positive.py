@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -64,7 +64,7 @@ class TriangularFactor(nn.Module):
     @classmethod
     def scaled_identity(
         cls, n: int, scale: float, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> "TriangularFactor":
+    ) -> TriangularFactor:
         """The factor L = scale · I."""
         return cls(torch.eye(n, device=device, dtype=dtype) * scale)
 
