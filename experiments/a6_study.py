@@ -185,7 +185,7 @@ def run_seed(config: StudyConfig, data: Split, out: Path, force: bool, progress:
         evaluator = heldout_evaluator(model, likelihood, data.heldout, config.n_curvature, config.n_probes,
                                       config.batch_size, config.damping, config.cg_rtol,
                                       config.seed + PROBE_SEED_OFFSET)
-        evaluator.solutions  # F_γ⁻¹u for every probe, solved once here
+        _ = evaluator.solutions  # F_γ⁻¹u for every probe, solved once here
         _note(f"CG done in {time.perf_counter() - start:.1f} s")
         monitor_set = fixed_directions(config, model, likelihood, data.train)
         for name in pending:

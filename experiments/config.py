@@ -86,7 +86,9 @@ class StudyConfig(BaseModel):
     n_curvature: int = Field(500, gt=0, description="held-out inputs of the evaluation's F_γ (the rest give probes)")
     cg_rtol: float = Field(1e-6, gt=0, lt=1, description="relative residual ‖u − F_γx‖/‖u‖ of CG (float64)")
     kfac_samples: int = Field(4, gt=0, description="model-sampled targets per training input for KFAC's G")
-    plateau_tolerance: float = Field(0.01, gt=0, description="plateau: the monitor's last-tenth gain ≤ this × its total gain")
+    plateau_tolerance: float = Field(
+        0.01, gt=0, description="plateau: the monitor's last-tenth gain ≤ this × its total gain"
+    )
     certificate_steps: int = Field(250, gt=0, description="steps of the continuation that certifies convergence")
     certificate_lr_factor: float = Field(
         0.25, gt=0, allow_inf_nan=False,

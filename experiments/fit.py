@@ -35,7 +35,9 @@ def best_identity_scale(directions: Sequence[ParamDict], fisher_products: Sequen
     return (sum(dot(u, u) for u in directions) / sum(dot(u, fu) for u, fu in zip(directions, fisher_products))).item()
 
 
-def cosine_tail(steps: int, decay_fraction: float) -> Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]:
+def cosine_tail(
+    steps: int, decay_fraction: float
+) -> Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]:
     """An LR schedule: constant, then a cosine decay to 0 over the final ``decay_fraction`` of the steps."""
     start = steps * (1 - decay_fraction)
 

@@ -9,7 +9,7 @@ name one (``"adam"``) or give its options too (``{"name": "adam", "betas": (0.9,
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,7 +19,7 @@ from fishleg_core.registry import Registry, named_options
 AuxOptimizerFactory = Callable[..., torch.optim.Optimizer]
 """(params, lr, **options) -> an optimizer of λ."""
 
-AuxOptimizerSpec = Union[str, Mapping[str, Any]]
+AuxOptimizerSpec = str | Mapping[str, Any]
 """A registered name, or a mapping {"name": ..., **options}."""
 
 AUX_OPTIMIZERS: Registry[AuxOptimizerFactory] = Registry("auxiliary optimizer")

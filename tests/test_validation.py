@@ -251,7 +251,12 @@ CASES = [
      "unknown likelihood 'poison'"),
     ("FishLeg-lr", lambda e: fishleg(e, lr=-1.0), InvalidConfigError, "FishLeg: invalid lr"),
     ("FishLeg-damping", lambda e: fishleg(e, damping=-1.0), InvalidConfigError, "FishLeg: invalid damping"),
-    ("FishLeg-unknown-hyperparameter", lambda e: fishleg(e, dampign=1.0), TypeError, "unexpected keyword argument .dampign."),
+    (
+        "FishLeg-unknown-hyperparameter",
+        lambda e: fishleg(e, dampign=1.0),
+        TypeError,
+        "unexpected keyword argument .dampign.",
+    ),
     ("FishLeg-forms", lambda e: fishleg(e, forms="kron"), TypeError, "forms must be a mapping"),
     ("FishLeg-aux_data", lambda e: fishleg(e, aux_data=3), TypeError, "aux_data must be an iterable"),
     ("FishLeg-frozen-model", lambda e: fishleg(e, model=e.frozen), ValueError, "no trainable parameters"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
-from typing import Any, Union
+from typing import Any
 
 from fishleg_core.checks import check_mapping
 from fishleg_core.layers.adapters import LAYER_ADAPTERS
@@ -13,7 +13,7 @@ from fishleg_core.qforms import QFORMS
 from fishleg_core.registry import named_options
 from fishleg_core.user_warnings import warn_user
 
-FormSpec = Union[str, Mapping[str, Any]]
+FormSpec = str | Mapping[str, Any]
 """A form name (``"kron"``) or a name with options (``{"form": "kron_sum", "K": 3}``)."""
 
 FormChoices = Mapping[str, FormSpec]
