@@ -39,12 +39,11 @@ class KronSumQ(QForm):
         self.K = K
         root = self.init_scale**0.25
         extra_root = (self.EXTRA_TERMS_NORM * self.init_scale / max(K - 1, 1)) ** 0.25
-        factory = {"device": device, "dtype": dtype}
-        self.L = nn.ModuleList([TriangularFactor.scaled_identity(self.rows, root, **factory)])
-        self.R = nn.ModuleList([TriangularFactor.scaled_identity(self.cols, root, **factory)])
+        self.L = nn.ModuleList([TriangularFactor.scaled_identity(self.rows, root, device=device, dtype=dtype)])
+        self.R = nn.ModuleList([TriangularFactor.scaled_identity(self.cols, root, device=device, dtype=dtype)])
         for _ in range(K - 1):
-            self.L.append(TriangularFactor(_random_triangular(self.rows, extra_root, **factory)))
-            self.R.append(TriangularFactor(_random_triangular(self.cols, extra_root, **factory)))
+            self.L.append(TriangularFactor(_random_triangular(self.rows, extra_root, device=device, dtype=dtype)))
+            self.R.append(TriangularFactor(_random_triangular(self.cols, extra_root, device=device, dtype=dtype)))
 
     def grams(self) -> list[tuple[Tensor, Tensor]]:
         """The pairs (M_L⁽ᵏ⁾, M_R⁽ᵏ⁾) of all K terms."""
