@@ -41,7 +41,7 @@ class AuxiliaryAdam(torch.optim.Adam):
         super().__init__(params, lr=lr, betas=betas, eps=eps, fused=fused or None, foreach=None if fused else True)
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]  # overloads
         loss = super().step(closure)
         torch.autograd.graph.increment_version([p for group in self.param_groups for p in group["params"]])
         return loss

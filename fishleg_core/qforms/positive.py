@@ -46,6 +46,7 @@ class TriangularFactor(nn.Module):
     """
 
     cache_gram: bool = True
+    _positions: Tensor  # a buffer
 
     def __init__(self, init: Tensor) -> None:
         super().__init__()
