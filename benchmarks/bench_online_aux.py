@@ -23,7 +23,7 @@ import torch
 
 import fishleg_core as fl
 from benchmarks.common import write_json
-from experiments.a6_study import KFAC_SEED_OFFSET, PROBE_SEED_OFFSET, fixed_directions, pretrained_model
+from experiments.a6_study import KFAC_SEED_OFFSET, PROBE_SEED_OFFSET, build_form, fixed_directions, pretrained_model
 from experiments.config import QUICK, StudyConfig
 from experiments.data import load_pixels, split
 from experiments.evaluation import float64_copy, heldout_evaluator
@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {"steps": steps, "asymptote": args.asymptote, "runs": []}
     for start in STARTS:
         config = base.model_copy(update={"init": start})
-        q0, _ = initial_q("kron", config, model, likelihood, data.train, monitor_set, base.seed + KFAC_SEED_OFFSET)
+        # initial_q takes a builder of Q at a given init_scale (it was passed the form name, a TypeError at run time)
+        q0, _ = initial_q(lambda init_scale: build_form(model, "kron", init_scale), config, model, likelihood,
+                          data.train, monitor_set, base.seed + KFAC_SEED_OFFSET)
         a0 = evaluator.evaluate(float64_copy(q0)).mean_aux_loss
         for lr in lrs:
             q = copy.deepcopy(q0)
