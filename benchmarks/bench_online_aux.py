@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {"steps": steps, "asymptote": args.asymptote, "runs": []}
     for start in STARTS:
         config = base.model_copy(update={"init": start})
+        # initial_q takes a builder of Q at a given init_scale (it was passed the form name, a TypeError at run time)
         q0, _ = initial_q(lambda init_scale: build_form(model, "kron", init_scale), config, model, likelihood,
                           data.train, monitor_set, base.seed + KFAC_SEED_OFFSET)
         a0 = evaluator.evaluate(float64_copy(q0)).mean_aux_loss

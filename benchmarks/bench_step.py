@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,7 +40,7 @@ def contenders(
     """SGD with momentum at its best stable rate (see bench_time_to_loss); FishLeg started as that SGD
     (sgd_lr in Algorithm 1's (1 − β) convention); the auxiliary learning rate scaled by aux_every. Each
     FishLeg gets its own auxiliary stream from ``aux_stream()``, identical for all."""
-    fishleg = dict(lr=0.3, sgd_lr=0.03, damping=1.0, momentum=0.9)
+    fishleg: dict[str, Any] = dict(lr=0.3, sgd_lr=0.03, damping=1.0, momentum=0.9)
     return {
         "sgdm": lambda m: torch.optim.SGD(m.parameters(), lr=0.003, momentum=0.9),
         "adam": lambda m: torch.optim.Adam(m.parameters(), lr=1e-3),
@@ -56,7 +57,9 @@ def contenders(
 CYCLE = 10
 
 
-def train(model: nn.Module, optimizer: torch.optim.Optimizer, batches: list[torch.Tensor], losses: list[float]) -> None:
+def train(
+    model: nn.Module, optimizer: torch.optim.Optimizer, batches: list[torch.Tensor], losses: list[torch.Tensor]
+) -> None:
     """One iteration per batch; the training losses are appended to ``losses``."""
     for x in batches:
         optimizer.zero_grad(set_to_none=True)
@@ -80,11 +83,11 @@ def main(argv: list[str] | None = None) -> dict:
         model = build_autoencoder(DEEP_AUTOENCODER, seed=0)
         runs[name] = (model, make(model))
     times: dict[str, list[float]] = {name: [] for name in runs}
-    losses: dict[str, list[float]] = {name: [] for name in runs}
+    losses: dict[str, list[torch.Tensor]] = {name: [] for name in runs}
     for cycle in range(args.warmup + args.cycles):
         cycle_batches = [next(batches) for _ in range(CYCLE)]
         for name, (model, optimizer) in runs.items():
-            seconds = timed(lambda: train(model, optimizer, cycle_batches, losses[name]))
+            seconds = timed(lambda: train(model, optimizer, cycle_batches, losses[name]))  # noqa: B023 - called at once
             if cycle >= args.warmup:
                 times[name].append(seconds / CYCLE)
     medians = {name: median(t) for name, t in times.items()}

@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import nn
@@ -64,19 +65,23 @@ def main(argv: list[str] | None = None) -> dict:
     args = arguments(__doc__.splitlines()[0], 1000, "SGD's iterations (FishLeg gets twice as many)").parse_args(argv)
     torch.set_num_threads(2)
     data = mnist_digits()
-    sgd = {lr: run(lambda m, lr=lr: torch.optim.SGD(m.parameters(), lr=lr, momentum=MOMENTUM), data,
-                   args.iterations, args.window) for lr in SGD_RATES}
+    def sgd_with(lr: float) -> Callable[[nn.Module], torch.optim.Optimizer]:
+        return lambda m: torch.optim.SGD(m.parameters(), lr=lr, momentum=MOMENTUM)
+
+    sgd = {lr: run(sgd_with(lr), data, args.iterations, args.window) for lr in SGD_RATES}
     stable = {lr: r for lr, r in sgd.items() if math.isfinite(r["loss"]) and r["iterations"] == args.iterations}
     best_lr = min(stable, key=lambda lr: stable[lr]["loss"])
     target = stable[best_lr]["loss"]
+    def fishleg_with(on: Literal["update", "gradient"]) -> Callable[[nn.Module], torch.optim.Optimizer]:
+        return lambda m: fl.FishLeg(m, LIKELIHOOD, lr=1.0, sgd_lr=best_lr / (1 - MOMENTUM),
+                                    momentum=MOMENTUM, momentum_on=on, damping=1.0, aux_lr=3e-3,
+                                    aux_every=10, aux_data=minibatches(data, 100, seed=2))
+
     fishleg = {}
-    for momentum_on in ("update", "gradient"):
+    momentum_ons: tuple[Literal["update", "gradient"], ...] = ("update", "gradient")
+    for momentum_on in momentum_ons:
         # Q₀ = (sgd_lr / lr)·I: FishLeg starts as the best SGD (sgd_lr in Algorithm 1's (1 − β) convention)
-        fishleg[momentum_on] = run(
-            lambda m, on=momentum_on: fl.FishLeg(m, LIKELIHOOD, lr=1.0, sgd_lr=best_lr / (1 - MOMENTUM),
-                                                 momentum=MOMENTUM, momentum_on=on, damping=1.0, aux_lr=3e-3,
-                                                 aux_every=10, aux_data=minibatches(data, 100, seed=2)),
-            data, 2 * args.iterations, args.window, target)
+        fishleg[momentum_on] = run(fishleg_with(momentum_on), data, 2 * args.iterations, args.window, target)
     print(f"SGD with momentum {MOMENTUM}, learning rates tried: {', '.join(f'{lr:g}' for lr in SGD_RATES)}")
     for lr, r in sgd.items():
         print(f"  lr {lr:<6g} loss after {r['iterations']} iterations {r['loss']:8.2f}  ({r['seconds']:.1f} s)")

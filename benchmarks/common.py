@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch

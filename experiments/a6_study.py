@@ -20,9 +20,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, NoReturn, cast
 
 import torch
 from torch import Tensor, nn
@@ -66,7 +67,7 @@ class UsageError(ValueError):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage block, handled by main
+    def error(self, message: str) -> NoReturn:  # one line, no usage block, handled by main
         raise UsageError(message)
 
 
@@ -184,7 +185,7 @@ def run_seed(config: StudyConfig, data: Split, out: Path, force: bool, progress:
         evaluator = heldout_evaluator(model, likelihood, data.heldout, config.n_curvature, config.n_probes,
                                       config.batch_size, config.damping, config.cg_rtol,
                                       config.seed + PROBE_SEED_OFFSET)
-        evaluator.solutions  # F_γ⁻¹u for every probe, solved once here
+        _ = evaluator.solutions  # F_γ⁻¹u for every probe, solved once here
         _note(f"CG done in {time.perf_counter() - start:.1f} s")
         monitor_set = fixed_directions(config, model, likelihood, data.train)
         for name in pending:
@@ -195,8 +196,9 @@ def run_seed(config: StudyConfig, data: Split, out: Path, force: bool, progress:
                 rows[name] = fit_form(short, monitor_set, config, model, likelihood, data.train, evaluator, progress)
             save_keyed(paths[name], keys[name], rows[name])
     names = list(keys)
-    return StudyResults(config, out, pretraining, [rows[name] for name in names[: len(config.forms)]],
-                        [rows[name] for name in names[len(config.forms) :]])
+    filled = cast(dict[str, dict[str, Any]], rows)  # every row is loaded or computed by now
+    return StudyResults(config, out, pretraining, [filled[name] for name in names[: len(config.forms)]],
+                        [filled[name] for name in names[len(config.forms) :]])
 
 
 def pretrained_model(
@@ -229,7 +231,7 @@ def fixed_directions(
     directions, curvature = training_streams(model, likelihood, train, config.batch_size, config.curvature_batch,
                                              config.seed + MONITOR_SEED_OFFSET)
     pairs = list(zip(range(config.monitor_directions), directions, curvature))
-    return [u for _, u, _ in pairs], [inputs for _, _, inputs in pairs]
+    return [cast(ParamDict, u) for _, u, _ in pairs], [inputs for _, _, inputs in pairs]  # no q: plain vectors
 
 
 def fit_form(

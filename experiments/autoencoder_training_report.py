@@ -38,9 +38,9 @@ def plot_figures(path: Path, config: Any, runs: dict[str, list[dict]]) -> None:
                     x[start:], (mean - spread)[start:], (mean + spread)[start:], alpha=0.2, color=line.get_color()
                 )
     for row, what in enumerate(("training loss (nats)", "held-out reconstruction NLL (nats)")):
-        for column, x in enumerate(("iteration", "training seconds (1 thread, loaded machine)")):
+        for column, x_label in enumerate(("iteration", "training seconds (1 thread, loaded machine)")):
             ax = axes[row, column]
-            ax.set_xlabel(x)
+            ax.set_xlabel(x_label)
             ax.set_ylabel(what)
             ax.set_yscale("log")
     axes[0, 0].legend(fontsize=8)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -85,7 +86,9 @@ class StudyConfig(BaseModel):
     n_curvature: int = Field(500, gt=0, description="held-out inputs of the evaluation's F_γ (the rest give probes)")
     cg_rtol: float = Field(1e-6, gt=0, lt=1, description="relative residual ‖u − F_γx‖/‖u‖ of CG (float64)")
     kfac_samples: int = Field(4, gt=0, description="model-sampled targets per training input for KFAC's G")
-    plateau_tolerance: float = Field(0.01, gt=0, description="plateau: the monitor's last-tenth gain ≤ this × its total gain")
+    plateau_tolerance: float = Field(
+        0.01, gt=0, description="plateau: the monitor's last-tenth gain ≤ this × its total gain"
+    )
     certificate_steps: int = Field(250, gt=0, description="steps of the continuation that certifies convergence")
     certificate_lr_factor: float = Field(
         0.25, gt=0, allow_inf_nan=False,
@@ -148,7 +151,7 @@ class StudyConfig(BaseModel):
         return None if data_dir is None else str(Path(data_dir).expanduser().resolve())
 
     @model_validator(mode="after")
-    def _heldout_split(self) -> "StudyConfig":
+    def _heldout_split(self) -> StudyConfig:
         if self.n_heldout - self.n_curvature < self.batch_size:
             raise ValueError(f"n_heldout ({self.n_heldout}) must exceed n_curvature ({self.n_curvature}) by at "
                              f"least one probe batch ({self.batch_size})")
@@ -165,7 +168,7 @@ class StudyConfig(BaseModel):
         values["environment"] = environment()
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
-    def seed_configs(self) -> list["StudyConfig"]:
+    def seed_configs(self) -> list[StudyConfig]:
         """One configuration per seed: seed, seed + 1, ..., seed + seeds - 1."""
         return [self.model_copy(update={"seed": self.seed + i, "seeds": 1}) for i in range(self.seeds)]
 

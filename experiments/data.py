@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import functools
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -74,7 +74,9 @@ def minibatches(data: Tensor, size: int, generator: torch.Generator) -> Iterator
         yield data[index]
 
 
-def disjoint_pairs(data: Tensor, first: int, second: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+def disjoint_pairs(
+    data: Tensor, first: int, second: int, generator: torch.Generator
+) -> Iterator[tuple[Tensor, Tensor]]:
     """An endless stream of pairs of minibatches of ``first`` and ``second`` rows with no row in common."""
     for index in _epoch_slices(len(data), first + second, generator):
         yield data[index[:first]], data[index[first:]]

@@ -18,7 +18,7 @@ import argparse
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -79,7 +79,7 @@ def contender(name: str, model: torch.nn.Module, config: DeepLinearConfig, aux: 
         likelihood(config.width),
         lr=config.lr,
         momentum=config.momentum,
-        momentum_on=config.momentum_on,
+        momentum_on=cast(Literal["gradient", "update"], config.momentum_on),
         damping=config.damping,
         aux_lr=config.aux_lr,
         aux_every=config.aux_every,
@@ -99,7 +99,7 @@ def run_seed(config: DeepLinearConfig, n_train: int, iterations: int, seed: int)
         monitor = None
         if name == "fishleg":
             monitor = FrozenQMonitor(
-                optimizer,
+                cast(fl.FishLeg, optimizer),
                 half_squared_error,
                 _pairs(data, config.batch, seed=3 * seed + 2),
                 data.test_inputs[:200],

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import itertools
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
 import fishleg_core as fl
 from experiments.data import minibatches
+from fishleg_core.vectors import ParamDict
 
 
 def float64_copy(module: nn.Module) -> nn.Module:
@@ -27,5 +29,6 @@ def heldout_evaluator(
     model64, heldout64 = float64_copy(model), heldout.double()
     pool = heldout64[n_curvature:]
     batches = minibatches(pool, batch, torch.Generator().manual_seed(seed))
-    probes = list(fl.normalized_gradients(model64, likelihood, ((x, x) for x in itertools.islice(batches, n_probes))))
+    gradients = fl.normalized_gradients(model64, likelihood, ((x, x) for x in itertools.islice(batches, n_probes)))
+    probes = cast(list[ParamDict], list(gradients))  # no factors_for: plain vectors
     return fl.ProbeEvaluator(model64, likelihood, probes, heldout64[:n_curvature], damping, cg_rtol=cg_rtol)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-from typing import Any, Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -26,15 +27,20 @@ def training_streams(
     pairs = disjoint_pairs(train, batch, curvature_batch, torch.Generator().manual_seed(seed))
     for_directions, for_curvature = itertools.tee(pairs)
     directions = fl.normalized_gradients(model, likelihood, ((x, x) for x, _ in for_directions), factors_for=q)
-    return directions, (inputs for _, inputs in for_curvature)
+    # normalized_gradients is a generator function (annotated as returning an Iterator)
+    return cast(Generator[Direction, None, None], directions), (inputs for _, inputs in for_curvature)
 
 
 def best_identity_scale(directions: Sequence[ParamDict], fisher_products: Sequence[ParamDict]) -> float:
     """c* = Σ_u uᵀu / Σ_u uᵀF_γu, the minimiser of the mean over u of A(cI; u) = ½c² uᵀF_γu − c uᵀu."""
-    return (sum(dot(u, u) for u in directions) / sum(dot(u, fu) for u, fu in zip(directions, fisher_products))).item()
+    return cast(
+        Tensor, sum(dot(u, u) for u in directions) / sum(dot(u, fu) for u, fu in zip(directions, fisher_products))
+    ).item()
 
 
-def cosine_tail(steps: int, decay_fraction: float) -> Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]:
+def cosine_tail(
+    steps: int, decay_fraction: float
+) -> Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]:
     """An LR schedule: constant, then a cosine decay to 0 over the final ``decay_fraction`` of the steps."""
     start = steps * (1 - decay_fraction)
 

@@ -4,8 +4,9 @@ a config file; the canonical text (``name:option=value:...``) labels the row, it
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 _OPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 

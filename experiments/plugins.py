@@ -12,9 +12,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Hashable, Sequence
+from typing import Any
 
 from fishleg_core import Registry
 

@@ -21,8 +21,9 @@ import hashlib
 import inspect
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -162,6 +163,7 @@ def _stable_repr(value: Any) -> str:
     if isinstance(value, types.ModuleType):
         return f"module {value.__name__}"
     if isinstance(value, torch.Tensor):
-        content = hashlib.sha256(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()).hexdigest()
+        raw = value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
+        content = hashlib.sha256(raw).hexdigest()  # type: ignore[arg-type]  # an ndarray is a buffer
         return f"tensor({tuple(value.shape)},{value.dtype},{content})"
     return type(value).__qualname__

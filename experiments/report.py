@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-import fishleg_core as fl  # noqa: E402
-from experiments.autoencoder import SIZES  # noqa: E402
-from experiments.config import StudyConfig  # noqa: E402
-from experiments.fit import last_tenth_mean  # noqa: E402
-from experiments.results import Row, StudyResults  # noqa: E402
-from experiments.store import save_json, write_atomic  # noqa: E402
+import fishleg_core as fl
+from experiments.autoencoder import SIZES
+from experiments.config import StudyConfig
+from experiments.fit import last_tenth_mean
+from experiments.results import Row, StudyResults
+from experiments.store import save_json, write_atomic
 
 PLATEAU_CRITERION = (
     "M(Q) = the mean of A(Q; u) over fixed training directions u (each with F_γ on its own fixed training "
@@ -105,8 +106,8 @@ def summary(config: StudyConfig, pretraining: dict[str, Any], forms: list[Row], 
         f"minibatches) with the exact damped Fisher on {config.n_curvature} other held-out inputs, in float64; "
         "A* = −½ uᵀF_γ⁻¹u by conjugate gradients; e = ‖Qu − F_γ⁻¹u‖_F_γ / ‖F_γ⁻¹u‖_F_γ (0: exact, 1: Q = 0). "
         "Final training aux loss: mean over the last tenth of the training curve. Seconds: Q₀ and the fit, its monitor "
-        "included (for a reference, its estimation). References: the best identity multiple c*·I on the probes (what SGD "
-        "amounts to) and the inverse of the damped KFAC approximation (G ⊗ A + γI)⁻¹ per layer, estimated on "
+        "included (for a reference, its estimation). References: the best identity multiple c*·I on the probes "
+        "(what SGD amounts to) and the inverse of the damped KFAC approximation (G ⊗ A + γI)⁻¹ per layer, estimated on "
         "the training data.",
         "",
         f"Plateau (tolerance {config.plateau_tolerance:g}; in brackets the last tenth's share of the gain): "
@@ -192,7 +193,9 @@ def _figure(path: Path, forms: list[Row], references: list[Row]) -> None:
     for i, row in enumerate(references, start=len(forms)):
         value = row["mean_probe_aux_loss"]
         off_scale = "" if low <= value <= high else f" = {value:.3g}, off scale"
-        curves.axhline(value, color=colors[i % len(colors)], ls=":", label=f"{row['name']} (reference, held-out A{off_scale})")
+        curves.axhline(
+            value, color=colors[i % len(colors)], ls=":", label=f"{row['name']} (reference, held-out A{off_scale})"
+        )
     curves.axhline(optimum, color="black", ls="--", label=f"exact optimum A* (held-out) = {optimum:.4g}")
     curves.set(xlabel="Adam step", ylabel="auxiliary loss A(Q; u)", ylim=(low, high),
                title="Auxiliary loss: training (solid, smoothed), monitor (dashed), held-out (dots)"

@@ -23,7 +23,7 @@ class StudyResults:
     pretraining: dict[str, Any]
     forms: list[Row]
     references: list[Row]
-    runs: list["StudyResults"] = field(default_factory=list)
+    runs: list[StudyResults] = field(default_factory=list)
 
     def row(self, name: str) -> Row:
         """The row of the form or reference ``name``."""

@@ -10,7 +10,8 @@ curves, and the plateau test on the mean monitor curve.
 from __future__ import annotations
 
 import statistics
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

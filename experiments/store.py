@@ -6,13 +6,14 @@ import json
 import os
 import pickle
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """``write`` to a temporary file next to ``path``, then ``os.replace`` it into place, so ``path`` holds
     either its old content or the complete new one, never a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,9 @@ minimises the mean of A(s·Q₀; u) over them). A form takes the start through a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +32,7 @@ from fishleg_core.qforms.diagonal import DiagonalQ
 from fishleg_core.qforms.ekfac import EKFACQ
 from fishleg_core.qforms.kron import KronQ
 from fishleg_core.qforms.kron_sum import KronSumQ
-from fishleg_core.qforms.positive import inverse_softplus
+from fishleg_core.qforms.positive import TriangularFactor, inverse_softplus
 from fishleg_core.vectors import ParamDict, dot
 
 KroneckerStart = Callable[[QForm, Tensor, Tensor], None]
@@ -42,23 +43,25 @@ KRONECKER_STARTS: Registry[KroneckerStart] = Registry("Kronecker start")
 
 @KRONECKER_STARTS.register(KronQ)
 @KRONECKER_STARTS.register(EKFACQ)  # with A = B² = 1 (as built) it is L Lᵀ ⊗ R Rᵀ
-def _kronecker_factors(form: KronQ | EKFACQ, left: Tensor, right: Tensor) -> None:
-    form.L.assign_(left)
-    form.R.assign_(right)
+def _kronecker_factors(form: QForm, left: Tensor, right: Tensor) -> None:
+    kron = cast("KronQ | EKFACQ", form)  # registered for these classes only
+    kron.L.assign_(left)
+    kron.R.assign_(right)
 
 
 @KRONECKER_STARTS.register(KronSumQ)
-def _first_term(form: KronSumQ, left: Tensor, right: Tensor) -> None:
+def _first_term(form: QForm, left: Tensor, right: Tensor) -> None:
     """Term 1 takes the product; the small random terms k ≥ 2 stay as built (0.5 % of init_scale)."""
-    form.L[0].assign_(left)
-    form.R[0].assign_(right)
+    kron_sum = cast(KronSumQ, form)  # registered for this class only
+    cast(TriangularFactor, kron_sum.L[0]).assign_(left)
+    cast(TriangularFactor, kron_sum.R[0]).assign_(right)
 
 
 @KRONECKER_STARTS.register(DiagonalQ)
-def _diagonal_of_product(form: DiagonalQ, left: Tensor, right: Tensor) -> None:
+def _diagonal_of_product(form: QForm, left: Tensor, right: Tensor) -> None:
     """The diagonal of the product: D_ij = (C_G C_Gᵀ)_ii (C_A C_Aᵀ)_jj."""
     with torch.no_grad():
-        form.D.raw.copy_(inverse_softplus(torch.outer(left.square().sum(1), right.square().sum(1))))
+        cast(DiagonalQ, form).D.raw.copy_(inverse_softplus(torch.outer(left.square().sum(1), right.square().sum(1))))
 
 
 def kronecker_start_for(form: QForm) -> KroneckerStart | None:
@@ -94,17 +97,18 @@ def kfac_start(
     scalar s on ``directions`` (each with its own F_γ); returns s."""
     if not supports_kfac_start(q):
         raise ValueError("kfac_start: some block of q has a form without a registered Kronecker start")
-    choleskys = {}
-    for group in q.groups:
+    choleskys: dict[BlockQ, tuple[Tensor, Tensor]] = {}
+    for q_group in q.groups:
+        group = cast(BlockQ, q_group)  # supports_kfac_start checked that every group is a BlockQ
         left, right = damped_inverse_cholesky(factors[group.block.name], damping)
         like = next(group.form.parameters())
         choleskys[group] = (left.to(like), right.to(like))
-        kronecker_start_for(group.form)(group.form, *choleskys[group])
+        cast(KroneckerStart, kronecker_start_for(group.form))(group.form, *choleskys[group])
     products = [q(u) for u in directions]
     curvature = sum(dot(qu, fisher(qu)) for qu, fisher in zip(products, damped_fishers))
-    s = (sum(dot(u, qu) for u, qu in zip(directions, products)) / curvature).item()
+    s = cast(Tensor, sum(dot(u, qu) for u, qu in zip(directions, products)) / curvature).item()
     for group, (left, right) in choleskys.items():
-        kronecker_start_for(group.form)(group.form, left * s**0.25, right * s**0.25)
+        cast(KroneckerStart, kronecker_start_for(group.form))(group.form, left * s**0.25, right * s**0.25)
     return s
 
 

@@ -6,6 +6,7 @@ from fishleg_core.checks import InvalidConfigError
 from fishleg_core.evaluation import ProbeEvaluator, QEvaluation
 from fishleg_core.fisher import FISHER_METHODS, fisher_vp
 from fishleg_core.fitting import FitResult, fit_q, normalized_gradients
+from fishleg_core.groups import QGROUPS, BlockQ, QGroup, TridiagKronQ
 from fishleg_core.layers import (
     LAYER_ADAPTERS,
     Block,
@@ -17,7 +18,6 @@ from fishleg_core.layers import (
     map_blocks,
 )
 from fishleg_core.likelihoods import LIKELIHOODS, Likelihood
-from fishleg_core.groups import QGROUPS, BlockQ, QGroup, TridiagKronQ
 from fishleg_core.model_q import ModelQ, build_model_q
 from fishleg_core.optim.config import FishLegConfig, sgd_lr_from_torch
 from fishleg_core.optim.fishleg import FishLeg

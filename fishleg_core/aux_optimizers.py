@@ -8,7 +8,8 @@ name one (``"adam"``) or give its options too (``{"name": "adam", "betas": (0.9,
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Union
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ from fishleg_core.registry import Registry, named_options
 AuxOptimizerFactory = Callable[..., torch.optim.Optimizer]
 """(params, lr, **options) -> an optimizer of λ."""
 
-AuxOptimizerSpec = Union[str, Mapping[str, Any]]
+AuxOptimizerSpec = str | Mapping[str, Any]
 """A registered name, or a mapping {"name": ..., **options}."""
 
 AUX_OPTIMIZERS: Registry[AuxOptimizerFactory] = Registry("auxiliary optimizer")
@@ -40,7 +41,7 @@ class AuxiliaryAdam(torch.optim.Adam):
         super().__init__(params, lr=lr, betas=betas, eps=eps, fused=fused or None, foreach=None if fused else True)
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]  # overloads
         loss = super().step(closure)
         torch.autograd.graph.increment_version([p for group in self.param_groups for p in group["params"]])
         return loss

@@ -7,8 +7,9 @@ kind (a module, a tensor, a mapping, a callable) raise ``TypeError``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from numbers import Integral, Real
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from pydantic import BaseModel, ValidationError
@@ -26,7 +27,7 @@ def check_number(name: str, value: Any, minimum: float, inclusive: bool = False,
         or not math.isfinite(value)
         or value < minimum
         or (value == minimum and not inclusive)
-        or value >= below
+        or value >= below  # type: ignore[operator]  # numbers.Real declares no comparisons in typeshed
     ):
         bound = f"{'>=' if inclusive else '>'} {minimum:g}" + (f" and < {below:g}" if below < math.inf else "")
         raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")

@@ -4,8 +4,9 @@ gradients, and the normalised error e(Q; u)."""
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -102,7 +103,7 @@ class ProbeEvaluator:
         total = sum(len(chunk) for chunk in self.chunks)
         products = [fisher_vp(self.model, self.likelihood, chunk, v, "exact", 0.0, output_fn=self.output_fn)
                     for chunk in self.chunks]
-        fv = {name: sum(len(c) / total * p[name] for c, p in zip(self.chunks, products)) for name in v}
+        fv = {name: cast(Tensor, sum(len(c) / total * p[name] for c, p in zip(self.chunks, products))) for name in v}
         return axpy(self.damping, v, fv)
 
     @property

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Union
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +34,7 @@ from fishleg_core.vectors import (
     trainable_parameters,
 )
 
-Direction = Union[ParamDict, tuple[ParamDict, LowRankFactors]]
+Direction = ParamDict | tuple[ParamDict, LowRankFactors]
 """A unit vector u, optionally with low-rank factors of some of its blocks."""
 
 

@@ -10,9 +10,9 @@ than M_L G M_R when N < out, in. The layer adapter says how to get A and Δ (``L
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -64,7 +64,7 @@ class GradientFactors:
         ]
 
     @classmethod
-    def for_q(cls, model: nn.Module, q: ModelQ) -> "GradientFactors":
+    def for_q(cls, model: nn.Module, q: ModelQ) -> GradientFactors:
         """A capture for the blocks of ``q`` that can use low-rank factors: those of single-block groups whose
         form has a low-rank product (overrides ``multiply_low_rank``), for forward passes whose rank is below
         the Kronecker break-even rank of the block (``kron_low_rank_pays``: no built-in form's product pays

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -66,7 +67,7 @@ class ModelQ(nn.Module):
         ``"by_blocks.2.form.L.off (block '2', Linear, kron)"``."""
         parts = key.split(".")
         if len(parts) > 1 and parts[0] == "by_blocks" and parts[1] in self.by_blocks:
-            name, layer, _, form, _ = self.by_blocks[parts[1]].describe()
+            name, layer, _, form, _ = cast(QGroup, self.by_blocks[parts[1]]).describe()
             return f"{key} (block {name!r}, {layer}, {form})"
         return key
 

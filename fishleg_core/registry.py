@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import inspect
 import weakref
-from typing import Any, Callable, ClassVar, Generic, Hashable, Iterator, Mapping, TypeVar
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from typing import Any, ClassVar, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -19,7 +20,7 @@ class Registry(Generic[T]):
     <...Square object at ...>
     """
 
-    _instances: ClassVar[weakref.WeakSet["Registry[Any]"]] = weakref.WeakSet()
+    _instances: ClassVar[weakref.WeakSet[Registry[Any]]] = weakref.WeakSet()
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -27,7 +28,7 @@ class Registry(Generic[T]):
         Registry._instances.add(self)
 
     @classmethod
-    def instances(cls) -> list["Registry[Any]"]:
+    def instances(cls) -> list[Registry[Any]]:
         """Every registry alive (QForms, likelihoods, layer adapters, Fisher methods, ...)."""
         return list(cls._instances)
 

@@ -23,10 +23,12 @@ The checks run in float64 (dense references need the precision) on a small block
 
 from __future__ import annotations
 
+import functools
 import io
 import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -225,13 +227,13 @@ def check_wrong_block_shape(name: str, options: dict[str, Any]) -> None:
 def check_bad_init_scale(name: str, options: dict[str, Any]) -> None:
     for init_scale in (0.0, -1.0, float("nan"), float("inf")):
         _raises(ValueError, "init_scale must be a finite number > 0",
-                lambda scale=init_scale: build(name, options, init_scale=scale))
+                functools.partial(build, name, options, init_scale=init_scale))
 
 
 def check_bad_shape(name: str, options: dict[str, Any]) -> None:
     for shape in ((0, 3), (3,), (2.0, 3), "3x4"):
         _raises(ValueError, "shape must be a pair of positive integers",
-                lambda bad=shape: build(name, options, shape=bad))
+                functools.partial(build, name, options, shape=shape))
 
 
 QFORM_CHECKS: dict[str, QFormCheck] = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -71,6 +71,7 @@ def checked_vector(params: Mapping[str, Tensor], vector: object, name: str = "ve
     if not params:
         raise ValueError("the model has no trainable parameters (requires_grad=True)")
     check_mapping(name, vector)
+    assert isinstance(vector, Mapping)  # check_mapping raised otherwise
     missing = [key for key in params if key not in vector]
     if missing:
         raise ValueError(f"{name} has no entry for the trainable parameters {missing}")

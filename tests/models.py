@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 from torch import nn
+
+M = TypeVar("M", bound=nn.Module)
 
 MLP_INPUT = (4,)
 CNN_INPUT = (2, 5, 5)
 
 
-def _seeded(build, seed: int, dtype: torch.dtype) -> nn.Module:
+def _seeded(build: Callable[[], M], seed: int, dtype: torch.dtype) -> M:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build().to(dtype)

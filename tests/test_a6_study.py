@@ -31,7 +31,7 @@ def dense_kfac_factors(model, likelihood, inputs, samples, seed):
     generator = torch.Generator().manual_seed(seed)
     outputs = model(inputs)
     targets = [likelihood.sample(outputs, generator) for _ in range(samples)]
-    first, second = model[0], model[2]
+    first = model[0]
     hidden = torch.tanh(first(inputs)).detach()
     ones = torch.ones(len(inputs), 1, dtype=inputs.dtype)
     a_bars = {"0": torch.cat([inputs, ones], 1), "2": torch.cat([hidden, ones], 1)}
@@ -39,7 +39,9 @@ def dense_kfac_factors(model, likelihood, inputs, samples, seed):
     for sampled in targets:
         for b in range(len(inputs)):
             loss = likelihood.nll(model(inputs[b : b + 1]), sampled[b : b + 1])
-            grads = dict(zip(["0.weight", "0.bias", "2.weight", "2.bias"], torch.autograd.grad(loss, model.parameters())))
+            grads = dict(
+                zip(["0.weight", "0.bias", "2.weight", "2.bias"], torch.autograd.grad(loss, model.parameters()))
+            )
             for layer in ("0", "2"):
                 delta = grads[f"{layer}.bias"]
                 # the per-example gradient of [W | b] is δ āᵀ: the structure KFAC builds on
@@ -243,4 +245,5 @@ def test_bad_config_file(tmp_path, capsys):
     config = tmp_path / "study.yaml"
     config.write_text("steps: 10\nsurprise: 1\n")
     assert a6_study.main(["--out", str(tmp_path / "out"), "--config", str(config)]) == 2
-    assert capsys.readouterr().err.strip() == "a6_study: error: invalid surprise: Extra inputs are not permitted (got 1)"
+    expected = "a6_study: error: invalid surprise: Extra inputs are not permitted (got 1)"
+    assert capsys.readouterr().err.strip() == expected

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import gaussian_fisher
 from torch import nn
 
 import fishleg_core as fl
-from reference import gaussian_fisher
 
 DAMPING = 0.1
 

@@ -65,7 +65,7 @@ class TestLikelihoodContract:
         n = math.prod(shape[1:])
         for b in range(shape[0]):
             H = torch.autograd.functional.hessian(
-                lambda f: likelihood.nll(f[None], targets[b : b + 1]), outputs[b]
+                lambda f, b=b: likelihood.nll(f[None], targets[b : b + 1]), outputs[b]
             ).reshape(n, n)
             torch.testing.assert_close(hv[b].reshape(-1), H @ vector[b].reshape(-1), rtol=1e-12, atol=1e-12)
 

@@ -132,7 +132,9 @@ def test_model_q_is_the_block_diagonal_assembly_of_its_forms():
     expected = torch.zeros(sum(p.numel() for p in params.values()), sum(p.numel() for p in params.values()))
     for group in q.groups:
         # vec(G) row-major, built here by hand: column-stacked blocks put W[i, :] then b[i] on row i.
-        index_tensors = [torch.arange(params[n].numel()).reshape(params[n].shape) + offsets[n] for n in group.param_names]
+        index_tensors = [
+            torch.arange(params[n].numel()).reshape(params[n].shape) + offsets[n] for n in group.param_names
+        ]
         if group.block.layout.axis == 1:
             vec_index = torch.cat([t.reshape(group.block.shape[0], -1) for t in index_tensors], dim=1).reshape(-1)
         else:

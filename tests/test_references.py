@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import flat, gaussian_fisher
 from torch import nn
 
 import fishleg_core as fl
@@ -12,7 +13,6 @@ from experiments.coupling import layer_split
 from experiments.kfac_reference import KFACInverse, kronecker_factors
 from experiments.references import best_rescaling, curvlinops_inverse, rescaled
 from fishleg_core.vectors import dot
-from reference import flat, gaussian_fisher
 
 DAMPING = 0.1
 

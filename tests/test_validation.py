@@ -125,12 +125,12 @@ CASES = [
     ("hessian_vp-vector-shape", lambda e: e.gaussian.hessian_vp(e.y, e.y[:-1]), ValueError, "vector must have"),
     ("hessian_vp-vector-type", lambda e: e.gaussian.hessian_vp(e.y, [1.0]), ValueError, "vector must have"),
     # fisher_vp
-    ("fisher_vp-model", lambda e: fisher_vp("not a module", e.gaussian, e.x, e.u), TypeError,
+    ("fisher_vp-model", lambda e: fisher_vp("not a module", e.gaussian, e.x, e.u), TypeError,  # type: ignore[arg-type]  # deliberately invalid
      "model must be a torch.nn.Module"),
-    ("fisher_vp-likelihood", lambda e: fisher_vp(e.model, 3, e.x, e.u), TypeError, "likelihood must be a Likelihood"),
-    ("fisher_vp-inputs", lambda e: fisher_vp(e.model, e.gaussian, "x", e.u), TypeError,
+    ("fisher_vp-likelihood", lambda e: fisher_vp(e.model, 3, e.x, e.u), TypeError, "likelihood must be a Likelihood"),  # type: ignore[arg-type]  # deliberately invalid
+    ("fisher_vp-inputs", lambda e: fisher_vp(e.model, e.gaussian, "x", e.u), TypeError,  # type: ignore[arg-type]  # deliberately invalid
      "inputs must be a torch.Tensor"),
-    ("fisher_vp-vector-type", lambda e: fisher_vp(e.model, e.gaussian, e.x, list(e.u.values())), TypeError,
+    ("fisher_vp-vector-type", lambda e: fisher_vp(e.model, e.gaussian, e.x, list(e.u.values())), TypeError,  # type: ignore[arg-type]  # deliberately invalid
      "vector must be a dict"),
     ("fisher_vp-vector-shape", lambda e: fisher_vp(e.model, e.gaussian, e.x, with_(e.u, "0.weight", torch.ones(2))),
      ValueError, r"vector\['0.weight'\] must have the shape"),
@@ -140,32 +140,32 @@ CASES = [
      "unknown Fisher method 'newton'"),
     ("fisher_vp-damping", lambda e: fisher_vp(e.model, e.gaussian, e.x, e.u, damping=-1.0), ValueError,
      "damping must be a finite number >= 0"),
-    ("fisher_vp-generator", lambda e: fisher_vp(e.model, e.gaussian, e.x, e.u, "sampled", generator=1), TypeError,
+    ("fisher_vp-generator", lambda e: fisher_vp(e.model, e.gaussian, e.x, e.u, "sampled", generator=1), TypeError,  # type: ignore[arg-type]  # deliberately invalid
      "generator must be a torch.Generator"),
     ("fisher_vp-frozen-model", lambda e: fisher_vp(e.frozen, e.gaussian, e.x, {}), ValueError,
      "model has no trainable parameters"),
     # build_model_q, map_blocks, choose_forms, joint_block
-    ("build_model_q-model", lambda e: build_model_q("not a module"), TypeError, "model must be a torch.nn.Module"),
+    ("build_model_q-model", lambda e: build_model_q("not a module"), TypeError, "model must be a torch.nn.Module"),  # type: ignore[arg-type]  # deliberately invalid
     ("build_model_q-init_scale", lambda e: build_model_q(e.model, init_scale=0.0), ValueError, "init_scale"),
     ("build_model_q-init_scale-negative", lambda e: build_model_q(e.model, init_scale=-1.0), ValueError, "init_scale"),
-    ("build_model_q-forms-type", lambda e: build_model_q(e.model, forms="kron"), TypeError, "forms must be a mapping"),
-    ("build_model_q-forms-value", lambda e: build_model_q(e.model, forms={"Linear": 3}), ValueError,
+    ("build_model_q-forms-type", lambda e: build_model_q(e.model, forms="kron"), TypeError, "forms must be a mapping"),  # type: ignore[arg-type]  # deliberately invalid
+    ("build_model_q-forms-value", lambda e: build_model_q(e.model, forms={"Linear": 3}), ValueError,  # type: ignore[dict-item]  # deliberately invalid
      "form choice 'Linear'"),
     ("build_model_q-forms-no-form", lambda e: build_model_q(e.model, forms={"Linear": {"K": 2}}), ValueError,
      "form choice 'Linear'"),
-    ("build_model_q-forms-key", lambda e: build_model_q(e.model, forms={nn.Linear: "kron"}), TypeError,
+    ("build_model_q-forms-key", lambda e: build_model_q(e.model, forms={nn.Linear: "kron"}), TypeError,  # type: ignore[dict-item]  # deliberately invalid
      "forms: key .* must be a string"),
     ("build_model_q-forms-unknown", lambda e: build_model_q(e.model, forms={"default": "blockdiag"}),
      UnknownNameError, "unknown QForm 'blockdiag'"),
     ("build_model_q-forms-option", lambda e: build_model_q(e.model, forms={"default": {"form": "kron", "K": 2}}),
      TypeError, "QForm 'kron': .*argument 'K'"),
-    ("build_model_q-strict", lambda e: build_model_q(e.model, strict="yes"), TypeError, "strict must be True or False"),
+    ("build_model_q-strict", lambda e: build_model_q(e.model, strict="yes"), TypeError, "strict must be True or False"),  # type: ignore[arg-type]  # deliberately invalid
     ("build_model_q-frozen-model", lambda e: build_model_q(e.frozen), ValueError, "no trainable parameters"),
-    ("map_blocks-model", lambda e: map_blocks(None), TypeError, "model must be a torch.nn.Module"),
-    ("choose_forms-blocks", lambda e: choose_forms(["0"], None), TypeError, "blocks must be a sequence of Block"),
-    ("choose_forms-forms", lambda e: choose_forms(e.blocks, [("default", "kron")]), TypeError,
+    ("map_blocks-model", lambda e: map_blocks(None), TypeError, "model must be a torch.nn.Module"),  # type: ignore[arg-type]  # deliberately invalid
+    ("choose_forms-blocks", lambda e: choose_forms(["0"], None), TypeError, "blocks must be a sequence of Block"),  # type: ignore[list-item]  # deliberately invalid
+    ("choose_forms-forms", lambda e: choose_forms(e.blocks, [("default", "kron")]), TypeError,  # type: ignore[arg-type]  # deliberately invalid
      "forms must be a mapping"),
-    ("joint_block-model", lambda e: joint_block("model"), TypeError, "model must be a torch.nn.Module"),
+    ("joint_block-model", lambda e: joint_block("model"), TypeError, "model must be a torch.nn.Module"),  # type: ignore[arg-type]  # deliberately invalid
     ("joint_block-unknown-name", lambda e: joint_block(e.model, ["0.weight", "nope"]), ValueError,
      "nope are not trainable parameters"),
     ("joint_block-names-string", lambda e: joint_block(e.model, "0.weight"), TypeError,
@@ -179,9 +179,9 @@ CASES = [
     ("ModelQ-vector-shape", lambda e: e.q(with_(e.u, "0.bias", torch.ones(3))), ValueError,
      r"vector\['0.bias'\] must have the shape \(5,\)"),
     # auxiliary_loss
-    ("auxiliary_loss-q", lambda e: auxiliary_loss("q", e.u, e.fisher), TypeError, "q must be a ModelQ"),
-    ("auxiliary_loss-u", lambda e: auxiliary_loss(e.q, list(e.u.values()), e.fisher), TypeError, "u must be a dict"),
-    ("auxiliary_loss-damped_fisher", lambda e: auxiliary_loss(e.q, e.u, 1.0), TypeError,
+    ("auxiliary_loss-q", lambda e: auxiliary_loss("q", e.u, e.fisher), TypeError, "q must be a ModelQ"),  # type: ignore[arg-type]  # deliberately invalid
+    ("auxiliary_loss-u", lambda e: auxiliary_loss(e.q, list(e.u.values()), e.fisher), TypeError, "u must be a dict"),  # type: ignore[arg-type]  # deliberately invalid
+    ("auxiliary_loss-damped_fisher", lambda e: auxiliary_loss(e.q, e.u, 1.0), TypeError,  # type: ignore[arg-type]  # deliberately invalid
      "damped_fisher must be callable"),
     ("auxiliary_loss-damped_fisher-result", lambda e: auxiliary_loss(e.q, e.u, lambda v: {}), ValueError,
      "damped_fisher returned no entry"),
@@ -204,11 +204,11 @@ CASES = [
     ("fit_q-stop", lambda e: fit(e, stop=True), TypeError, "stop must be callable"),
     ("fit_q-generator", lambda e: fit(e, generator=0), TypeError, "generator must be a torch.Generator"),
     # normalized_gradients (argument errors at the call, batch errors at the first batch)
-    ("normalized_gradients-model", lambda e: normalized_gradients("model", "gaussian", []), TypeError,
+    ("normalized_gradients-model", lambda e: normalized_gradients("model", "gaussian", []), TypeError,  # type: ignore[arg-type]  # deliberately invalid
      "model must be a torch.nn.Module"),
-    ("normalized_gradients-likelihood", lambda e: normalized_gradients(e.model, None, []), TypeError,
+    ("normalized_gradients-likelihood", lambda e: normalized_gradients(e.model, None, []), TypeError,  # type: ignore[arg-type]  # deliberately invalid
      "likelihood must be a Likelihood"),
-    ("normalized_gradients-batches", lambda e: normalized_gradients(e.model, "gaussian", 3), TypeError,
+    ("normalized_gradients-batches", lambda e: normalized_gradients(e.model, "gaussian", 3), TypeError,  # type: ignore[arg-type]  # deliberately invalid
      "batches must be an iterable"),
     ("normalized_gradients-batch", lambda e: next(normalized_gradients(e.model, "gaussian", [e.x])), TypeError,
      r"batches must yield \(inputs, targets\) pairs"),
@@ -251,7 +251,12 @@ CASES = [
      "unknown likelihood 'poison'"),
     ("FishLeg-lr", lambda e: fishleg(e, lr=-1.0), InvalidConfigError, "FishLeg: invalid lr"),
     ("FishLeg-damping", lambda e: fishleg(e, damping=-1.0), InvalidConfigError, "FishLeg: invalid damping"),
-    ("FishLeg-unknown-hyperparameter", lambda e: fishleg(e, dampign=1.0), TypeError, "unexpected keyword argument .dampign."),
+    (
+        "FishLeg-unknown-hyperparameter",
+        lambda e: fishleg(e, dampign=1.0),
+        TypeError,
+        "unexpected keyword argument .dampign.",
+    ),
     ("FishLeg-forms", lambda e: fishleg(e, forms="kron"), TypeError, "forms must be a mapping"),
     ("FishLeg-aux_data", lambda e: fishleg(e, aux_data=3), TypeError, "aux_data must be an iterable"),
     ("FishLeg-frozen-model", lambda e: fishleg(e, model=e.frozen), ValueError, "no trainable parameters"),

@@ -34,5 +34,5 @@ def sampled_fisher_vp(
             generator.seed()
         targets = likelihood.sample(outputs, generator)
         gradient = torch.func.grad(lambda p: likelihood.nll(f(p), targets))
-        _, hv = torch.func.jvp(gradient, (params,), (vector,))
+        _, hv = torch.func.jvp(gradient, (params,), (vector,))  # type: ignore[misc]  # stubs: 3-tuple with has_aux
     return hv

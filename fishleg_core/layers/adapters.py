@@ -18,7 +18,8 @@ A module may form several blocks (``blocks``: an RNN's weight matrices), and a b
 
 from __future__ import annotations
 
-from typing import Sequence, cast
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F

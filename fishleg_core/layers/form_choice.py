@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
-from typing import Any, Mapping, Sequence, Union
+from typing import Any
 
 from fishleg_core.checks import check_mapping
 from fishleg_core.layers.adapters import LAYER_ADAPTERS
@@ -12,7 +13,7 @@ from fishleg_core.qforms import QFORMS
 from fishleg_core.registry import named_options
 from fishleg_core.user_warnings import warn_user
 
-FormSpec = Union[str, Mapping[str, Any]]
+FormSpec = str | Mapping[str, Any]
 """A form name (``"kron"``) or a name with options (``{"form": "kron_sum", "K": 3}``)."""
 
 FormChoices = Mapping[str, FormSpec]
@@ -33,17 +34,16 @@ def choose_forms(blocks: Sequence[Block], forms: FormChoices | None) -> list[tup
     choices = dict(forms or {})
     default = choices.pop("default", None)
     specs = {key: _parse(key, spec) for key, spec in choices.items()}
-    if default is not None:
-        default = _parse("default", default)
+    default_choice = _parse("default", default) if default is not None else None
     type_names = {cls.__name__ for block in blocks for cls in block.module_type.__mro__}
     type_names.update(LAYER_ADAPTERS.names())
     used: set[str] = set()
-    chosen = []
+    chosen: list[tuple[str, dict[str, Any]]] = []
     for block in blocks:
         key = _first_pattern(block, specs, type_names) or _closest_type(block, specs)
         if key:
             used.add(key)
-        spec = specs[key] if key else default or (block.default_form, {})
+        spec = specs[key] if key else default_choice or (block.default_form, {})
         chosen.append(spec)
     unused = [key for key in specs if key not in used]
     if unused:

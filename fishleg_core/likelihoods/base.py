@@ -54,7 +54,7 @@ class Likelihood(ABC):
         """The shape targets must have for these outputs (the outputs' shape unless overridden)."""
         return outputs.shape
 
-    def _check_target_values(self, outputs: Tensor, targets: Tensor) -> None:
+    def _check_target_values(self, outputs: Tensor, targets: Tensor) -> None:  # noqa: B027 - optional hook
         """Raise for targets of a dtype or with values outside the support (no restriction by default)."""
 
     @abstractmethod

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
@@ -35,6 +36,7 @@ class CyclicBatches:
     def next(self) -> Any:
         if self._iterator is None:
             self._resume()
+        assert self._iterator is not None  # _resume sets it
         batch = next(self._iterator, _END)
         if batch is _END:  # end of a pass: start the next one
             self.passes += 1

@@ -19,7 +19,8 @@ from fishleg_core.vectors import ParamDict
 
 
 class AuxiliaryUpdate:
-    """λ ← ``optimizer`` step (Adam by default, see ``AUX_OPTIMIZERS``) on ∇_λ A(λ; u), A(λ; u) = ½ (Q u)ᵀ F_γ (Q u) − uᵀ Q u, with F_γ v = F v + γ v by
+    """λ ← ``optimizer`` step (Adam by default, see ``AUX_OPTIMIZERS``) on ∇_λ A(λ; u),
+    A(λ; u) = ½ (Q u)ᵀ F_γ (Q u) − uᵀ Q u, with F_γ v = F v + γ v by
     ``fisher_method`` on an auxiliary minibatch.
 
     Owns the optimiser of λ and the generator of sampling Fisher methods. Under DDP

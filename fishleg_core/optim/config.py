@@ -79,7 +79,7 @@ class FishLegConfig(BaseModel):
         return name
 
     @model_validator(mode="after")
-    def _one_initial_scale(self) -> "FishLegConfig":
+    def _one_initial_scale(self) -> FishLegConfig:
         if self.sgd_lr is not None and self.init_scale is not None:
             raise ValueError("give at most one of sgd_lr and init_scale")
         return self

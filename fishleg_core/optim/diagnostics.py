@@ -21,7 +21,8 @@ updates the monitor warns (once per kind) when
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor

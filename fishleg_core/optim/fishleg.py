@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Literal
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -121,7 +122,7 @@ class FishLeg(torch.optim.Optimizer):
             raise TypeError(f"FishLeg: model must be a torch.nn.Module, got {type(model).__name__}")
         check_callable("output_fn", output_fn, optional=True)
         self._distributed = isinstance(model, nn.parallel.DistributedDataParallel)
-        model = model.module if self._distributed else model
+        model = cast(nn.Module, model.module) if self._distributed else model
         self.model = model
         self.likelihood = resolve_likelihood(likelihood)
         params = trainable_parameters(model)
@@ -184,7 +185,9 @@ class FishLeg(torch.optim.Optimizer):
                 **self.monitor.state(), "skipped": dict(self.nonfinite.skipped)}
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None, aux_batch: Any = None) -> Tensor | None:
+    def step(  # type: ignore[override]  # Optimizer.step's overloads; this one also takes aux_batch
+        self, closure: Callable[[], Tensor] | None = None, aux_batch: Any = None
+    ) -> Tensor | None:
         """One FishLeg step from the gradients in ``.grad``; ``aux_batch`` overrides ``aux_data`` once.
 
         A gradient with NaN or Inf skips the whole step (nothing changes; ``nonfinite="raise"`` raises);
@@ -209,7 +212,8 @@ class FishLeg(torch.optim.Optimizer):
         if on_gradient:
             gradient = self._averaged("momentum_buffer", gradient)
         gradient_norm = norm(gradient) if aux_due else None
-        if aux_batch_parts is not None and gradient_norm > 0:  # a zero gradient gives no direction to learn from
+        # a zero gradient gives no direction to learn from (gradient_norm is None exactly when no aux step is due)
+        if aux_batch_parts is not None and gradient_norm is not None and gradient_norm > 0:
             inverse_norm = 1.0 / gradient_norm
             u_factors = {name: (left * inverse_norm, right) for name, (left, right) in factors.items()}
             self.auxiliary.step(scale(gradient, inverse_norm), u_factors, *aux_batch_parts)
@@ -249,7 +253,7 @@ class FishLeg(torch.optim.Optimizer):
     def _averaged(self, key: str, values: ParamDict) -> ParamDict:
         """The exponential average β b + (1 − β) x of the buffers b = ``self.state[p][key]`` (from b = 0),
         as new tensors: the buffers change only in ``_store``."""
-        averaged = {}
+        averaged: ParamDict = {}
         for group in self.param_groups:
             names = [self._names[id(p)] for p in group["params"]]
             buffers = [self.state[p].get(key, torch.zeros_like(p)) for p in group["params"]]

@@ -28,11 +28,10 @@ class EKFACQ(QForm):
     ) -> None:
         super().__init__(shape, init_scale)
         root = self.init_scale**0.25
-        factory = {"device": device, "dtype": dtype}
-        self.L = TriangularFactor.scaled_identity(self.rows, root, **factory)
-        self.R = TriangularFactor.scaled_identity(self.cols, root, **factory)
-        self.A = PositiveTensor(torch.ones(self.shape, **factory))
-        self.B2 = PositiveTensor(torch.ones(self.shape, **factory))
+        self.L = TriangularFactor.scaled_identity(self.rows, root, device=device, dtype=dtype)
+        self.R = TriangularFactor.scaled_identity(self.cols, root, device=device, dtype=dtype)
+        self.A = PositiveTensor(torch.ones(self.shape, device=device, dtype=dtype))
+        self.B2 = PositiveTensor(torch.ones(self.shape, device=device, dtype=dtype))
 
     def multiply(self, G: Tensor) -> Tensor:
         L, R, A = self.L(), self.R(), self.A()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
@@ -39,28 +41,31 @@ class KronSumQ(QForm):
         self.K = K
         root = self.init_scale**0.25
         extra_root = (self.EXTRA_TERMS_NORM * self.init_scale / max(K - 1, 1)) ** 0.25
-        factory = {"device": device, "dtype": dtype}
-        self.L = nn.ModuleList([TriangularFactor.scaled_identity(self.rows, root, **factory)])
-        self.R = nn.ModuleList([TriangularFactor.scaled_identity(self.cols, root, **factory)])
+        self.L = nn.ModuleList([TriangularFactor.scaled_identity(self.rows, root, device=device, dtype=dtype)])
+        self.R = nn.ModuleList([TriangularFactor.scaled_identity(self.cols, root, device=device, dtype=dtype)])
         for _ in range(K - 1):
-            self.L.append(TriangularFactor(_random_triangular(self.rows, extra_root, **factory)))
-            self.R.append(TriangularFactor(_random_triangular(self.cols, extra_root, **factory)))
+            self.L.append(TriangularFactor(_random_triangular(self.rows, extra_root, device=device, dtype=dtype)))
+            self.R.append(TriangularFactor(_random_triangular(self.cols, extra_root, device=device, dtype=dtype)))
+
+    def _factors(self) -> list[tuple[TriangularFactor, TriangularFactor]]:
+        """The pairs (L⁽ᵏ⁾, R⁽ᵏ⁾) of factors of all K terms (typed: a ModuleList yields plain Modules)."""
+        return [(cast(TriangularFactor, L), cast(TriangularFactor, R)) for L, R in zip(self.L, self.R)]
 
     def grams(self) -> list[tuple[Tensor, Tensor]]:
         """The pairs (M_L⁽ᵏ⁾, M_R⁽ᵏ⁾) of all K terms."""
-        return [(L.gram(), R.gram()) for L, R in zip(self.L, self.R)]
+        return [(L.gram(), R.gram()) for L, R in self._factors()]
 
     def multiply(self, G: Tensor) -> Tensor:
-        return sum(L.gram_matmul(R.gram_matmul(G.mT).mT) for L, R in zip(self.L, self.R))
+        return cast(Tensor, sum(L.gram_matmul(R.gram_matmul(G.mT).mT) for L, R in self._factors()))
 
     def multiply_low_rank(self, left: Tensor, right: Tensor) -> Tensor | None:
         """Σ_k (M_L⁽ᵏ⁾ left)(M_R⁽ᵏ⁾ right)ᵀ, when it pays as for ``kron``."""
         if not kron_low_rank_pays(self.shape, left.shape[-1]):
             return None
-        return sum(L.gram_matmul(left) @ R.gram_matmul(right).mT for L, R in zip(self.L, self.R))
+        return cast(Tensor, sum(L.gram_matmul(left) @ R.gram_matmul(right).mT for L, R in self._factors()))
 
     def to_dense(self) -> Tensor:
-        return sum(torch.kron(M_L, M_R) for M_L, M_R in self.grams())
+        return cast(Tensor, sum(torch.kron(M_L, M_R) for M_L, M_R in self.grams()))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, K={self.K}"

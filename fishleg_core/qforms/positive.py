@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +46,7 @@ class TriangularFactor(nn.Module):
     """
 
     cache_gram: bool = True
+    _positions: Tensor  # a buffer
 
     def __init__(self, init: Tensor) -> None:
         super().__init__()
@@ -64,7 +65,7 @@ class TriangularFactor(nn.Module):
     @classmethod
     def scaled_identity(
         cls, n: int, scale: float, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> "TriangularFactor":
+    ) -> TriangularFactor:
         """The factor L = scale · I."""
         return cls(torch.eye(n, device=device, dtype=dtype) * scale)
 
