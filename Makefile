@@ -14,7 +14,7 @@ help:  ## this list
 study: $(INSTALLED)  ## the Appendix A.6 study on the embedded MNIST digits -> results/a6/ (ARGS="--quick": smoke run)
 	$(PY) -m experiments.a6_study $(ARGS)
 
-test: $(INSTALLED)  ## the test-suite (ARGS: extra pytest arguments)
+test: lint  ## lint, format check and type check, then the test-suite (ARGS: extra pytest arguments)
 	$(PY) -m pytest -q $(ARGS)
 
 deep-linear: $(INSTALLED)  ## Figure 1 (deep linear network) -> results/deep_linear/ (ARGS="--quick": smoke run)

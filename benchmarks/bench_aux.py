@@ -88,8 +88,10 @@ def main(argv: list[str] | None = None) -> dict:
     result["kron_gflops_per_s"] = flops.get_total_flops() / median(times["kron"]) / 1e9
     result["matmul_gflops_per_s"] = 2 * 2048**3 / median(matmul_times) / 1e9
     result["kron_step_gflop"] = flops.get_total_flops() / 1e9
-    print(f"kron step: {result['kron_step_gflop']:.2f} GFLOP in matrix products, {result['kron_gflops_per_s']:.1f} "
-          f"GFLOP/s; a 2048² matmul runs at {result['matmul_gflops_per_s']:.1f} GFLOP/s")
+    print(
+        f"kron step: {result['kron_step_gflop']:.2f} GFLOP in matrix products, {result['kron_gflops_per_s']:.1f} "
+        f"GFLOP/s; a 2048² matmul runs at {result['matmul_gflops_per_s']:.1f} GFLOP/s"
+    )
     return write_json(result, args.json)
 
 

@@ -52,29 +52,55 @@ def main(argv: list[str] | None = None) -> dict:
     likelihood = fl.LIKELIHOODS.build("bernoulli")
     data = split(load_pixels(base.data_dir), base.n_train, base.n_heldout, base.seed)
     model, _ = pretrained_model(base, data, Path(args.cache), likelihood, False, False)
-    evaluator = heldout_evaluator(model, likelihood, data.heldout, base.n_curvature, base.n_probes, base.batch_size,
-                                  base.damping, base.cg_rtol, base.seed + PROBE_SEED_OFFSET)
+    evaluator = heldout_evaluator(
+        model,
+        likelihood,
+        data.heldout,
+        base.n_curvature,
+        base.n_probes,
+        base.batch_size,
+        base.damping,
+        base.cg_rtol,
+        base.seed + PROBE_SEED_OFFSET,
+    )
     monitor_set = fixed_directions(base, model, likelihood, data.train)
     result: dict = {"steps": steps, "asymptote": args.asymptote, "runs": []}
     for start in STARTS:
         config = base.model_copy(update={"init": start})
-        # initial_q takes a builder of Q at a given init_scale (it was passed the form name, a TypeError at run time)
-        q0, _ = initial_q(lambda init_scale: build_form(model, "kron", init_scale), config, model, likelihood,
-                          data.train, monitor_set, base.seed + KFAC_SEED_OFFSET)
+        q0, _ = initial_q(
+            lambda init_scale: build_form(model, "kron", init_scale),
+            config,
+            model,
+            likelihood,
+            data.train,
+            monitor_set,
+            base.seed + KFAC_SEED_OFFSET,
+        )
         a0 = evaluator.evaluate(float64_copy(q0)).mean_aux_loss
         for lr in lrs:
             q = copy.deepcopy(q0)
-            stream, batches = training_streams(model, likelihood, data.train, base.batch_size, base.curvature_batch,
-                                               base.seed, q)
+            stream, batches = training_streams(
+                model, likelihood, data.train, base.batch_size, base.curvature_batch, base.seed, q
+            )
             with closing(stream):
                 fit = fl.fit_q(model, likelihood, q, stream, batches, steps, lr=lr, damping=base.damping)
             a = evaluator.evaluate(float64_copy(q)).mean_aux_loss
             share = (a0 - a) / (a0 - args.asymptote)
-            run = {"start": start, "lr": lr, "heldout_aux_loss_start": a0, "heldout_aux_loss": a, "share": share,
-                   "diverged": not math.isfinite(a) or a > a0, "seconds": fit.seconds}
+            run = {
+                "start": start,
+                "lr": lr,
+                "heldout_aux_loss_start": a0,
+                "heldout_aux_loss": a,
+                "share": share,
+                "diverged": not math.isfinite(a) or a > a0,
+                "seconds": fit.seconds,
+            }
             result["runs"].append(run)
-            print(f"{start:>8} lr {lr:<7g} held-out A {a0:.5f} -> {a:.5f}: {share:6.1%} of the way to "
-                  f"{args.asymptote:.5f}{' DIVERGED' if run['diverged'] else ''} ({fit.seconds:.1f} s)", flush=True)
+            print(
+                f"{start:>8} lr {lr:<7g} held-out A {a0:.5f} -> {a:.5f}: {share:6.1%} of the way to "
+                f"{args.asymptote:.5f}{' DIVERGED' if run['diverged'] else ''} ({fit.seconds:.1f} s)",
+                flush=True,
+            )
     for start in STARTS:
         stable = [run for run in result["runs"] if run["start"] == start and not run["diverged"]]
         best = max(stable, key=lambda run: run["share"], default=None)

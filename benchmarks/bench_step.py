@@ -44,13 +44,20 @@ def contenders(
     return {
         "sgdm": lambda m: torch.optim.SGD(m.parameters(), lr=0.003, momentum=0.9),
         "adam": lambda m: torch.optim.Adam(m.parameters(), lr=1e-3),
-        "fishleg_aux10": lambda m: fl.FishLeg(m, LIKELIHOOD, aux_every=10, aux_lr=3e-3, aux_data=aux_stream(),
-                                              **fishleg),
-        "fishleg_aux1": lambda m: fl.FishLeg(m, LIKELIHOOD, aux_every=1, aux_lr=3e-4, aux_data=aux_stream(),
-                                             **fishleg),
+        "fishleg_aux10": lambda m: fl.FishLeg(
+            m, LIKELIHOOD, aux_every=10, aux_lr=3e-3, aux_data=aux_stream(), **fishleg
+        ),
+        "fishleg_aux1": lambda m: fl.FishLeg(m, LIKELIHOOD, aux_every=1, aux_lr=3e-4, aux_data=aux_stream(), **fishleg),
         # momentum on g diverges at lr 0.3 here (see README): a smaller step
-        "fishleg_aux10_gmom": lambda m: fl.FishLeg(m, LIKELIHOOD, aux_every=10, aux_lr=3e-3, momentum_on="gradient",
-                                                   aux_data=aux_stream(), **{**fishleg, "lr": 0.1}),
+        "fishleg_aux10_gmom": lambda m: fl.FishLeg(
+            m,
+            LIKELIHOOD,
+            aux_every=10,
+            aux_lr=3e-3,
+            momentum_on="gradient",
+            aux_data=aux_stream(),
+            **{**fishleg, "lr": 0.1},
+        ),
     }
 
 
@@ -101,8 +108,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'optimizer':<22}{'median ms':>12}{'x SGDm':>9}{'loss (last 10)':>16}")
     for name in runs:
         diverged = "  DIVERGED: its time is not valid" if not math.isfinite(result[f"{name}_final_loss"]) else ""
-        print(f"{name:<22}{1e3 * medians[name]:>12.2f}{medians[name] / medians['sgdm']:>9.2f}"
-              f"{result[f'{name}_final_loss']:>16.2f}{diverged}")
+        print(
+            f"{name:<22}{1e3 * medians[name]:>12.2f}{medians[name] / medians['sgdm']:>9.2f}"
+            f"{result[f'{name}_final_loss']:>16.2f}{diverged}"
+        )
     return write_json(result, args.json)
 
 

@@ -29,8 +29,13 @@ SGD_RATES = (0.001, 0.002, 0.003, 0.005, 0.01)
 MOMENTUM = 0.9
 
 
-def run(make: Callable[[nn.Module], torch.optim.Optimizer], data: torch.Tensor, iterations: int, window: int,
-        target: float = -math.inf) -> dict:
+def run(
+    make: Callable[[nn.Module], torch.optim.Optimizer],
+    data: torch.Tensor,
+    iterations: int,
+    window: int,
+    target: float = -math.inf,
+) -> dict:
     """Train from the shared initial model; stop early once the running mean loss is ≤ ``target``."""
     model = build_autoencoder(DEEP_AUTOENCODER, seed=0)
     optimizer = make(model)
@@ -65,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = arguments(__doc__.splitlines()[0], 1000, "SGD's iterations (FishLeg gets twice as many)").parse_args(argv)
     torch.set_num_threads(2)
     data = mnist_digits()
+
     def sgd_with(lr: float) -> Callable[[nn.Module], torch.optim.Optimizer]:
         return lambda m: torch.optim.SGD(m.parameters(), lr=lr, momentum=MOMENTUM)
 
@@ -72,10 +78,20 @@ def main(argv: list[str] | None = None) -> dict:
     stable = {lr: r for lr, r in sgd.items() if math.isfinite(r["loss"]) and r["iterations"] == args.iterations}
     best_lr = min(stable, key=lambda lr: stable[lr]["loss"])
     target = stable[best_lr]["loss"]
+
     def fishleg_with(on: Literal["update", "gradient"]) -> Callable[[nn.Module], torch.optim.Optimizer]:
-        return lambda m: fl.FishLeg(m, LIKELIHOOD, lr=1.0, sgd_lr=best_lr / (1 - MOMENTUM),
-                                    momentum=MOMENTUM, momentum_on=on, damping=1.0, aux_lr=3e-3,
-                                    aux_every=10, aux_data=minibatches(data, 100, seed=2))
+        return lambda m: fl.FishLeg(
+            m,
+            LIKELIHOOD,
+            lr=1.0,
+            sgd_lr=best_lr / (1 - MOMENTUM),
+            momentum=MOMENTUM,
+            momentum_on=on,
+            damping=1.0,
+            aux_lr=3e-3,
+            aux_every=10,
+            aux_data=minibatches(data, 100, seed=2),
+        )
 
     fishleg = {}
     momentum_ons: tuple[Literal["update", "gradient"], ...] = ("update", "gradient")
@@ -85,14 +101,23 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"SGD with momentum {MOMENTUM}, learning rates tried: {', '.join(f'{lr:g}' for lr in SGD_RATES)}")
     for lr, r in sgd.items():
         print(f"  lr {lr:<6g} loss after {r['iterations']} iterations {r['loss']:8.2f}  ({r['seconds']:.1f} s)")
-    print(f"target: SGDm at lr {best_lr:g}: {target:.2f} nats after {args.iterations} iterations, "
-          f"{stable[best_lr]['seconds']:.1f} s")
+    print(
+        f"target: SGDm at lr {best_lr:g}: {target:.2f} nats after {args.iterations} iterations, "
+        f"{stable[best_lr]['seconds']:.1f} s"
+    )
     for on, r in fishleg.items():
         verdict = "reached" if r["reached"] else "NOT reached"
-        print(f"FishLeg (momentum on {on}, aux every 10): {verdict} after {r['iterations']} iterations, "
-              f"{r['seconds']:.1f} s (loss {r['loss']:.2f})")
-    result = {"sgd_lr": best_lr, "target_loss": target, "sgd_seconds": stable[best_lr]["seconds"],
-              "sgd_runs": {str(lr): r for lr, r in sgd.items()}, "fishleg": fishleg}
+        print(
+            f"FishLeg (momentum on {on}, aux every 10): {verdict} after {r['iterations']} iterations, "
+            f"{r['seconds']:.1f} s (loss {r['loss']:.2f})"
+        )
+    result = {
+        "sgd_lr": best_lr,
+        "target_loss": target,
+        "sgd_seconds": stable[best_lr]["seconds"],
+        "sgd_runs": {str(lr): r for lr, r in sgd.items()},
+        "fishleg": fishleg,
+    }
     return write_json(result, args.json)
 
 

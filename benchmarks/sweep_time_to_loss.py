@@ -32,19 +32,33 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     data = mnist_digits()
-    sgd = run(lambda m: torch.optim.SGD(m.parameters(), lr=args.sgd_lr, momentum=MOMENTUM), data,
-              args.sgd_iterations, args.window)
+    sgd = run(
+        lambda m: torch.optim.SGD(m.parameters(), lr=args.sgd_lr, momentum=MOMENTUM),
+        data,
+        args.sgd_iterations,
+        args.window,
+    )
     print(f"target: SGDm at lr {args.sgd_lr:g}: {sgd['loss']:.2f} nats after {args.sgd_iterations} iterations")
-    settings = [{**dict(zip(GRID, values)), "sgd_lr": args.sgd_lr / (1 - MOMENTUM)}
-                for values in itertools.product(*GRID.values())]
+    settings = [
+        {**dict(zip(GRID, values)), "sgd_lr": args.sgd_lr / (1 - MOMENTUM)}
+        for values in itertools.product(*GRID.values())
+    ]
     runs = []
     for setting in [*settings, REFERENCE]:
         aux_stream = minibatches(data, 100, seed=2)
-        result = run(lambda m: fl.FishLeg(m, LIKELIHOOD, momentum=MOMENTUM, aux_data=aux_stream, **setting),  # noqa: B023
-                     data, args.iterations, args.window, sgd["loss"])
+        result = run(
+            lambda m: fl.FishLeg(m, LIKELIHOOD, momentum=MOMENTUM, aux_data=aux_stream, **setting),  # noqa: B023
+            data,
+            args.iterations,
+            args.window,
+            sgd["loss"],
+        )
         runs.append({**setting, **result})
-        outcome = f"reached in {result['iterations']}" if result["reached"] else (
-            f"loss {result['loss']:.2f} after {result['iterations']}")
+        outcome = (
+            f"reached in {result['iterations']}"
+            if result["reached"]
+            else (f"loss {result['loss']:.2f} after {result['iterations']}")
+        )
         print("  ".join(f"{k} {v:g}" for k, v in setting.items()) + f": {outcome} iterations", flush=True)
     return write_json({"target_loss": sgd["loss"], "sgd": sgd, "fishleg": runs}, args.json)
 

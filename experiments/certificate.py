@@ -31,18 +31,40 @@ CERTIFICATE_SEED_OFFSET = 4
 
 
 def continuation_certificate(
-    name: str, q: fl.ModelQ, fitted_aux_loss: float, config: StudyConfig, model: nn.Module,
-    likelihood: fl.Likelihood, train: Tensor, evaluator: fl.ProbeEvaluator,
+    name: str,
+    q: fl.ModelQ,
+    fitted_aux_loss: float,
+    config: StudyConfig,
+    model: nn.Module,
+    likelihood: fl.Likelihood,
+    train: Tensor,
+    evaluator: fl.ProbeEvaluator,
 ) -> dict[str, Any]:
     """Continue a copy of the fitted ``q`` (held-out A ``fitted_aux_loss``) at a constant rate and compare
     held-out A (see the module docstring); ``q`` itself is left as fitted."""
     continued = copy.deepcopy(q)
     lr = config.lr(name) * config.certificate_lr_factor
-    stream, batches = training_streams(model, likelihood, train, config.batch_size, config.curvature_batch,
-                                       config.seed + CERTIFICATE_SEED_OFFSET, continued)
+    stream, batches = training_streams(
+        model,
+        likelihood,
+        train,
+        config.batch_size,
+        config.curvature_batch,
+        config.seed + CERTIFICATE_SEED_OFFSET,
+        continued,
+    )
     with closing(stream):
-        fit = fit_q(model, likelihood, continued, stream, batches, config.certificate_steps, lr=lr,
-                       damping=config.damping, aux_optimizer=config.aux_optimizer)
+        fit = fit_q(
+            model,
+            likelihood,
+            continued,
+            stream,
+            batches,
+            config.certificate_steps,
+            lr=lr,
+            damping=config.damping,
+            aux_optimizer=config.aux_optimizer,
+        )
     continued_aux_loss = evaluator.evaluate(float64_copy(continued)).mean_aux_loss
     gain = fitted_aux_loss - continued_aux_loss
     return {

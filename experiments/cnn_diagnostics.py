@@ -31,9 +31,19 @@ def digits(seed: int = 0) -> tuple[TensorDataset, torch.Tensor, torch.Tensor]:
 
 def cnn(softmax: bool, width: int = 16) -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, width, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(width, 2 * width, 3), nn.ReLU(),
-                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(50 * width, 128), nn.ReLU(), nn.Linear(128, 10),
-                         *([nn.Softmax(dim=1)] if softmax else []))
+    return nn.Sequential(
+        nn.Conv2d(1, width, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(50 * width, 128),
+        nn.ReLU(),
+        nn.Linear(128, 10),
+        *([nn.Softmax(dim=1)] if softmax else []),
+    )
 
 
 def run(softmax: bool, steps: int, aux_every: int, aux_lr: float, width: int) -> dict:
@@ -53,8 +63,12 @@ def run(softmax: bool, steps: int, aux_every: int, aux_lr: float, width: int) ->
             optimizer.step()
     with torch.no_grad():
         accuracy = (model(X_test).argmax(1) == Y_test).float().mean().item()
-    return {"loss": loss.item(), "accuracy": accuracy, "diagnostics": optimizer.diagnostics(),
-            "warnings": [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]}
+    return {
+        "loss": loss.item(),
+        "accuracy": accuracy,
+        "diagnostics": optimizer.diagnostics(),
+        "warnings": [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,9 +81,11 @@ def main(argv: list[str] | None = None) -> None:
     steps, aux_every, width = (12, 1, 4) if args.quick else (args.steps, 10, 16)
     for softmax in (False, True):
         result = run(softmax, steps, aux_every, args.aux_lr, width)
-        print(f"{'softmax before the likelihood' if softmax else 'logits'}: training loss {result['loss']:.3f}, "
-              f"held-out accuracy {result['accuracy']:.3f}, fisher_to_damping "
-              f"{result['diagnostics']['fisher_to_damping']:.3g}, warnings {result['diagnostics']['warnings']}")
+        print(
+            f"{'softmax before the likelihood' if softmax else 'logits'}: training loss {result['loss']:.3f}, "
+            f"held-out accuracy {result['accuracy']:.3f}, fisher_to_damping "
+            f"{result['diagnostics']['fisher_to_damping']:.3g}, warnings {result['diagnostics']['warnings']}"
+        )
         for message in result["warnings"]:
             print(f"  warning: {message}")
 

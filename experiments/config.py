@@ -33,12 +33,31 @@ QUICK: dict[str, Any] = {
 }
 """``--quick``: a smoke run of the whole pipeline (same data and pre-training, few steps and probes)."""
 
-PRETRAINING_FIELDS = ("data_dir", "seed", "n_train", "n_heldout", "batch_size", "pretrain_iterations",
-                      "pretrain_lr", "pretrain_momentum")
+PRETRAINING_FIELDS = (
+    "data_dir",
+    "seed",
+    "n_train",
+    "n_heldout",
+    "batch_size",
+    "pretrain_iterations",
+    "pretrain_lr",
+    "pretrain_momentum",
+)
 
 
-FIT_FIELDS = ("aux_lr", "steps", "decay_fraction", "curvature_batch", "monitor_directions", "plateau_tolerance", "init",
-              "aux_optimizer", "certificate_steps", "certificate_lr_factor", "certificate_tolerance")
+FIT_FIELDS = (
+    "aux_lr",
+    "steps",
+    "decay_fraction",
+    "curvature_batch",
+    "monitor_directions",
+    "plateau_tolerance",
+    "init",
+    "aux_optimizer",
+    "certificate_steps",
+    "certificate_lr_factor",
+    "certificate_tolerance",
+)
 
 
 class ConfigError(ValueError):
@@ -79,8 +98,10 @@ class StudyConfig(BaseModel):
     damping: float = Field(1.0, gt=0, allow_inf_nan=False, description="γ of F_γ = F + γI")
     curvature_batch: int = Field(100, gt=0, description="training inputs per F_γ v in the fits")
     monitor_directions: int = Field(
-        10, gt=0, description="fixed training directions (each with its own curvature batch) that set Q₀ = c·I "
-        "and monitor every fit"
+        10,
+        gt=0,
+        description="fixed training directions (each with its own curvature batch) that set Q₀ = c·I "
+        "and monitor every fit",
     )
     n_probes: int = Field(8, gt=0, description="held-out probe directions u")
     n_curvature: int = Field(500, gt=0, description="held-out inputs of the evaluation's F_γ (the rest give probes)")
@@ -91,7 +112,9 @@ class StudyConfig(BaseModel):
     )
     certificate_steps: int = Field(250, gt=0, description="steps of the continuation that certifies convergence")
     certificate_lr_factor: float = Field(
-        0.25, gt=0, allow_inf_nan=False,
+        0.25,
+        gt=0,
+        allow_inf_nan=False,
         description="the continuation's constant rate, a fraction of the fit's peak rate",
     )
     certificate_tolerance: float = Field(
@@ -153,11 +176,15 @@ class StudyConfig(BaseModel):
     @model_validator(mode="after")
     def _heldout_split(self) -> StudyConfig:
         if self.n_heldout - self.n_curvature < self.batch_size:
-            raise ValueError(f"n_heldout ({self.n_heldout}) must exceed n_curvature ({self.n_curvature}) by at "
-                             f"least one probe batch ({self.batch_size})")
+            raise ValueError(
+                f"n_heldout ({self.n_heldout}) must exceed n_curvature ({self.n_curvature}) by at "
+                f"least one probe batch ({self.batch_size})"
+            )
         if self.n_train < self.batch_size + self.curvature_batch:
-            raise ValueError(f"n_train ({self.n_train}) must hold a gradient batch ({self.batch_size}) and a "
-                             f"curvature batch ({self.curvature_batch})")
+            raise ValueError(
+                f"n_train ({self.n_train}) must hold a gradient batch ({self.batch_size}) and a "
+                f"curvature batch ({self.curvature_batch})"
+            )
         return self
 
     def key(self, include: tuple[str, ...] | None = None, exclude: tuple[str, ...] = (), **extra: Any) -> str:
@@ -181,8 +208,9 @@ class StudyConfig(BaseModel):
         form's label (name and options) and the hash of its code (``form_code``) and of the auxiliary
         optimizer's factory (a plugin may register either)."""
         optimizer = AUX_OPTIMIZERS.get(split_spec(self.aux_optimizer)[0])
-        return self.key(exclude=("forms", "aux_lr"), lr=self.lr(form), form=form,
-                        code=code_hash(*form_code(form), optimizer))
+        return self.key(
+            exclude=("forms", "aux_lr"), lr=self.lr(form), form=form, code=code_hash(*form_code(form), optimizer)
+        )
 
     def reference_key(self) -> str:
         """The key of a reference row: every setting but the forms and those of their fits."""

@@ -160,8 +160,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             parser.error(f"--seeds must be at least 1, got {args.seeds}")
         config.seeds = args.seeds
     if config.freeze_every % config.every:
-        parser.error(f"freeze_every ({config.freeze_every}) must be a multiple of every ({config.every}): Q is "
-                     "frozen at evaluation points")
+        parser.error(
+            f"freeze_every ({config.freeze_every}) must be a multiple of every ({config.every}): Q is "
+            "frozen at evaluation points"
+        )
     torch.set_num_threads(1)
     runs = [
         (regime, n_train, iterations, seed)

@@ -20,8 +20,15 @@ def float64_copy(module: nn.Module) -> nn.Module:
 
 
 def heldout_evaluator(
-    model: nn.Module, likelihood: fl.Likelihood, heldout: Tensor, n_curvature: int, n_probes: int, batch: int,
-    damping: float, cg_rtol: float, seed: int,
+    model: nn.Module,
+    likelihood: fl.Likelihood,
+    heldout: Tensor,
+    n_curvature: int,
+    n_probes: int,
+    batch: int,
+    damping: float,
+    cg_rtol: float,
+    seed: int,
 ) -> fl.ProbeEvaluator:
     """A ``ProbeEvaluator`` on a float64 copy of ``model``: the curvature set is the first ``n_curvature``
     held-out inputs, the probes u = g/‖g‖ are gradients of ``n_probes`` seeded minibatches of the other

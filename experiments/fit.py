@@ -6,6 +6,7 @@ import itertools
 import math
 import statistics
 from collections.abc import Callable, Generator, Iterator, Sequence
+from functools import partial
 from typing import Any, cast
 
 import torch
@@ -18,7 +19,12 @@ from fishleg_core.vectors import ParamDict, dot
 
 
 def training_streams(
-    model: nn.Module, likelihood: fl.Likelihood, train: Tensor, batch: int, curvature_batch: int, seed: int,
+    model: nn.Module,
+    likelihood: fl.Likelihood,
+    train: Tensor,
+    batch: int,
+    curvature_batch: int,
+    seed: int,
     q: fl.ModelQ | None = None,
 ) -> tuple[Generator[Direction, None, None], Iterator[Tensor]]:
     """Directions u = g/‖g‖ from fresh training minibatches and, step for step, the inputs of F_γ v from
@@ -58,8 +64,17 @@ class Monitor:
     Called as ``fit_q``'s ``stop`` hook, the only per-step hook it has; it never stops the fit.
     """
 
-    def __init__(self, model: nn.Module, likelihood: fl.Likelihood, q: fl.ModelQ, directions: Sequence[ParamDict],
-                 curvature: Sequence[Tensor], damping: float, steps: int, points: int = 20) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        likelihood: fl.Likelihood,
+        q: fl.ModelQ,
+        directions: Sequence[ParamDict],
+        curvature: Sequence[Tensor],
+        damping: float,
+        steps: int,
+        points: int = 20,
+    ) -> None:
         self.model, self.likelihood, self.q, self.damping = model, likelihood, q, damping
         self.directions, self.curvature = directions, curvature
         self.total_steps, self.every = steps, max(1, math.ceil(steps / points))
@@ -71,11 +86,18 @@ class Monitor:
             self._measure(len(curve))
         return False
 
+    def _damped_fisher(self, inputs: Tensor, v: ParamDict) -> ParamDict:
+        """F_γ v with the exact Fisher on ``inputs``."""
+        return fl.fisher_vp(self.model, self.likelihood, inputs, v, "exact", self.damping)
+
     @torch.no_grad()
     def _measure(self, step: int) -> None:
         values = [
-            fl.auxiliary_loss(self.q, u, lambda v: fl.fisher_vp(self.model, self.likelihood, x, v, "exact",  # noqa: B023
-                                                                 self.damping)).value.item()
+            fl.auxiliary_loss(
+                self.q,
+                u,
+                partial(self._damped_fisher, x),
+            ).value.item()
             for u, x in zip(self.directions, self.curvature)
         ]
         self.record["steps"].append(step)

@@ -38,7 +38,11 @@ def linear_blocks(model: nn.Module) -> list[fl.Block]:
 
 
 def kronecker_factors(
-    model: nn.Module, likelihood: fl.Likelihood, inputs: Tensor, samples: int, generator: torch.Generator,
+    model: nn.Module,
+    likelihood: fl.Likelihood,
+    inputs: Tensor,
+    samples: int,
+    generator: torch.Generator,
     chunk_size: int = 1000,
 ) -> dict[str, KroneckerFactors]:
     """A = mean_x ā āᵀ and G = mean_{x, ŷ} δ δᵀ per Linear block (keyed by block name), over ``inputs`` (a

@@ -52,8 +52,9 @@ def load_plugin(plugin: str) -> ModuleType:
         raise PluginError(f"cannot import plugin {plugin!r}: {type(error).__name__}: {error}") from error
     made = [entry for entry in _entries() if entry not in before]
     if not made:
-        raise PluginError(f"plugin {plugin!r} registered nothing (no new QForm, likelihood, layer adapter or "
-                          "other registry entry)")
+        raise PluginError(
+            f"plugin {plugin!r} registered nothing (no new QForm, likelihood, layer adapter or other registry entry)"
+        )
     _LOADED[name] = [(registry, key) for registry, key, _ in made]
     return module
 
@@ -71,8 +72,11 @@ def unload_plugin(name: str) -> None:
 
 def registered_by(module: ModuleType) -> list[str]:
     """'<kind> <name>' for every registry entry whose factory was defined in ``module``."""
-    return [f"{registry.kind} {getattr(key, '__name__', key)}" for registry, key, factory in _entries()
-            if getattr(factory, "__module__", None) == module.__name__]
+    return [
+        f"{registry.kind} {getattr(key, '__name__', key)}"
+        for registry, key, factory in _entries()
+        if getattr(factory, "__module__", None) == module.__name__
+    ]
 
 
 def _already_imported(plugin: str, module: ModuleType) -> ModuleType:

@@ -29,8 +29,14 @@ PLATEAU_CRITERION = (
 
 
 def result_row(
-    name: str, kind: str, evaluation: fl.QEvaluation, n_params: int, seconds: float,
-    curve: Sequence[float] = (), plateau: dict[str, Any] | None = None, **details: Any,
+    name: str,
+    kind: str,
+    evaluation: fl.QEvaluation,
+    n_params: int,
+    seconds: float,
+    curve: Sequence[float] = (),
+    plateau: dict[str, Any] | None = None,
+    **details: Any,
 ) -> Row:
     """One row of the table: a fitted form (``kind="form"``, with its training curve and plateau test) or a
     reference (``kind="reference"``, empty curve). ``probe_*`` and ``normalized_error`` are per probe."""
@@ -54,18 +60,28 @@ def result_row(
 
 def write_reports(results: StudyResults) -> None:
     """``results.json`` (resolved configuration, pre-training, rows), ``figure4.png`` and ``summary.md``."""
-    out, config, pretraining, forms, references = (results.out, results.config, results.pretraining,
-                                                   results.forms, results.references)
-    per_seed = [{"seed": run.config.seed, "pretraining": run.pretraining, "forms": run.forms,
-                 "references": run.references} for run in results.runs]
-    save_json(out / "results.json", {
-        "config": config.model_dump(),
-        "pretraining": pretraining,
-        "plateau_criterion": PLATEAU_CRITERION,
-        "forms": forms,
-        "references": references,
-        **({"runs": per_seed} if per_seed else {}),
-    })
+    out, config, pretraining, forms, references = (
+        results.out,
+        results.config,
+        results.pretraining,
+        results.forms,
+        results.references,
+    )
+    per_seed = [
+        {"seed": run.config.seed, "pretraining": run.pretraining, "forms": run.forms, "references": run.references}
+        for run in results.runs
+    ]
+    save_json(
+        out / "results.json",
+        {
+            "config": config.model_dump(),
+            "pretraining": pretraining,
+            "plateau_criterion": PLATEAU_CRITERION,
+            "forms": forms,
+            "references": references,
+            **({"runs": per_seed} if per_seed else {}),
+        },
+    )
     write_atomic(out / "figure4.png", lambda path: _figure(path, forms, references))
     write_atomic(out / "summary.md", lambda path: path.write_text(summary(config, pretraining, forms, references)))
 
@@ -87,40 +103,45 @@ def summary(config: StudyConfig, pretraining: dict[str, Any], forms: list[Row], 
             f"{row['seconds']:.1f} | {verdict} | {certified} |"
         )
     rates = ", ".join(f"{name} {lr:g}" for name, lr in config.aux_lr.items())
-    return "\n".join([
-        "# Appendix A.6 study: forms of Q on a frozen MNIST autoencoder",
-        "",
-        f"Autoencoder {list(SIZES)}, Bernoulli likelihood, pre-trained for "
-        f"{config.pretrain_iterations} SGD-with-momentum iterations (lr {config.pretrain_lr:g}, momentum "
-        f"{config.pretrain_momentum:g}, batch {config.batch_size}; training NLL {pretraining['final_loss']:.1f}, "
-        f"held-out NLL {pretraining['heldout_loss']:.1f} nats). Each form: {config.steps} steps of "
-        f"{config.aux_optimizer} (lr: {rates}; cosine decay to 0 over the last {config.decay_fraction:.0%}), damping "
-        f"γ = {config.damping:g}, exact Fisher on curvature batches of {config.curvature_batch}, u from other "
-        f"training minibatches of {config.batch_size}. Q₀ (start {config.init}): 'kfac' = the damped KFAC factors "
-        "(G + √γπI)⁻¹ ⊗ (A + √γ/πI)⁻¹ per layer (for diagonal: its diagonal) times the best scalar, 'identity' = "
-        f"c·I, c the best identity multiple; both on {config.monitor_directions} fixed training directions.",
-        "",
-        *lines,
-        "",
-        f"Held-out columns: means over {config.n_probes} probe directions (normalised gradients of held-out "
-        f"minibatches) with the exact damped Fisher on {config.n_curvature} other held-out inputs, in float64; "
-        "A* = −½ uᵀF_γ⁻¹u by conjugate gradients; e = ‖Qu − F_γ⁻¹u‖_F_γ / ‖F_γ⁻¹u‖_F_γ (0: exact, 1: Q = 0). "
-        "Final training aux loss: mean over the last tenth of the training curve. Seconds: Q₀ and the fit, its monitor "
-        "included (for a reference, its estimation). References: the best identity multiple c*·I on the probes "
-        "(what SGD amounts to) and the inverse of the damped KFAC approximation (G ⊗ A + γI)⁻¹ per layer, estimated on "
-        "the training data.",
-        "",
-        f"Plateau (tolerance {config.plateau_tolerance:g}; in brackets the last tenth's share of the gain): "
-        f"{PLATEAU_CRITERION}",
-        "",
-        f"Certified (in brackets the continuation's gain in held-out A, relative to |A|): {config.certificate_steps} "
-        f"more steps from the fitted Q at the constant rate {config.certificate_lr_factor:g} × the fit's peak rate "
-        "(no decay), on directions and curvature batches the fit never saw, lower held-out A by at most "
-        f"{config.certificate_tolerance:.0%} of |A|. Not certified: that no other optimiser, start or longer run "
-        "would go lower.",
-        "",
-        *(_seeds_section(config, forms) if config.seeds > 1 else []),
-    ])
+    return "\n".join(
+        [
+            "# Appendix A.6 study: forms of Q on a frozen MNIST autoencoder",
+            "",
+            f"Autoencoder {list(SIZES)}, Bernoulli likelihood, pre-trained for "
+            f"{config.pretrain_iterations} SGD-with-momentum iterations (lr {config.pretrain_lr:g}, "
+            f"momentum {config.pretrain_momentum:g}, batch {config.batch_size}; training NLL "
+            f"{pretraining['final_loss']:.1f}, held-out NLL {pretraining['heldout_loss']:.1f} nats). "
+            f"Each form: {config.steps} steps of {config.aux_optimizer} (lr: {rates}; cosine decay to 0 "
+            f"over the last {config.decay_fraction:.0%}), damping γ = {config.damping:g}, exact Fisher on "
+            f"curvature batches of {config.curvature_batch}, u from other training minibatches of "
+            f"{config.batch_size}. Q₀ (start {config.init}): 'kfac' = the damped KFAC factors "
+            "(G + √γπI)⁻¹ ⊗ (A + √γ/πI)⁻¹ per layer (for diagonal: its diagonal) times the best scalar, "
+            f"'identity' = c·I, c the best identity multiple; both on {config.monitor_directions} fixed "
+            "training directions.",
+            "",
+            *lines,
+            "",
+            f"Held-out columns: means over {config.n_probes} probe directions (normalised gradients of held-out "
+            f"minibatches) with the exact damped Fisher on {config.n_curvature} other held-out inputs, in float64; "
+            "A* = −½ uᵀF_γ⁻¹u by conjugate gradients; e = ‖Qu − F_γ⁻¹u‖_F_γ / ‖F_γ⁻¹u‖_F_γ (0: exact, 1: Q = 0). "
+            "Final training aux loss: mean over the last tenth of the training curve. Seconds: Q₀ and the "
+            "fit, its monitor included (for a reference, its estimation). References: the best identity "
+            "multiple c*·I on the probes (what SGD amounts to) and the inverse of the damped KFAC "
+            "approximation (G ⊗ A + γI)⁻¹ per layer, estimated on the training data.",
+            "",
+            f"Plateau (tolerance {config.plateau_tolerance:g}; in brackets the last tenth's share of the gain): "
+            f"{PLATEAU_CRITERION}",
+            "",
+            "Certified (in brackets the continuation's gain in held-out A, relative to |A|): "
+            f"{config.certificate_steps} more steps from the fitted Q at the constant rate "
+            f"{config.certificate_lr_factor:g} × the fit's peak rate (no decay), on directions and curvature "
+            "batches the fit never saw, lower held-out A by at most "
+            f"{config.certificate_tolerance:.0%} of |A|. Not certified: that no other optimiser, start or longer run "
+            "would go lower.",
+            "",
+            *(_seeds_section(config, forms) if config.seeds > 1 else []),
+        ]
+    )
 
 
 def _certified(certificate: dict[str, Any] | None) -> str:
@@ -156,8 +177,10 @@ def _seeds_section(config: StudyConfig, forms: list[Row]) -> list[str]:
             lines.append(f"| {row['name']} | {per_seed} | – | – |")
             continue
         gaps = np.subtract(row["seed_normalized_error"], better["seed_normalized_error"])
-        lines.append(f"| {row['name']} | {per_seed} | {gaps.mean():.3f} ± {gaps.std(ddof=1):.3f} | "
-                     f"{int((gaps > 0).sum())} of {len(gaps)} |")
+        lines.append(
+            f"| {row['name']} | {per_seed} | {gaps.mean():.3f} ± {gaps.std(ddof=1):.3f} | "
+            f"{int((gaps > 0).sum())} of {len(gaps)} |"
+        )
     return [*lines, ""]
 
 
@@ -197,22 +220,28 @@ def _figure(path: Path, forms: list[Row], references: list[Row]) -> None:
             value, color=colors[i % len(colors)], ls=":", label=f"{row['name']} (reference, held-out A{off_scale})"
         )
     curves.axhline(optimum, color="black", ls="--", label=f"exact optimum A* (held-out) = {optimum:.4g}")
-    curves.set(xlabel="Adam step", ylabel="auxiliary loss A(Q; u)", ylim=(low, high),
-               title="Auxiliary loss: training (solid, smoothed), monitor (dashed), held-out (dots)"
-               + ("\n(means over seeds)" if seeds else ""))
+    curves.set(
+        xlabel="Adam step",
+        ylabel="auxiliary loss A(Q; u)",
+        ylim=(low, high),
+        title="Auxiliary loss: training (solid, smoothed), monitor (dashed), held-out (dots)"
+        + ("\n(means over seeds)" if seeds else ""),
+    )
     curves.legend(fontsize=8)
     for i, row in enumerate(rows):
         mean = row["mean_normalized_error"]
-        errors.bar(i, mean, color=colors[i % len(colors)], alpha=0.7, yerr=row.get("std_normalized_error"),
-                   capsize=4)
+        errors.bar(i, mean, color=colors[i % len(colors)], alpha=0.7, yerr=row.get("std_normalized_error"), capsize=4)
         dots = row["seed_normalized_error"] if seeds else row["normalized_error"]
         errors.plot([i] * len(dots), dots, "k.", ms=4 if seeds else 3)
         errors.annotate(f"{mean:.3f}", (i, mean), ha="center", va="bottom", fontsize=8)
     top = max([1.0] + [e for row in rows for e in row["normalized_error"]])
     errors.set_xticks(range(len(rows)), [row["name"] for row in rows], rotation=30, ha="right")
     spread = f"mean over {len(rows[0]['seed_normalized_error'])} seeds ± sd, dots: seeds" if seeds else "dots: probes"
-    errors.set(ylim=(0, 1.08 * top), ylabel="normalised error e(Q)",
-               title=f"Held-out normalised error (0: exact, 1: Q = 0)\n{spread}")
+    errors.set(
+        ylim=(0, 1.08 * top),
+        ylabel="normalised error e(Q)",
+        title=f"Held-out normalised error (0: exact, 1: Q = 0)\n{spread}",
+    )
     errors.axhline(1.0, color="gray", lw=0.5)
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=120)

@@ -20,8 +20,7 @@ from experiments.fit import plateau
 from experiments.results import Row, StudyResults
 
 _CONCATENATED = ("probe_aux_loss", "probe_optimal_aux_loss", "normalized_error")
-_AVERAGED = ("mean_probe_aux_loss", "mean_probe_optimal_aux_loss", "mean_normalized_error", "seconds",
-             "final_aux_loss")
+_AVERAGED = ("mean_probe_aux_loss", "mean_probe_optimal_aux_loss", "mean_normalized_error", "seconds", "final_aux_loss")
 
 
 def combine(config: StudyConfig, runs: Sequence[StudyResults]) -> StudyResults:
@@ -30,7 +29,9 @@ def combine(config: StudyConfig, runs: Sequence[StudyResults]) -> StudyResults:
     if len(runs) == 1:
         return first
     return StudyResults(
-        config, first.out, _combined_pretraining([run.pretraining for run in runs]),
+        config,
+        first.out,
+        _combined_pretraining([run.pretraining for run in runs]),
         [combine_rows([run.forms[i] for run in runs]) for i in range(len(first.forms))],
         [combine_rows([run.references[i] for run in runs]) for i in range(len(first.references))],
         runs=list(runs),

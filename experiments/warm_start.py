@@ -79,8 +79,10 @@ def damped_inverse_cholesky(factors: KroneckerFactors, damping: float) -> tuple[
     G, A = factors.G, factors.A
     pi = math.sqrt((G.trace().item() / G.shape[0]) / max(A.trace().item() / A.shape[0], 1e-30))
     root = math.sqrt(damping)
-    return (_inverse_cholesky(G + root * pi * torch.eye(len(G), dtype=G.dtype, device=G.device)),
-            _inverse_cholesky(A + root / pi * torch.eye(len(A), dtype=A.dtype, device=A.device)))
+    return (
+        _inverse_cholesky(G + root * pi * torch.eye(len(G), dtype=G.dtype, device=G.device)),
+        _inverse_cholesky(A + root / pi * torch.eye(len(A), dtype=A.dtype, device=A.device)),
+    )
 
 
 def _inverse_cholesky(M: Tensor) -> Tensor:
@@ -90,7 +92,10 @@ def _inverse_cholesky(M: Tensor) -> Tensor:
 
 @torch.no_grad()
 def kfac_start(
-    q: ModelQ, factors: dict[str, KroneckerFactors], damping: float, directions: Sequence[ParamDict],
+    q: ModelQ,
+    factors: dict[str, KroneckerFactors],
+    damping: float,
+    directions: Sequence[ParamDict],
     damped_fishers: Sequence[DampedFisher],
 ) -> float:
     """Set every block of ``q`` to its damped-KFAC start (see the module docstring) rescaled by the best
@@ -113,8 +118,13 @@ def kfac_start(
 
 
 def initial_q(
-    build: Callable[[float], ModelQ], config: StudyConfig, model: nn.Module, likelihood: fl.Likelihood, train: Tensor,
-    monitor_set: tuple[list[ParamDict], list[Tensor]], kfac_seed: int,
+    build: Callable[[float], ModelQ],
+    config: StudyConfig,
+    model: nn.Module,
+    likelihood: fl.Likelihood,
+    train: Tensor,
+    monitor_set: tuple[list[ParamDict], list[Tensor]],
+    kfac_seed: int,
 ) -> tuple[ModelQ, dict[str, Any]]:
     """Q₀ = ``build(init_scale)`` (a form on every block) at c·I, c the best identity multiple on the
     monitor's directions (each with its own F_γ), then, with ``config.init == "kfac"`` and a form that takes

@@ -34,8 +34,9 @@ class AuxiliaryAdam(torch.optim.Adam):
     L and M = L Lᵀ of the triangular factors rely (``TriangularFactor``): ``step`` bumps them.
     """
 
-    def __init__(self, params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8):
+    def __init__(
+        self, params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    ):
         params = list(params)
         fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
         super().__init__(params, lr=lr, betas=betas, eps=eps, fused=fused or None, foreach=None if fused else True)
@@ -60,8 +61,9 @@ def split_spec(spec: AuxOptimizerSpec, argument: str = "aux_optimizer") -> tuple
     return name, options
 
 
-def build_aux_optimizer(spec: AuxOptimizerSpec, params: Iterable[nn.Parameter], lr: float,
-                        **defaults: Any) -> torch.optim.Optimizer:
+def build_aux_optimizer(
+    spec: AuxOptimizerSpec, params: Iterable[nn.Parameter], lr: float, **defaults: Any
+) -> torch.optim.Optimizer:
     """The optimizer ``spec`` names on ``params`` at learning rate ``lr``; ``defaults`` are options (such as
     Adam's ``betas``) that ``spec``'s own options override."""
     name, options = split_spec(spec)

@@ -101,8 +101,10 @@ class ProbeEvaluator:
     def damped_fisher(self, v: ParamDict) -> ParamDict:
         """F_γ v on the whole curvature set."""
         total = sum(len(chunk) for chunk in self.chunks)
-        products = [fisher_vp(self.model, self.likelihood, chunk, v, "exact", 0.0, output_fn=self.output_fn)
-                    for chunk in self.chunks]
+        products = [
+            fisher_vp(self.model, self.likelihood, chunk, v, "exact", 0.0, output_fn=self.output_fn)
+            for chunk in self.chunks
+        ]
         fv = {name: cast(Tensor, sum(len(c) / total * p[name] for c, p in zip(self.chunks, products))) for name in v}
         return axpy(self.damping, v, fv)
 
@@ -140,8 +142,9 @@ class ProbeEvaluator:
             return flatten(self.damped_fisher(v), names).double().cpu().numpy()
 
         b = flatten(u, names).double().cpu().numpy()
-        x, info = cg(LinearOperator((n, n), matvec=matvec, dtype=np.float64), b, rtol=self.cg_rtol,
-                     maxiter=self.cg_maxiter)
+        x, info = cg(
+            LinearOperator((n, n), matvec=matvec, dtype=np.float64), b, rtol=self.cg_rtol, maxiter=self.cg_maxiter
+        )
         if info != 0:
             raise RuntimeError(
                 f"conjugate gradients on F_γ x = u did not reach relative residual {self.cg_rtol:g} in {info} "

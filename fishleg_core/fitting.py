@@ -155,15 +155,25 @@ def fit_q(
     result = FitResult()
     start = time.perf_counter()
     pairs = zip(range(steps), directions, curvature_batches)
-    bar = tqdm(pairs, total=steps, desc=progress if isinstance(progress, str) else "fit", disable=not progress,
-               leave=False)
+    bar = tqdm(
+        pairs, total=steps, desc=progress if isinstance(progress, str) else "fit", disable=not progress, leave=False
+    )
     for _, direction, batch in bar:
         u, factors = direction if isinstance(direction, tuple) else (direction, None)
         inputs, targets = split_batch(batch, "fit_q: each of curvature_batches")
 
-        def damped_fisher(v: ParamDict) -> ParamDict:
-            return fisher_vp(model, likelihood, inputs, v, method, damping, generator, targets,  # noqa: B023
-                             output_fn=output_fn)
+        def damped_fisher(v: ParamDict, inputs: Tensor = inputs, targets: Tensor | None = targets) -> ParamDict:
+            return fisher_vp(
+                model,
+                likelihood,
+                inputs,
+                v,
+                method,
+                damping,
+                generator,
+                targets,
+                output_fn=output_fn,
+            )
 
         loss = auxiliary_loss(q, u, damped_fisher, factors)
         optimizer.zero_grad(set_to_none=True)

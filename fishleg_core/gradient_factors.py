@@ -49,8 +49,9 @@ class GradientFactors:
     product, with one warning per block.
     """
 
-    def __init__(self, model: nn.Module, blocks: Iterable[Block],
-                 pays: Mapping[str, Callable[[int], bool]] | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, blocks: Iterable[Block], pays: Mapping[str, Callable[[int], bool]] | None = None
+    ) -> None:
         blocks = list(blocks)
         adapters = {block.name: adapter for block in blocks if (adapter := _capturing_adapter(model, block))}
         self.blocks = {block.name: block for block in blocks if block.name in adapters}

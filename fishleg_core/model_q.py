@@ -80,8 +80,12 @@ class ModelQ(nn.Module):
 
     def to_dense(self) -> Tensor:
         """The dense Q on all parameters flattened and concatenated in ``param_names`` order."""
-        sizes = {name: shape.numel() for group in self.groups for block in group.blocks
-                 for name, shape in zip(block.param_names, block.layout.param_shapes)}
+        sizes = {
+            name: shape.numel()
+            for group in self.groups
+            for block in group.blocks
+            for name, shape in zip(block.param_names, block.layout.param_shapes)
+        }
         offsets, start = {}, 0
         for name in self.param_names:
             offsets[name], start = start, start + sizes[name]
@@ -97,8 +101,9 @@ class ModelQ(nn.Module):
         """A table of blocks: layer type, shape, form (registered name and options), the layer's parameters,
         the auxiliary parameters, their ratio, and totals; blocks with more than ``flag_ratio`` auxiliary
         parameters per layer parameter are flagged ("!")."""
-        header = (f"{'block':<24} {'layer':<12} {'shape':<12} {'form':<20} {'params':>10} {'aux params':>11} "
-                  f"{'ratio':>7}")
+        header = (
+            f"{'block':<24} {'layer':<12} {'shape':<12} {'form':<20} {'params':>10} {'aux params':>11} {'ratio':>7}"
+        )
         lines, flagged, total_params, total_aux = [header], [], 0, 0
         for group in self.groups:
             name, layer, shape, form, covered = group.describe()
@@ -109,13 +114,19 @@ class ModelQ(nn.Module):
                 flagged.append(name)
             total_params += covered or 0
             total_aux += aux
-            lines.append(f"{name:<24} {layer:<12} {shape:<12} {form:<20} {_count(covered):>10} {aux:>11,} "
-                         f"{_ratio(ratio):>7} {flag}".rstrip())
-        lines.append(f"{'total':<24} {'':<12} {'':<12} {'':<20} {total_params:>10,} {total_aux:>11,} "
-                     f"{_ratio(total_aux / total_params if total_params else None):>7}")
+            lines.append(
+                f"{name:<24} {layer:<12} {shape:<12} {form:<20} {_count(covered):>10} {aux:>11,} "
+                f"{_ratio(ratio):>7} {flag}".rstrip()
+            )
+        lines.append(
+            f"{'total':<24} {'':<12} {'':<12} {'':<20} {total_params:>10,} {total_aux:>11,} "
+            f"{_ratio(total_aux / total_params if total_params else None):>7}"
+        )
         if flagged:
-            lines.append(f"! more than {flag_ratio:g} auxiliary parameters per layer parameter ({', '.join(flagged)}): "
-                         "a cheaper form (\"diagonal\") for these blocks costs less memory and time per step")
+            lines.append(
+                f"! more than {flag_ratio:g} auxiliary parameters per layer parameter ({', '.join(flagged)}): "
+                'a cheaper form ("diagonal") for these blocks costs less memory and time per step'
+            )
         return "\n".join(lines)
 
 
@@ -151,12 +162,29 @@ def build_model_q(
     made = []
     for choice in chosen:
         like = params[choice.blocks[0].param_names[0]]
-        made.append(QGROUPS.build(choice.form, blocks=list(choice.blocks), init_scale=init_scale,
-                                  device=like.device, dtype=like.dtype, **choice.options))
+        made.append(
+            QGROUPS.build(
+                choice.form,
+                blocks=list(choice.blocks),
+                init_scale=init_scale,
+                device=like.device,
+                dtype=like.dtype,
+                **choice.options,
+            )
+        )
     for block, (form_name, options) in zip(single, choose_forms(single, forms)):
         like = params[block.param_names[0]]
-        made.append(QGROUPS.build("block", blocks=[block], init_scale=init_scale, form=form_name,
-                                  device=like.device, dtype=like.dtype, **options))
+        made.append(
+            QGROUPS.build(
+                "block",
+                blocks=[block],
+                init_scale=init_scale,
+                form=form_name,
+                device=like.device,
+                dtype=like.dtype,
+                **options,
+            )
+        )
     order = {name: i for i, name in enumerate(params)}
     made.sort(key=lambda group: min(order[name] for name in group.param_names))
     return ModelQ(made, param_order=list(params))
@@ -169,11 +197,15 @@ def check_model_q(q: object, params: Mapping[str, Tensor]) -> None:
     missing = [name for name in params if name not in q.param_names]
     extra = [name for name in q.param_names if name not in params]
     if missing or extra:
-        raise ValueError(f"q must cover every trainable parameter of the model once; missing: {missing or 'none'}, "
-                         f"not trainable parameters of the model: {extra or 'none'}")
+        raise ValueError(
+            f"q must cover every trainable parameter of the model once; missing: {missing or 'none'}, "
+            f"not trainable parameters of the model: {extra or 'none'}"
+        )
     for group in q.groups:
         for block in group.blocks:
             for name, shape in zip(block.param_names, block.layout.param_shapes):
                 if params[name].shape != shape:
-                    raise ValueError(f"q: block {block.name!r} has {name} of shape {tuple(shape)}, the model's is "
-                                     f"{tuple(params[name].shape)}")
+                    raise ValueError(
+                        f"q: block {block.name!r} has {name} of shape {tuple(shape)}, the model's is "
+                        f"{tuple(params[name].shape)}"
+                    )

@@ -41,9 +41,7 @@ class Registry(Generic[T]):
 
         def decorator(factory: T) -> T:
             if key in self._entries and not replace:
-                raise ValueError(
-                    f"{self.kind} {_label(key)!r} is already registered; pass replace=True to override it"
-                )
+                raise ValueError(f"{self.kind} {_label(key)!r} is already registered; pass replace=True to override it")
             self._entries[key] = factory
             return factory
 

@@ -90,8 +90,9 @@ def check_checkpoint(state: Any, slack: float = 1.1, per_tensor_bytes: int = 512
     payload = sum(t.numel() * t.element_size() for t in tensors)
     bound = slack * payload + per_tensor_bytes * len(tensors) + 4096
     size = len(buffer.getvalue())
-    assert size <= bound, (f"checkpoint of {size} bytes for {payload} bytes in {len(tensors)} tensors "
-                           f"(bound {bound:.0f})")
+    assert size <= bound, (
+        f"checkpoint of {size} bytes for {payload} bytes in {len(tensors)} tensors (bound {bound:.0f})"
+    )
     buffer.seek(0)
     try:
         return torch.load(buffer, weights_only=True)
@@ -226,14 +227,20 @@ def check_wrong_block_shape(name: str, options: dict[str, Any]) -> None:
 
 def check_bad_init_scale(name: str, options: dict[str, Any]) -> None:
     for init_scale in (0.0, -1.0, float("nan"), float("inf")):
-        _raises(ValueError, "init_scale must be a finite number > 0",
-                functools.partial(build, name, options, init_scale=init_scale))
+        _raises(
+            ValueError,
+            "init_scale must be a finite number > 0",
+            functools.partial(build, name, options, init_scale=init_scale),
+        )
 
 
 def check_bad_shape(name: str, options: dict[str, Any]) -> None:
     for shape in ((0, 3), (3,), (2.0, 3), "3x4"):
-        _raises(ValueError, "shape must be a pair of positive integers",
-                functools.partial(build, name, options, shape=shape))
+        _raises(
+            ValueError,
+            "shape must be a pair of positive integers",
+            functools.partial(build, name, options, shape=shape),
+        )
 
 
 QFORM_CHECKS: dict[str, QFormCheck] = {

@@ -38,9 +38,7 @@ def batchnorm_dropout_mlp(out_features: int, dtype: torch.dtype = torch.float64,
     """Linear(4, 6) → BatchNorm1d → Tanh → Dropout(0.5) → Linear(6, out_features), inputs (B, 4)."""
 
     def build() -> nn.Sequential:
-        return nn.Sequential(
-            nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Dropout(0.5), nn.Linear(6, out_features)
-        )
+        return nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Dropout(0.5), nn.Linear(6, out_features))
 
     return _seeded(build, seed, dtype)
 

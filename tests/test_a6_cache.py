@@ -61,11 +61,20 @@ def test_code_hash_follows_the_code_that_runs(monkeypatch):
 
 def test_code_hash_is_the_same_in_another_process():
     """No memory address or set order (which changes with PYTHONHASHSEED) enters the hash."""
-    program = ("from experiments.provenance import code_hash; import fishleg_core as fl; "
-               "print(*(code_hash(fl.QFORMS.get(name)) for name in fl.QFORMS.names()))")
+    program = (
+        "from experiments.provenance import code_hash; import fishleg_core as fl; "
+        "print(*(code_hash(fl.QFORMS.get(name)) for name in fl.QFORMS.names()))"
+    )
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", program], cwd=root, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(root), "PYTHONHASHSEED": "12345"}, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(root), "PYTHONHASHSEED": "12345"},
+        check=True,
+    )
     assert done.stdout.split() == [code_hash(fl.QFORMS.get(name)) for name in fl.QFORMS.names()]
 
 
@@ -103,8 +112,18 @@ def study(tmp_path, monkeypatch):
 
     def run(*extra: str) -> float:
         out = tmp_path / "out"
-        arguments = ["--config", str(config), "--forms", "test_doubled", "--out", str(out), "--no-progress",
-                     "--threads", "1", *extra]
+        arguments = [
+            "--config",
+            str(config),
+            "--forms",
+            "test_doubled",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--threads",
+            "1",
+            *extra,
+        ]
         assert a6_study.main(arguments) == 0
         return json.loads((out / "results.json").read_text())["forms"][0]["mean_normalized_error"]
 
@@ -156,6 +175,7 @@ def test_code_hash_sees_the_module_constants_a_form_uses(monkeypatch):
 def test_code_hash_of_an_optimizer_is_the_same_after_its_first_use():
     """torch.optim.Optimizer wraps a subclass's ``step`` when the first instance is made: the hash must follow
     the code as written, or the second run of the study would miss its cache."""
+
     class Plain(torch.optim.SGD):
         def step(self, closure=None):
             return super().step(closure)

@@ -30,8 +30,12 @@ def test_form_specs_parse_and_print_back(text, spec):
 
 @pytest.mark.parametrize(
     "spec, message",
-    [("kron_sum:K", "expected option=value"), ("kron_sum:3=K", "identifiers"), ({"K": 3}, "needs a 'form'"),
-     (":K=3", "empty form name")],
+    [
+        ("kron_sum:K", "expected option=value"),
+        ("kron_sum:3=K", "identifiers"),
+        ({"K": 3}, "needs a 'form'"),
+        (":K=3", "empty form name"),
+    ],
 )
 def test_malformed_form_specs(spec, message):
     with pytest.raises(ValueError, match=message):
@@ -39,8 +43,10 @@ def test_malformed_form_specs(spec, message):
 
 
 def test_config_rows_and_their_learning_rates():
-    config = StudyConfig(forms=["kron", {"form": "kron_sum", "K": 3}, "kron_sum"],
-                         aux_lr={"default": 1e-3, "kron_sum": 2e-3, "kron_sum:K=3": 5e-3})
+    config = StudyConfig(
+        forms=["kron", {"form": "kron_sum", "K": 3}, "kron_sum"],
+        aux_lr={"default": 1e-3, "kron_sum": 2e-3, "kron_sum:K=3": 5e-3},
+    )
     assert config.forms == ("kron", "kron_sum:K=3", "kron_sum")
     assert [config.lr(label) for label in config.forms] == [1e-3, 5e-3, 2e-3]
     assert len({config.form_key(label) for label in config.forms}) == 3
@@ -59,7 +65,9 @@ def test_the_same_form_with_other_options_is_another_row(tmp_path, monkeypatch, 
     assert [row["name"] for row in rows] == ["diag_low_rank:rank=1", "diag_low_rank:rank=3"]
     assert rows[0]["n_params"] < rows[1]["n_params"]
     assert sorted(path.name.rpartition("-")[0] for path in (out / "forms").iterdir()) == [
-        "diag_low_rank_rank=1", "diag_low_rank_rank=3"]
+        "diag_low_rank_rank=1",
+        "diag_low_rank_rank=3",
+    ]
     assert "diag_low_rank:rank=3" in (out / "summary.md").read_text()
     capsys.readouterr()
     assert a6_study.main([*base, "--forms", "diag_low_rank:rank=3"]) == 0

@@ -40,8 +40,19 @@ def test_an_edited_plugin_file_is_reloaded_and_refitted(plugin, tmp_path, capsys
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY_STUDY)
     out = tmp_path / "out"
-    arguments = ["--plugins", str(plugin), "--config", str(config), "--forms", "diagonal,test_scaled",
-                 "--out", str(out), "--no-progress", "--threads", "1"]
+    arguments = [
+        "--plugins",
+        str(plugin),
+        "--config",
+        str(config),
+        "--forms",
+        "diagonal,test_scaled",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--threads",
+        "1",
+    ]
     assert a6_study.main(arguments) == 0
     first = json.loads((out / "results.json").read_text())["forms"]
     assert [row["name"] for row in first] == ["diagonal", "test_scaled"]

@@ -19,8 +19,19 @@ def test_seeds_are_combined_into_mean_and_spread(tmp_path, monkeypatch):
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY_STUDY)
     out = tmp_path / "out"
-    base = ["--config", str(config), "--forms", "diagonal,kron", "--out", str(out), "--no-progress",
-            "--threads", "1", "--seed", "5"]
+    base = [
+        "--config",
+        str(config),
+        "--forms",
+        "diagonal,kron",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--threads",
+        "1",
+        "--seed",
+        "5",
+    ]
     assert a6_study.main([*base, "--seeds", "2"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert [run["seed"] for run in results["runs"]] == [5, 6] and len(fits) == 4

@@ -50,14 +50,20 @@ def test_fit_is_finite_deterministic_and_learns(spec):
 @pytest.mark.parametrize("spec", CASES)
 def test_fishleg_resume_is_bit_identical(spec, tmp_path):
     generator = torch.Generator().manual_seed(0)
-    data = [(torch.randn(8, 4, generator=generator, dtype=torch.float64),
-             torch.randn(8, 2, generator=generator, dtype=torch.float64)) for _ in range(8)]
+    data = [
+        (
+            torch.randn(8, 4, generator=generator, dtype=torch.float64),
+            torch.randn(8, 2, generator=generator, dtype=torch.float64),
+        )
+        for _ in range(8)
+    ]
     aux = [torch.randn(8, 4, generator=generator, dtype=torch.float64) for _ in range(3)]
 
     def make():
         model = tiny_mlp(2)
-        return model, fl.FishLeg(model, LIKELIHOOD, lr=0.1, sgd_lr=0.05, aux_lr=0.01, aux_every=1, seed=7,
-                                 aux_optimizer=spec, aux_data=aux)
+        return model, fl.FishLeg(
+            model, LIKELIHOOD, lr=0.1, sgd_lr=0.05, aux_lr=0.01, aux_every=1, seed=7, aux_optimizer=spec, aux_data=aux
+        )
 
     assert_resume_is_bit_identical(make, data, 4, tmp_path)
 
@@ -71,8 +77,11 @@ def test_a_non_finite_auxiliary_update_leaves_lambda_and_optimizer_state_unchang
     for _ in range(2):
         backward(model, optimizer, x, y)
         optimizer.step(aux_batch=x)
-    monkeypatch.setattr(auxiliary_update_module, "fisher_vp",
-                        lambda *args, **kwargs: {name: torch.full_like(v, float("nan")) for name, v in args[3].items()})
+    monkeypatch.setattr(
+        auxiliary_update_module,
+        "fisher_vp",
+        lambda *args, **kwargs: {name: torch.full_like(v, float("nan")) for name, v in args[3].items()},
+    )
     backward(model, optimizer, x, y)
     before = snapshot(model, optimizer)
     with pytest.warns(RuntimeWarning, match="non-finite values in the auxiliary update"):

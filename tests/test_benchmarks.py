@@ -65,16 +65,18 @@ def test_time_to_loss_sets_its_target_from_the_best_stable_sgd_rate():
 
 
 def test_sweep_runs_every_setting_of_its_grid(monkeypatch):
-    monkeypatch.setattr(sweep_time_to_loss, "GRID", {"lr": (1.0,), "damping": (1.0,), "aux_lr": (1e-3, 3e-3),
-                                                     "aux_every": (10,)})
+    monkeypatch.setattr(
+        sweep_time_to_loss, "GRID", {"lr": (1.0,), "damping": (1.0,), "aux_lr": (1e-3, 3e-3), "aux_every": (10,)}
+    )
     result = sweep_time_to_loss.main(["--iterations", "4", "--sgd-iterations", "10", "--window", "4"])
     assert [run["aux_lr"] for run in result["fishleg"]] == [1e-3, 3e-3, sweep_time_to_loss.REFERENCE["aux_lr"]]
     assert all(run["iterations"] <= 4 for run in result["fishleg"])
 
 
 def test_bench_conv_lowrank_compares_the_two_products_on_the_same_gradient(tmp_path):
-    result = bench_conv_lowrank.main(["--channels", "8", "--batches", "1,64", "--rounds", "1",
-                                      "--json", str(tmp_path / "conv.json")])
+    result = bench_conv_lowrank.main(
+        ["--channels", "8", "--batches", "1,64", "--rounds", "1", "--json", str(tmp_path / "conv.json")]
+    )
     assert json.loads((tmp_path / "conv.json").read_text()) == result
     small, large = result["runs"]
     assert (small["rank"], large["rank"]) == (4, 256) and small["pays"] and not large["pays"]
@@ -82,8 +84,9 @@ def test_bench_conv_lowrank_compares_the_two_products_on_the_same_gradient(tmp_p
 
 
 def test_online_aux_reports_the_share_of_the_way_to_the_asymptote(tmp_path):
-    result = bench_online_aux.main(["--quick", "--cache", str(tmp_path), "--asymptote", "-0.02",
-                                    "--json", str(tmp_path / "online.json")])
+    result = bench_online_aux.main(
+        ["--quick", "--cache", str(tmp_path), "--asymptote", "-0.02", "--json", str(tmp_path / "online.json")]
+    )
     assert json.loads((tmp_path / "online.json").read_text()) == result
     assert [run["start"] for run in result["runs"]] == list(bench_online_aux.STARTS)
     for run in result["runs"]:

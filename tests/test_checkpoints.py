@@ -33,8 +33,9 @@ class CountingDataset(Dataset):
 
 
 def shuffled_loader(dataset, seed=5, batch_size=4, **options):
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
-                      **options)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed), **options
+    )
 
 
 class ReshufflingBatches:
@@ -109,16 +110,31 @@ def test_resume_from_a_weights_only_checkpoint_is_bit_identical_after_several_au
     in the third pass of it and holds only tensors (weights_only=True) at about their size."""
     dataset = CountingDataset(20)
     generator = torch.Generator().manual_seed(1)
-    data = [(torch.randn(8, 6, generator=generator, dtype=torch.float64),
-             torch.randint(0, 3, (8,), generator=generator)) for _ in range(16)]
+    data = [
+        (torch.randn(8, 6, generator=generator, dtype=torch.float64), torch.randint(0, 3, (8,), generator=generator))
+        for _ in range(16)
+    ]
     likelihood = fl.LIKELIHOODS.build("categorical")
 
     def make():
         model = classifier()
-        aux = DataLoader(TensorDataset(dataset.x, dataset.x.new_zeros(20)), batch_size=8, shuffle=True,
-                         generator=torch.Generator().manual_seed(3))  # 3 batches a pass
-        return model, fl.FishLeg(model, likelihood, lr=0.1, sgd_lr=0.05, aux_lr=0.01, aux_every=1, seed=7,
-                                 forms={"Linear": forms}, aux_data=aux)
+        aux = DataLoader(
+            TensorDataset(dataset.x, dataset.x.new_zeros(20)),
+            batch_size=8,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(3),
+        )  # 3 batches a pass
+        return model, fl.FishLeg(
+            model,
+            likelihood,
+            lr=0.1,
+            sgd_lr=0.05,
+            aux_lr=0.01,
+            aux_every=1,
+            seed=7,
+            forms={"Linear": forms},
+            aux_data=aux,
+        )
 
     def run(model, optimizer, batches):
         for x, y in batches:
@@ -148,8 +164,9 @@ def test_optimizer_and_model_q_checkpoints_hold_only_their_tensors(forms):
     """With the Gram caches filled (aux_every > 1), as in the middle of training."""
     model = nn.Sequential(nn.Linear(20, 24), nn.Tanh(), nn.Linear(24, 10))
     x, y = torch.randn(32, 20), torch.randint(0, 10, (32,))
-    optimizer = fl.FishLeg(model, "categorical", lr=0.1, aux_every=5, forms={"default": forms},
-                           aux_data=[torch.randn(16, 20)])
+    optimizer = fl.FishLeg(
+        model, "categorical", lr=0.1, aux_every=5, forms={"default": forms}, aux_data=[torch.randn(16, 20)]
+    )
     for _ in range(3):
         optimizer.zero_grad()
         fl.LIKELIHOODS.build("categorical").nll(model(x), y).backward()

@@ -33,8 +33,17 @@ def aux_batches(scale=1.0):
 @pytest.mark.usefixtures("float64")
 def test_the_scale_of_q_along_the_gradient_is_the_rayleigh_quotient_of_the_dense_q():
     model = tiny_mlp(2)
-    optimizer = fl.FishLeg(model, LIKELIHOOD, lr=0.1, sgd_lr=0.05, aux_lr=0.05, aux_every=1, damping=0.5,
-                           forms={"default": "kron"}, aux_data=aux_batches())
+    optimizer = fl.FishLeg(
+        model,
+        LIKELIHOOD,
+        lr=0.1,
+        sgd_lr=0.05,
+        aux_lr=0.05,
+        aux_every=1,
+        damping=0.5,
+        forms={"default": "kron"},
+        aux_data=aux_batches(),
+    )
     train(model, optimizer, 5)
     monitor = QMonitor(optimizer.q, init_scale=0.5, damping=0.5)
     u = {name: torch.randn_like(p) for name, p in model.named_parameters()}
@@ -51,8 +60,9 @@ def test_the_scale_of_q_along_the_gradient_is_the_rayleigh_quotient_of_the_dense
 
 def test_a_healthy_run_gives_no_diagnostic_warning_and_reports_its_state():
     model = tiny_mlp(2)
-    optimizer = fl.FishLeg(model, LIKELIHOOD, lr=0.1, sgd_lr=0.05, aux_lr=1e-3, aux_every=1, damping=0.1,
-                           aux_data=aux_batches())
+    optimizer = fl.FishLeg(
+        model, LIKELIHOOD, lr=0.1, sgd_lr=0.05, aux_lr=1e-3, aux_every=1, damping=0.1, aux_data=aux_batches()
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         train(model, optimizer, 30)
@@ -88,8 +98,15 @@ def test_a_softmax_before_the_categorical_likelihood_warns_and_logits_do_not(sof
     y = (x @ torch.randn(4, 10, generator=generator, dtype=torch.float64)).argmax(1)
     model = nn.Sequential(tiny_mlp(10), *([nn.Softmax(dim=1)] if softmax else []))
     likelihood = fl.LIKELIHOODS.build("categorical")
-    optimizer = fl.FishLeg(model, likelihood, lr=0.3, aux_lr=1e-2, aux_every=1, damping=1.0,
-                           aux_data=[x[i : i + 32] for i in range(128, 256, 32)])
+    optimizer = fl.FishLeg(
+        model,
+        likelihood,
+        lr=0.3,
+        aux_lr=1e-2,
+        aux_every=1,
+        damping=1.0,
+        aux_data=[x[i : i + 32] for i in range(128, 256, 32)],
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for step in range(30):
@@ -109,8 +126,11 @@ def test_an_exploding_q_warns_and_names_aux_lr():
     monitor = QMonitor(fl.build_model_q(tiny_mlp(2)), init_scale=0.5, damping=0.1, window=2)
     u = {name: torch.ones_like(p) for name, p in tiny_mlp(2).named_parameters()}
     large = {name: 200.0 * t for name, t in u.items()}
-    with pytest.warns(RuntimeWarning, match=r"Q of block '0' grew to 400× its start along the gradients, above "
-                                            r"10/γ where no F_γ⁻¹ reaches: lower aux_lr"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"Q of block '0' grew to 400× its start along the gradients, above "
+        r"10/γ where no F_γ⁻¹ reaches: lower aux_lr",
+    ):
         monitor.record(u, large, large)
         assert monitor.warned == set()  # not before a whole window
         monitor.record(u, large, large)
@@ -146,8 +166,7 @@ def test_the_summary_names_forms_as_registered_with_options_totals_and_flags_ove
 @pytest.mark.usefixtures("float64")
 def test_sgd_lr_from_torch_makes_fishleg_without_aux_updates_torch_sgd():
     model, reference = tiny_mlp(2), tiny_mlp(2)
-    optimizer = fl.FishLeg(model, LIKELIHOOD, lr=0.3, sgd_lr=fl.sgd_lr_from_torch(0.01, 0.9), momentum=0.9,
-                           aux_every=0)
+    optimizer = fl.FishLeg(model, LIKELIHOOD, lr=0.3, sgd_lr=fl.sgd_lr_from_torch(0.01, 0.9), momentum=0.9, aux_every=0)
     torch_sgd = torch.optim.SGD(reference.parameters(), lr=0.01, momentum=0.9)
     generator = torch.Generator().manual_seed(0)
     for _ in range(20):

@@ -20,9 +20,11 @@ def data():
     """Per step: a global batch (inputs, targets) and a global auxiliary batch; rank r takes half r."""
     generator = torch.Generator().manual_seed(0)
     return [
-        (torch.randn(WORLD * BATCH, 4, generator=generator, dtype=torch.float64),
-         torch.randn(WORLD * BATCH, 2, generator=generator, dtype=torch.float64),
-         torch.randn(WORLD * BATCH, 4, generator=generator, dtype=torch.float64))
+        (
+            torch.randn(WORLD * BATCH, 4, generator=generator, dtype=torch.float64),
+            torch.randn(WORLD * BATCH, 2, generator=generator, dtype=torch.float64),
+            torch.randn(WORLD * BATCH, 4, generator=generator, dtype=torch.float64),
+        )
         for _ in range(STEPS)
     ]
 
@@ -43,8 +45,13 @@ def worker(rank, port, out):
         optimizer = fl.FishLeg(model, "gaussian", **OPTIONS)
         half = slice(rank * BATCH, (rank + 1) * BATCH)
         train(model, optimizer, [(x[half], y[half], aux[half]) for x, y, aux in data()])
-        torch.save({"params": [p.detach() for p in model.module.parameters()],
-                    "q": [p.detach() for p in optimizer.q.parameters()]}, f"{out}/rank{rank}.pt")
+        torch.save(
+            {
+                "params": [p.detach() for p in model.module.parameters()],
+                "q": [p.detach() for p in optimizer.q.parameters()],
+            },
+            f"{out}/rank{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 

@@ -32,9 +32,11 @@ def test_a_bad_auxiliary_batch_is_named_as_such(swap):
     model = tiny_mlp(3)
     optimizer = fl.FishLeg(model, CATEGORICAL, lr=0.1, aux_every=1)
     x, y = classification_batch(1)
-    with pytest.raises((RuntimeError, ValueError, TypeError),
-                       match=r"FishLeg: the Fisher-vector product on the auxiliary batch \(from aux_data .*inputs "
-                             r"\(8,\) int64.*failed: .*inputs first"):
+    with pytest.raises(
+        (RuntimeError, ValueError, TypeError),
+        match=r"FishLeg: the Fisher-vector product on the auxiliary batch \(from aux_data .*inputs "
+        r"\(8,\) int64.*failed: .*inputs first",
+    ):
         one_step(optimizer, model, (y, x) if swap else y)
 
 
@@ -43,8 +45,7 @@ def test_fit_q_takes_pairs_and_names_a_bad_curvature_batch():
     q = fl.build_model_q(model)
     x, y = classification_batch(1)
     u = {name: torch.ones_like(p) / 6 for name, p in model.named_parameters()}
-    result = fl.fit_q(model, CATEGORICAL, q, itertools.repeat(u), itertools.repeat((x, y)), steps=2,
-                      method="empirical")
+    result = fl.fit_q(model, CATEGORICAL, q, itertools.repeat(u), itertools.repeat((x, y)), steps=2, method="empirical")
     assert len(result.curve) == 2
     with pytest.raises(TypeError, match="fit_q: each of curvature_batches must be an input tensor or a tuple"):
         fl.fit_q(model, CATEGORICAL, q, itertools.repeat(u), itertools.repeat([[1.0]]), steps=1)
@@ -64,8 +65,11 @@ def test_a_state_dict_of_other_forms_names_the_blocks_saved_and_current():
     model = tiny_mlp(3)
     saved = fl.FishLeg(model, CATEGORICAL, lr=0.1, forms={"default": "diagonal"}).state_dict()
     current = fl.FishLeg(model, CATEGORICAL, lr=0.1, forms={"2": "kron", "default": "diagonal"})
-    with pytest.raises(ValueError, match=r"(?s)entries that differ:.*by_blocks\.2\.form\.D\.raw \(block '2', Linear, "
-                                         r"kron\): saved \(3, 6\), current \(none\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)entries that differ:.*by_blocks\.2\.form\.D\.raw \(block '2', Linear, "
+        r"kron\): saved \(3, 6\), current \(none\)",
+    ):
         current.load_state_dict(saved)
 
 

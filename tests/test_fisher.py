@@ -207,8 +207,12 @@ def test_empirical_matches_dense_empirical_fisher(model_kind, likelihood_name):
     targets = data_targets(likelihood, model, inputs, 3)
     expected = dense_empirical_fisher(model, likelihood, inputs, targets)
     v = random_vector(model, 1)
-    torch.testing.assert_close(flat_fvp(model, likelihood, inputs, v, method="empirical", targets=targets),
-                               expected @ flat(v, trainable(model)), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(
+        flat_fvp(model, likelihood, inputs, v, method="empirical", targets=targets),
+        expected @ flat(v, trainable(model)),
+        rtol=1e-10,
+        atol=1e-10,
+    )
 
 
 def test_empirical_needs_targets():
@@ -238,7 +242,6 @@ def test_every_registered_method_has_a_dense_reference_test():
 def method_options(method, likelihood, model, inputs):
     """Keyword arguments that every method accepts here: data targets for the empirical Fisher."""
     return {"targets": data_targets(likelihood, model, inputs, 4)} if method == "empirical" else {}
-
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
@@ -286,8 +289,12 @@ def test_registered_method_is_used(monkeypatch):
     @FISHER_METHODS.register("twice_exact")
     def twice_exact(model, likelihood, inputs, targets, vector, generator):
         exact = FISHER_METHODS.get("exact")
-        return {name: 2 * t for name, t in exact(model=model, likelihood=likelihood, inputs=inputs, targets=targets,
-                                                  vector=vector, generator=generator).items()}
+        return {
+            name: 2 * t
+            for name, t in exact(
+                model=model, likelihood=likelihood, inputs=inputs, targets=targets, vector=vector, generator=generator
+            ).items()
+        }
 
     model, likelihood, inputs = build("mlp", "bernoulli")
     v = random_vector(model, 1)

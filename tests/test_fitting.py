@@ -29,8 +29,17 @@ def cosine(steps):
 
 
 def fit_and_evaluate(model, likelihood, q, inputs, steps, lr):
-    fl.fit_q(model, likelihood, q, random_directions(model, 1), itertools.repeat(inputs), steps, lr=lr,
-             damping=DAMPING, schedule=cosine(steps))
+    fl.fit_q(
+        model,
+        likelihood,
+        q,
+        random_directions(model, 1),
+        itertools.repeat(inputs),
+        steps,
+        lr=lr,
+        damping=DAMPING,
+        schedule=cosine(steps),
+    )
     probes = list(itertools.islice(random_directions(model, 2), 8))
     return fl.ProbeEvaluator(model, likelihood, probes, inputs, DAMPING).evaluate(q)
 
@@ -57,8 +66,10 @@ def test_closed_form_linear_gaussian(correlated):
     F = gaussian_fisher(model, inputs, SIGMA) + DAMPING * torch.eye(12)
     torch.testing.assert_close(F, expected_fisher)
 
-    kron, diagonal = (fit_and_evaluate(model, likelihood, fl.build_model_q(model, {"Linear": form}), inputs, 1500, 0.05)
-                      for form in ("kron", "diagonal"))
+    kron, diagonal = (
+        fit_and_evaluate(model, likelihood, fl.build_model_q(model, {"Linear": form}), inputs, 1500, 0.05)
+        for form in ("kron", "diagonal")
+    )
     assert kron.mean_normalized_error < 0.05
     if correlated:
         assert diagonal.mean_normalized_error > 0.2
@@ -99,6 +110,7 @@ def test_probe_evaluation_against_dense_linear_algebra():
         assert result.optimal_aux_loss[i] == pytest.approx(A_star.item(), rel=1e-8)
         assert result.normalized_error[i] == pytest.approx(((A - A_star) / -A_star).sqrt().item(), rel=1e-6)
         assert result.aux_loss[i] >= result.optimal_aux_loss[i]
+
     def exact_inverse(u):
         return unflat(torch.linalg.solve(F, flat(u, names)), params)
 

@@ -73,7 +73,8 @@ def test_a_modified_gradient_falls_back_to_the_dense_product():
         assert capture.factors(gradient) == {}
     assert sorted(str(w.message) for w in caught) == [
         f"layer '{name}': using the dense Q·g product because its .grad differs from the captured factors "
-        "(clipped, decayed or accumulated?)" for name in ("0", "2")
+        "(clipped, decayed or accumulated?)"
+        for name in ("0", "2")
     ]
 
 
@@ -93,7 +94,7 @@ def test_fisher_computations_and_no_grad_passes_are_not_captured():
         model(torch.randn(7, 6))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        (left, right), = capture.factors(gradient).values()
+        ((left, right),) = capture.factors(gradient).values()
     assert left.shape == (2, 3)
 
 
@@ -106,8 +107,17 @@ def test_fishleg_with_low_rank_products_matches_the_dense_products():
     for low_rank in (True, False):
         torch.manual_seed(1)
         model = nn.Sequential(nn.Linear(12, 10), nn.Tanh(), nn.Linear(10, 3))
-        optimizer = fl.FishLeg(model, "gaussian", lr=0.1, sgd_lr=0.05, aux_every=3, aux_lr=0.01,
-                               momentum_on="update", low_rank=low_rank, aux_data=[inputs[:32], inputs[32:]])
+        optimizer = fl.FishLeg(
+            model,
+            "gaussian",
+            lr=0.1,
+            sgd_lr=0.05,
+            aux_every=3,
+            aux_lr=0.01,
+            momentum_on="update",
+            low_rank=low_rank,
+            aux_data=[inputs[:32], inputs[32:]],
+        )
         for step in range(12):
             x, y = inputs[4 * step : 4 * step + 4], targets[4 * step : 4 * step + 4]
             optimizer.zero_grad()
@@ -150,7 +160,7 @@ def test_convolution_factors_reproduce_the_block_gradient(layer, input_shape):
     capture = GradientFactors(model, [block])
     model(torch.randn(input_shape)).pow(2).sum().backward()
     gradient = {n: p.grad for n, p in model.named_parameters()}
-    (left, right), = capture.factors(gradient).values()
+    ((left, right),) = capture.factors(gradient).values()
     G = block.layout.pack([gradient[n] for n in block.param_names])
     torch.testing.assert_close(left @ right.T, G, rtol=1e-12, atol=1e-12)
 

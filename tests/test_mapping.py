@@ -43,8 +43,10 @@ def test_custom_nested_module_gets_the_expected_blocks():
 
 
 def test_strict_mode_rejects_a_bare_parameter():
-    with pytest.raises(fl.UnsupportedLayerError,
-                       match=r"strict mode: .* parameters temperature \(module '' \(Net\) has no layer adapter\);"):
+    with pytest.raises(
+        fl.UnsupportedLayerError,
+        match=r"strict mode: .* parameters temperature \(module '' \(Net\) has no layer adapter\);",
+    ):
         fl.map_blocks(Net(), strict=True)
 
 
@@ -150,4 +152,3 @@ def test_model_q_reports_missing_entries():
     q = fl.build_model_q(nn.Linear(2, 2))
     with pytest.raises(KeyError, match="missing: bias"):
         q({"weight": torch.zeros(2, 2)})
-

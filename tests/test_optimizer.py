@@ -73,8 +73,18 @@ def test_fishleg_lowers_the_training_loss(momentum_on):
     likelihood = fl.LIKELIHOODS.build("gaussian", sigma=1.0)
     model = tiny_mlp(2, dtype=torch.float32)
     aux_inputs = [inputs[i : i + 16] for i in range(0, 64, 16)]
-    optimizer = fl.FishLeg(model, likelihood, lr=0.1, sgd_lr=0.05, aux_lr=0.01, aux_every=1, damping=0.1,
-                           momentum_on=momentum_on, aux_data=aux_inputs)
+    optimizer = fl.FishLeg(
+        model,
+        likelihood,
+        lr=0.1,
+        sgd_lr=0.05,
+        aux_lr=0.01,
+        aux_every=1,
+        damping=0.1,
+        momentum_on=momentum_on,
+        aux_data=aux_inputs,
+    )
+
     def squared_error():  # the NLL minus its constant, times σ²
         with torch.no_grad():
             return ((model(inputs) - targets) ** 2).sum(1).mean().item()
@@ -90,8 +100,9 @@ def test_save_load_continue_is_identical_to_an_uninterrupted_run(method, tmp_pat
     inputs, targets = regression_problem()
     likelihood = fl.LIKELIHOODS.build("gaussian", sigma=1.0)
     aux_inputs = [inputs[i : i + 16] for i in range(0, 64, 16)]
-    options = dict(lr=0.1, sgd_lr=0.05, aux_lr=0.01, aux_every=2, fisher_method=method, seed=3,
-                   forms={"Linear": "kron_sum"})
+    options = dict(
+        lr=0.1, sgd_lr=0.05, aux_lr=0.01, aux_every=2, fisher_method=method, seed=3, forms={"Linear": "kron_sum"}
+    )
 
     def make():
         torch.manual_seed(0)

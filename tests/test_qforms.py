@@ -44,8 +44,15 @@ def test_qform_contract(name, options, check):
 class ScaledDiagonalQ(QForm):
     """Q G = d ⊙ G with d = exp(raw) > 0 (an outside form, as a user would write it)."""
 
-    def __init__(self, shape: tuple[int, int], init_scale: float = 1.0, skew: float = 0.0, *,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        init_scale: float = 1.0,
+        skew: float = 0.0,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__(shape, init_scale, device=device, dtype=dtype)
         self.raw = nn.Parameter(torch.full(self.shape, self.init_scale, device=device, dtype=dtype).log())
         self.skew = skew  # > 0: an off-diagonal term that breaks symmetry (a broken form)

@@ -42,8 +42,10 @@ def test_readme_programs_run(program, tmp_path):
         assert expected in done.stdout
 
 
-@pytest.mark.parametrize("path", ["fishleg_core/qforms/diag_low_rank.py", "fishleg_core/likelihoods/poisson.py",
-                                  "fishleg_core/fisher/empirical.py"])
+@pytest.mark.parametrize(
+    "path",
+    ["fishleg_core/qforms/diag_low_rank.py", "fishleg_core/likelihoods/poisson.py", "fishleg_core/fisher/empirical.py"],
+)
 def test_readme_shows_the_library_files_verbatim(path):
     assert (ROOT / path).read_text().rstrip() in README
 
@@ -55,7 +57,7 @@ def test_readme_shows_the_tridiagonal_form_as_it_is():
 
 
 def test_readme_compare_your_own_form(tmp_path, monkeypatch):
-    """"Compare your own form": the plugin file, the command that names it (on tiny settings) and the Python
+    """ "Compare your own form": the plugin file, the command that names it (on tiny settings) and the Python
     program, run as a user would, next to each other in a folder of their own."""
     plugin = next(block for block in BLOCKS if block.startswith('"""my_forms.py'))
     program = next(block for block in BLOCKS if block.startswith("# compare.py"))
@@ -64,12 +66,26 @@ def test_readme_compare_your_own_form(tmp_path, monkeypatch):
     (tmp_path / "compare.py").write_text(program)
     rates = re.search(r"`my_study.yaml`: `(aux_lr: \{.*?\})`", README.replace("\n", " ")).group(1)
     (tmp_path / "my_study.yaml").write_text(f"{rates}\n{TINY_STUDY}")
-    done = subprocess.run([sys.executable, "compare.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [sys.executable, "compare.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     printed = dict(re.findall(r"^(\w+): held-out e = ([0-9.]+)$", done.stdout, flags=re.M))
-    assert list(printed) == ["diagonal", "kron", "diag_kron", "identity", "kfac", "kfac_curvlinops",
-                            "kfac_curvlinops_rescaled", "ekfac_curvlinops"]
+    assert list(printed) == [
+        "diagonal",
+        "kron",
+        "diag_kron",
+        "identity",
+        "kfac",
+        "kfac_curvlinops",
+        "kfac_curvlinops_rescaled",
+        "ekfac_curvlinops",
+    ]
     assert 0 < float(printed["diag_kron"]) < 1.5
 
     words = shlex.split(command.replace("\\\n", " "))

@@ -65,8 +65,11 @@ def backward(model, optimizer, x, y):
 @pytest.mark.parametrize("size", [1, 31, 100_003])
 def test_all_finite_finds_one_bad_entry_anywhere(dtype, bad, size):
     for position in (0, size // 2, size - 1):
-        tensors = {"empty": torch.empty(0, dtype=dtype), "finite": torch.full((3,), 3e38).to(dtype),
-                   "x": torch.randn(size).to(dtype)}
+        tensors = {
+            "empty": torch.empty(0, dtype=dtype),
+            "finite": torch.full((3,), 3e38).to(dtype),
+            "x": torch.randn(size).to(dtype),
+        }
         assert all_finite(tensors)
         tensors["x"][position] = bad
         assert not all_finite(tensors), (position, tensors["x"][position])
@@ -93,6 +96,7 @@ def test_a_non_finite_gradient_skips_the_step_and_changes_nothing(momentum_on):
 def test_a_non_finite_auxiliary_update_leaves_lambda_and_adam_state_unchanged(where, monkeypatch):
     model, optimizer, x, _ = trained()
     if where == "fisher":
+
         def nan_fisher(*args, **kwargs):
             return {name: torch.full_like(v, float("nan")) for name, v in args[3].items()}
 
@@ -140,16 +144,36 @@ def test_an_error_in_the_auxiliary_update_changes_nothing():
 @pytest.mark.parametrize("momentum_on", ["gradient", "update"])
 def test_resume_is_bit_identical_for_every_fisher_method(method, momentum_on, aux_every, tmp_path):
     generator = torch.Generator().manual_seed(0)
-    data = [(torch.randn(8, 4, generator=generator, dtype=torch.float64),
-             torch.randn(8, 2, generator=generator, dtype=torch.float64)) for _ in range(10)]
-    aux = [(torch.randn(8, 4, generator=generator, dtype=torch.float64),  # (inputs, targets): every method
-            torch.randn(8, 2, generator=generator, dtype=torch.float64)) for _ in range(3)]
+    data = [
+        (
+            torch.randn(8, 4, generator=generator, dtype=torch.float64),
+            torch.randn(8, 2, generator=generator, dtype=torch.float64),
+        )
+        for _ in range(10)
+    ]
+    aux = [
+        (
+            torch.randn(8, 4, generator=generator, dtype=torch.float64),  # (inputs, targets): every method
+            torch.randn(8, 2, generator=generator, dtype=torch.float64),
+        )
+        for _ in range(3)
+    ]
 
     def make():
         model = tiny_mlp(2)
-        return model, fl.FishLeg(model, LIKELIHOOD, lr=0.1, sgd_lr=0.05, aux_lr=0.01, aux_every=aux_every, seed=7,
-                                 fisher_method=method, momentum_on=momentum_on, forms={"Linear": "kron_sum"},
-                                 aux_data=aux)
+        return model, fl.FishLeg(
+            model,
+            LIKELIHOOD,
+            lr=0.1,
+            sgd_lr=0.05,
+            aux_lr=0.01,
+            aux_every=aux_every,
+            seed=7,
+            fisher_method=method,
+            momentum_on=momentum_on,
+            forms={"Linear": "kron_sum"},
+            aux_data=aux,
+        )
 
     assert_resume_is_bit_identical(make, data, 6, tmp_path)
 

@@ -29,8 +29,9 @@ def _setting():
     factors = kronecker_factors(model, likelihood, inputs, 2, torch.Generator().manual_seed(0))
     generator = torch.Generator().manual_seed(1)
     params = dict(model.named_parameters())
-    directions = [{name: torch.randn(p.shape, generator=generator, dtype=p.dtype) for name, p in params.items()}
-                  for _ in range(3)]
+    directions = [
+        {name: torch.randn(p.shape, generator=generator, dtype=p.dtype) for name, p in params.items()} for _ in range(3)
+    ]
     batches = [random_inputs(MLP_INPUT, 8, seed=s) for s in (2, 3, 4)]
     fishers = [lambda v, x=x: fl.fisher_vp(model, likelihood, x, v, "exact", DAMPING) for x in batches]
     return model, factors, directions, fishers
@@ -111,8 +112,16 @@ def _certificate_setting():
     train, heldout = (torch.rand(n, 4, generator=generator, dtype=torch.float64) for n in (64, 32))
     probes = list(fl.normalized_gradients(model, likelihood, [(heldout[:8], heldout[:8]), (heldout[8:16],) * 2]))
     evaluator = fl.ProbeEvaluator(model, likelihood, probes, heldout[16:], DAMPING)
-    config = StudyConfig(forms=("dense",), n_train=64, batch_size=8, curvature_batch=8, damping=DAMPING,
-                         aux_lr=0.02, certificate_steps=300, certificate_lr_factor=1.0)
+    config = StudyConfig(
+        forms=("dense",),
+        n_train=64,
+        batch_size=8,
+        curvature_batch=8,
+        damping=DAMPING,
+        aux_lr=0.02,
+        certificate_steps=300,
+        certificate_lr_factor=1.0,
+    )
     return model, likelihood, train, evaluator, config
 
 
@@ -130,6 +139,14 @@ def test_the_certificate_refuses_a_fit_that_has_not_converged():
     fl.fit_q(model, likelihood, continued, stream, batches, 1500, lr=0.02, damping=DAMPING)
     stream.close()
     fitted = evaluator.evaluate(continued).mean_aux_loss
-    certificate = continuation_certificate("dense", continued, fitted, config.model_copy(
-        update={"certificate_lr_factor": 0.1}), model, likelihood, train, evaluator)
+    certificate = continuation_certificate(
+        "dense",
+        continued,
+        fitted,
+        config.model_copy(update={"certificate_lr_factor": 0.1}),
+        model,
+        likelihood,
+        train,
+        evaluator,
+    )
     assert certificate["certified"], certificate

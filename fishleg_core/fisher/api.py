@@ -43,6 +43,7 @@ def fisher_vp(
     check_callable("output_fn", output_fn, optional=True)
     vector = checked_vector(trainable_parameters(model), vector)
     with selected_output(output_fn):
-        fv = compute(model=model, likelihood=likelihood, inputs=inputs, targets=targets, vector=vector,
-                     generator=generator)
+        fv = compute(
+            model=model, likelihood=likelihood, inputs=inputs, targets=targets, vector=vector, generator=generator
+        )
     return {name: fv[name] + damping * v for name, v in vector.items()}

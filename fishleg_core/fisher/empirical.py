@@ -28,8 +28,10 @@ def empirical_fisher_vp(
     """F_emp v = Jᵀ c / B with c_b = r_b ⟨r_b, (J v)_b⟩ and r_b = ∂ℓ_b/∂f_b at the data targets, since
     ∇ℓ_b = J_bᵀ r_b: one forward pass carrying J v, one reverse pass."""
     if targets is None:
-        raise ValueError("the empirical Fisher needs the batch's data targets: give batches as (inputs, targets) "
-                         "pairs (fisher_vp(..., targets=y))")
+        raise ValueError(
+            "the empirical Fisher needs the batch's data targets: give batches as (inputs, targets) "
+            "pairs (fisher_vp(..., targets=y))"
+        )
     linear = linearise(model, inputs, vector)
     outputs = linear.outputs.detach().requires_grad_()
     with torch.enable_grad():

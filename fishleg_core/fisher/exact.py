@@ -53,8 +53,9 @@ def linearise(model: nn.Module, inputs: Tensor, vector: dict[str, Tensor]) -> Li
     return linear
 
 
-def _forward_mode(model: nn.Module, inputs: Tensor, vector: dict[str, Tensor], leaves: dict[str, Tensor]
-                  ) -> Linearisation:
+def _forward_mode(
+    model: nn.Module, inputs: Tensor, vector: dict[str, Tensor], leaves: dict[str, Tensor]
+) -> Linearisation:
     with torch.enable_grad(), model_function(model, inputs) as f, forward_ad.dual_level():
         dual_outputs = f({name: forward_ad.make_dual(leaf, vector[name]) for name, leaf in leaves.items()})
         outputs, jv = forward_ad.unpack_dual(dual_outputs)
@@ -62,8 +63,9 @@ def _forward_mode(model: nn.Module, inputs: Tensor, vector: dict[str, Tensor], l
     return Linearisation(leaves, outputs, jv)
 
 
-def _reverse_mode(model: nn.Module, inputs: Tensor, vector: dict[str, Tensor], leaves: dict[str, Tensor]
-                  ) -> Linearisation:
+def _reverse_mode(
+    model: nn.Module, inputs: Tensor, vector: dict[str, Tensor], leaves: dict[str, Tensor]
+) -> Linearisation:
     """J v = ∂/∂w (Jᵀ w)ᵀ v: Jᵀ w is linear in w, built with a graph (create_graph), then differentiated in w."""
     with torch.enable_grad(), model_function(model, inputs) as f:
         outputs = f(leaves)

@@ -68,9 +68,11 @@ def select_output(output: Any, output_fn: OutputFn | None) -> Tensor:
     """The tensor the likelihood sees: ``output_fn(output)``, or ``output`` itself, which must then be a tensor."""
     selected = output if output_fn is None else output_fn(output)
     if not isinstance(selected, Tensor):
-        raise TypeError(f"the model's output{' after output_fn' if output_fn else ''} is a "
-                        f"{type(selected).__name__}, not a tensor: pass output_fn= to select the tensor the "
-                        "likelihood models (e.g. output_fn=lambda out: out[0] or out['logits'])")
+        raise TypeError(
+            f"the model's output{' after output_fn' if output_fn else ''} is a "
+            f"{type(selected).__name__}, not a tensor: pass output_fn= to select the tensor the "
+            "likelihood models (e.g. output_fn=lambda out: out[0] or out['logits'])"
+        )
     return selected
 
 

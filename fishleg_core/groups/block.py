@@ -74,8 +74,12 @@ def block_q(
     if not isinstance(block, Block):
         raise TypeError(f"group form 'block': blocks must hold Block objects, got {type(block).__name__}")
     rows, cols = block.shape
-    bands = [QFORMS.build(form, shape=(rows // block.row_parts, cols), init_scale=init_scale, device=device,
-                          dtype=dtype, **options) for _ in range(block.row_parts)]
+    bands = [
+        QFORMS.build(
+            form, shape=(rows // block.row_parts, cols), init_scale=init_scale, device=device, dtype=dtype, **options
+        )
+        for _ in range(block.row_parts)
+    ]
     label = form + "".join(f" {key}={value!r}" for key, value in options.items())
     if block.row_parts > 1:
         label = f"{block.row_parts}×{label}"

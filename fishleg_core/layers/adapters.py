@@ -106,8 +106,12 @@ class ConvAdapter(LayerAdapter):
 
     def captures_factors(self, module: nn.Module) -> bool:
         conv = cast(_ConvNd, module)
-        return (conv.groups == 1 and len(conv.kernel_size) <= 2 and conv.padding_mode == "zeros"
-                and not isinstance(conv.padding, str))
+        return (
+            conv.groups == 1
+            and len(conv.kernel_size) <= 2
+            and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str)
+        )
 
     def factor_columns(self, module: nn.Module, inputs: Tensor) -> Tensor:
         conv = cast(_ConvNd, module)
@@ -116,8 +120,13 @@ class ConvAdapter(LayerAdapter):
         pad = (1,) * (2 - spatial)  # a 1-d convolution as a 2-d one of height 1
         x = x.reshape(*x.shape[:2], *pad, *x.shape[2:])
         padding = cast(tuple[int, ...], conv.padding)  # not a string: see captures_factors
-        patches = F.unfold(x, pad + conv.kernel_size, dilation=pad + conv.dilation,
-                           padding=(0,) * len(pad) + padding, stride=pad + conv.stride)
+        patches = F.unfold(
+            x,
+            pad + conv.kernel_size,
+            dilation=pad + conv.dilation,
+            padding=(0,) * len(pad) + padding,
+            stride=pad + conv.stride,
+        )
         return patches.transpose(1, 2).reshape(-1, patches.shape[1])
 
     def factor_rows(self, module: nn.Module, output_grad: Tensor) -> Tensor:

@@ -47,15 +47,19 @@ def choose_forms(blocks: Sequence[Block], forms: FormChoices | None) -> list[tup
         chosen.append(spec)
     unused = [key for key in specs if key not in used]
     if unused:
-        warn_user(f"form choices {', '.join(map(repr, unused))} match no layer type or module name "
-                  f"(blocks: {', '.join(block.name for block in blocks)})")
+        warn_user(
+            f"form choices {', '.join(map(repr, unused))} match no layer type or module name "
+            f"(blocks: {', '.join(block.name for block in blocks)})"
+        )
     return chosen
 
 
 def _parse(key: str, spec: FormSpec) -> tuple[str, dict[str, Any]]:
     if not isinstance(key, str):
-        raise TypeError(f"forms: key {key!r} must be a string: 'default', a layer type name such as 'Linear', "
-                        "or a module-name pattern")
+        raise TypeError(
+            f"forms: key {key!r} must be a string: 'default', a layer type name such as 'Linear', "
+            "or a module-name pattern"
+        )
     parsed = named_options(spec, "form")
     if parsed is None:
         raise ValueError(f"form choice {key!r}: expected a form name or a dict with a 'form' name, got {spec!r}")

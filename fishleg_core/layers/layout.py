@@ -32,15 +32,19 @@ class BlockLayout:
             raise ValueError(f"BlockLayout axis must be 0 (stack rows) or 1 (side by side), got {self.axis}")
         for shape in self.param_shapes:
             if shape.numel() % self.size:
-                raise ValueError(f"a parameter of shape {tuple(shape)} cannot be viewed with {self.size} " +
-                                 ("rows" if self.axis == 1 else "columns"))
+                raise ValueError(
+                    f"a parameter of shape {tuple(shape)} cannot be viewed with {self.size} "
+                    + ("rows" if self.axis == 1 else "columns")
+                )
         if self.transposed:
             if len(self.transposed) != len(self.param_shapes) or self.axis != 1:
                 raise ValueError("BlockLayout transposed needs axis=1 and one entry (0 or groups) per parameter")
             for shape, groups in zip(self.param_shapes, self.transposed):
                 if groups and (len(shape) < 2 or shape[0] % groups or shape[1] * groups != self.size):
-                    raise ValueError(f"a parameter of shape {tuple(shape)} is not a transposed-convolution weight "
-                                     f"with {self.size} output channels in {groups} groups")
+                    raise ValueError(
+                        f"a parameter of shape {tuple(shape)} is not a transposed-convolution weight "
+                        f"with {self.size} output channels in {groups} groups"
+                    )
 
     @property
     def widths(self) -> list[int]:

@@ -71,16 +71,20 @@ def map_blocks(model: nn.Module, strict: bool = False) -> list[Block]:
             layout = adapter.layout(module, [params[name].shape for name in members])
             block_name = module_name + suffix if module_name else suffix.lstrip(":")
             owner.update({name: len(blocks) for name in members})
-            blocks.append(Block(block_name, type(module), tuple(members), layout, adapter.default_form,
-                                adapter.row_parts(module)))
+            blocks.append(
+                Block(block_name, type(module), tuple(members), layout, adapter.default_form, adapter.row_parts(module))
+            )
     leftover = [name for name in params if name not in owner]
     for name in leftover:
         module = model.get_submodule(name.rpartition(".")[0])
         if name not in reasons:
             adapter = adapter_for(module)
             module_label = f"module {name.rpartition('.')[0]!r} ({type(module).__name__})"
-            reasons[name] = (f"{module_label} has no layer adapter" if adapter is None
-                             else f"the {type(adapter).__name__} of {module_label} does not group it")
+            reasons[name] = (
+                f"{module_label} has no layer adapter"
+                if adapter is None
+                else f"the {type(adapter).__name__} of {module_label} does not group it"
+            )
     if leftover:
         listed = ", ".join(f"{name} ({reasons[name]})" for name in leftover)
         if strict:
@@ -115,8 +119,14 @@ def joint_block(model: nn.Module, param_names: Sequence[str] | None = None, name
     return Block(name, type(model), names, layout, "dense")
 
 
-def _join_tied(blocks: list[Block], owner: dict[str, int], members: list[str], params: dict[str, nn.Parameter],
-               module_name: str, reasons: dict[str, str]) -> None:
+def _join_tied(
+    blocks: list[Block],
+    owner: dict[str, int],
+    members: list[str],
+    params: dict[str, nn.Parameter],
+    module_name: str,
+    reasons: dict[str, str],
+) -> None:
     """Add a module's parameters not yet in a block to the block of its tied defining parameter, when they
     fit that block's rows; leave the others to the fallback with the reason."""
     index = owner[members[0]]
@@ -128,8 +138,9 @@ def _join_tied(blocks: list[Block], owner: dict[str, int], members: list[str], p
         layout = block.layout.extended([params[name].shape for name in extra])
     except ValueError:
         for name in extra:
-            reasons[name] = (f"module {module_name!r} shares {members[0]} with block {block.name!r}, whose rows "
-                             "it does not fit")
+            reasons[name] = (
+                f"module {module_name!r} shares {members[0]} with block {block.name!r}, whose rows it does not fit"
+            )
         return
     blocks[index] = replace(block, param_names=block.param_names + tuple(extra), layout=layout)
     owner.update({name: index for name in extra})

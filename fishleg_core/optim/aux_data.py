@@ -43,8 +43,10 @@ class CyclicBatches:
             self._iterator, self.position = iter(self.data), 0
             batch = next(self._iterator, _END)
             if batch is _END:
-                raise RuntimeError("FishLeg: aux_data yields no batches (an exhausted iterator cannot be cycled: "
-                                   "pass a re-iterable such as a DataLoader or a list)")
+                raise RuntimeError(
+                    "FishLeg: aux_data yields no batches (an exhausted iterator cannot be cycled: "
+                    "pass a re-iterable such as a DataLoader or a list)"
+                )
         self.position += 1
         return batch
 
@@ -64,8 +66,10 @@ class CyclicBatches:
         self._iterator = iter(self.data)
         taken = _skip(self._iterator, self.position, self._indices_only)
         if taken < self.position:
-            warn_user(f"FishLeg: aux_data has {taken} batches per pass but the checkpoint was taken after "
-                      f"{self.position} batches of a pass; the resumed run starts a new pass (not an exact resume)")
+            warn_user(
+                f"FishLeg: aux_data has {taken} batches per pass but the checkpoint was taken after "
+                f"{self.position} batches of a pass; the resumed run starts a new pass (not an exact resume)"
+            )
             self.passes += 1
             self._iterator, self.position = iter(self.data), 0
 
@@ -98,5 +102,7 @@ def split_batch(batch: Any, source: str = "FishLeg: an auxiliary batch") -> tupl
     if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
         targets = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
         return batch[0], targets
-    raise TypeError(f"{source} must be an input tensor or a tuple (inputs, targets, ...), got {type(batch).__name__}"
-                    + (" (whether given as aux_batch or by aux_data)" if source.startswith("FishLeg") else ""))
+    raise TypeError(
+        f"{source} must be an input tensor or a tuple (inputs, targets, ...), got {type(batch).__name__}"
+        + (" (whether given as aux_batch or by aux_data)" if source.startswith("FishLeg") else "")
+    )

@@ -60,8 +60,17 @@ class AuxiliaryUpdate:
         the batch (``inputs``, ``targets``); returns A(λ; u) before the step."""
 
         def damped_fisher(v: ParamDict) -> ParamDict:
-            return fisher_vp(self.model, self.likelihood, inputs, v, method=self.fisher_method, damping=self.damping,
-                             generator=self.generator, targets=targets, output_fn=self.output_fn)
+            return fisher_vp(
+                self.model,
+                self.likelihood,
+                inputs,
+                v,
+                method=self.fisher_method,
+                damping=self.damping,
+                generator=self.generator,
+                targets=targets,
+                output_fn=self.output_fn,
+            )
 
         self.optimizer.zero_grad(set_to_none=True)
         with torch.enable_grad():
@@ -83,8 +92,11 @@ class AuxiliaryUpdate:
 
     def state_dict(self) -> dict[str, Any]:
         """λ, its optimiser's state and the generator's state."""
-        return {"q": self.q.state_dict(), "aux_optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state()}
+        return {
+            "q": self.q.state_dict(),
+            "aux_optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.q.load_state_dict(state["q"])
@@ -96,8 +108,10 @@ def _in_context(error: Exception, inputs: Tensor, targets: Tensor | None) -> str
     """The message of an error raised by the Fisher-vector product on an auxiliary batch, with where the
     batch came from and what it held."""
     held = f"inputs {_describe(inputs)}" + ("" if targets is None else f", targets {_describe(targets)}")
-    return (f"FishLeg: the Fisher-vector product on the auxiliary batch (from aux_data or step(aux_batch=...); "
-            f"{held}) failed: {error}. A batch is an input tensor or a tuple (inputs, targets), inputs first")
+    return (
+        f"FishLeg: the Fisher-vector product on the auxiliary batch (from aux_data or step(aux_batch=...); "
+        f"{held}) failed: {error}. A batch is an input tensor or a tuple (inputs, targets), inputs first"
+    )
 
 
 def _describe(t: Tensor) -> str:

@@ -19,8 +19,9 @@ class FishLegConfig(BaseModel):
     lr: float = Field(gt=0, allow_inf_nan=False, description="η: θ ← θ − η Q ḡ")
     momentum: float = Field(0.9, ge=0, lt=1, description="β of ḡ ← β ḡ + (1 − β) g")
     momentum_on: Literal["gradient", "update"] = Field(
-        "update", description="average Q·g (the default: keeps the low-rank structure of g, paper §4.4) or g "
-        "(Algorithm 1 line 16)"
+        "update",
+        description="average Q·g (the default: keeps the low-rank structure of g, paper §4.4) or g "
+        "(Algorithm 1 line 16)",
     )
     weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False, description="adds weight_decay·θ to g")
     damping: float = Field(1.0, ge=0, allow_inf_nan=False, description="γ of F_γ = F + γ I")
@@ -33,16 +34,21 @@ class FishLegConfig(BaseModel):
     aux_betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas of λ")
     aux_eps: float = Field(1e-8, gt=0, allow_inf_nan=False, description="Adam epsilon of λ")
     aux_every: int | tuple[tuple[int, int], ...] = Field(
-        10, description="one auxiliary update every this many steps (0: none, Q fixed), or a schedule of phases "
-        "((first step, period), ...) from step 0, e.g. ((0, 1), (200, 10)): every step, then every 10th from 200"
+        10,
+        description="one auxiliary update every this many steps (0: none, Q fixed), or a schedule of phases "
+        "((first step, period), ...) from step 0, e.g. ((0, 1), (200, 10)): every step, then every 10th from 200",
     )
     fisher_method: str = Field("exact", description="a name in FISHER_METHODS")
-    low_rank: bool = Field(True, description="multiply Q with the low-rank factors of layers' gradients "
-                           "(momentum_on='update', no weight decay); False: always the dense product")
+    low_rank: bool = Field(
+        True,
+        description="multiply Q with the low-rank factors of layers' gradients "
+        "(momentum_on='update', no weight decay); False: always the dense product",
+    )
     strict: bool = Field(False, description="error, not warning, for parameters no layer adapter covers")
     nonfinite: Literal["skip", "raise"] = Field(
-        "skip", description="NaN/Inf in the gradient or an auxiliary update: skip that update (counted, warned "
-        "once) or raise FloatingPointError"
+        "skip",
+        description="NaN/Inf in the gradient or an auxiliary update: skip that update (counted, warned "
+        "once) or raise FloatingPointError",
     )
     seed: int | None = Field(None, description="seed of the optimizer's own generator (sampled Fisher)")
 

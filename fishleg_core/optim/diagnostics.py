@@ -36,8 +36,16 @@ class QMonitor:
     """Records the scale of Q per group and the Fisher-to-damping ratio at each auxiliary update, and
     warns when they show that training fails silently (see the module docstring)."""
 
-    def __init__(self, q: ModelQ, init_scale: float, damping: float, window: int = 10, explode: float = 10.0,
-                 collapse: float = 1e-3, vanish: float = 1e-2) -> None:
+    def __init__(
+        self,
+        q: ModelQ,
+        init_scale: float,
+        damping: float,
+        window: int = 10,
+        explode: float = 10.0,
+        collapse: float = 1e-3,
+        vanish: float = 1e-2,
+    ) -> None:
         self.groups = [(group.describe()[0], group.param_names) for group in q.groups]
         self.init_scale, self.damping = init_scale, damping
         self.explode, self.collapse, self.vanish = explode, collapse, vanish
@@ -50,13 +58,15 @@ class QMonitor:
     @torch.no_grad()
     def record(self, u: Mapping[str, Tensor], qu: Mapping[str, Tensor], fisher_qu: Mapping[str, Tensor]) -> None:
         """One auxiliary update's u, v = Q u and h = F_γ v."""
-        values = torch.stack([
-            statistic for _, names in self.groups
-            for statistic in (_dot(u, qu, names), _dot(u, u, names))
-        ] + [dot(qu, fisher_qu), dot(qu, qu)]).tolist()  # one synchronisation
+        values = torch.stack(
+            [statistic for _, names in self.groups for statistic in (_dot(u, qu, names), _dot(u, u, names))]
+            + [dot(qu, fisher_qu), dot(qu, qu)]
+        ).tolist()  # one synchronisation
         *pairs, vh, vv = values
-        self.scales = {name: (uv / uu if uu > 0 else float("nan")) / self.init_scale
-                       for (name, _), uv, uu in zip(self.groups, pairs[::2], pairs[1::2])}
+        self.scales = {
+            name: (uv / uu if uu > 0 else float("nan")) / self.init_scale
+            for (name, _), uv, uu in zip(self.groups, pairs[::2], pairs[1::2])
+        }
         self.fisher_ratio = (vh - self.damping * vv) / (self.damping * vv) if vv > 0 and self.damping > 0 else None
         self.updates += 1
         self._recent.append((self.scales, self.fisher_ratio))
@@ -65,8 +75,12 @@ class QMonitor:
 
     def state(self) -> dict[str, Any]:
         """The latest measurements and the warnings given so far."""
-        return {"aux_updates": self.updates, "q_scale": dict(self.scales), "fisher_to_damping": self.fisher_ratio,
-                "warnings": sorted(self.warned)}
+        return {
+            "aux_updates": self.updates,
+            "q_scale": dict(self.scales),
+            "fisher_to_damping": self.fisher_ratio,
+            "warnings": sorted(self.warned),
+        }
 
     def _check(self) -> None:
         recent = list(self._recent)
@@ -74,24 +88,34 @@ class QMonitor:
         for name, _ in self.groups:
             scales = [scales[name] for scales, _ in recent]
             if min(scales) > bound:
-                self._warn("explosion", f"Q of block {name!r} grew to {scales[-1]:.3g}× its start along the "
-                           f"gradients, above {self.explode:g}/γ where no F_γ⁻¹ reaches: lower aux_lr (λ overshoots)")
+                self._warn(
+                    "explosion",
+                    f"Q of block {name!r} grew to {scales[-1]:.3g}× its start along the "
+                    f"gradients, above {self.explode:g}/γ where no F_γ⁻¹ reaches: lower aux_lr (λ overshoots)",
+                )
             if max(scales) < self.collapse:
-                self._warn("collapse", f"Q of block {name!r} shrank to {scales[-1]:.3g}× its start along the "
-                           "gradients: its steps vanish; lower aux_lr (λ overshoots) or raise damping")
+                self._warn(
+                    "collapse",
+                    f"Q of block {name!r} shrank to {scales[-1]:.3g}× its start along the "
+                    "gradients: its steps vanish; lower aux_lr (λ overshoots) or raise damping",
+                )
         ratios = [ratio for _, ratio in recent]
         if all(ratio is not None and ratio < self.vanish for ratio in ratios):
-            self._warn("vanishing Fisher", f"the Fisher is {ratios[-1]:.2g}× the damping along Q·g, so FishLeg is "
-                       "SGD at lr/γ and A falls towards −1/(2γ), looking healthy. If the training loss is not moving: "
-                       "the likelihood may not match the outputs (a softmax before the categorical likelihood, "
-                       "which takes logits), or the outputs saturated or the units died (after too large steps: "
-                       "aux_lr or lr); else damping is large for this model")
+            self._warn(
+                "vanishing Fisher",
+                f"the Fisher is {ratios[-1]:.2g}× the damping along Q·g, so FishLeg is "
+                "SGD at lr/γ and A falls towards −1/(2γ), looking healthy. If the training loss is not moving: "
+                "the likelihood may not match the outputs (a softmax before the categorical likelihood, "
+                "which takes logits), or the outputs saturated or the units died (after too large steps: "
+                "aux_lr or lr); else damping is large for this model",
+            )
 
     def _warn(self, kind: str, message: str) -> None:
         if kind not in self.warned:
             self.warned.add(kind)
-            warn_user(f"FishLeg: {message} (after {self.updates} auxiliary updates; optimizer.diagnostics())",
-                      RuntimeWarning)
+            warn_user(
+                f"FishLeg: {message} (after {self.updates} auxiliary updates; optimizer.diagnostics())", RuntimeWarning
+            )
 
 
 def _dot(a: Mapping[str, Tensor], b: Mapping[str, Tensor], names: tuple[str, ...]) -> Tensor:

@@ -137,8 +137,10 @@ class FishLeg(torch.optim.Optimizer):
             builders = {"forms": forms, "groups": groups, "couple": couple, "sgd_lr": sgd_lr, "init_scale": init_scale}
             given = [name for name, value in builders.items() if value is not None]
             if given:
-                raise ValueError(f"FishLeg: q is given (built by hand), so {', '.join(given)} must not be: they "
-                                 "describe how FishLeg builds Q")
+                raise ValueError(
+                    f"FishLeg: q is given (built by hand), so {', '.join(given)} must not be: they "
+                    "describe how FishLeg builds Q"
+                )
             check_model_q(q, params)
         self.q: ModelQ = q
         self._caching_grams: bool | None = None
@@ -148,16 +150,27 @@ class FishLeg(torch.optim.Optimizer):
         seed = self.config.seed if self.config.seed is not None else torch.initial_seed()
         generator.manual_seed(seed + (torch.distributed.get_rank() if self._distributed else 0))
         if self.config.damping == 0 and self.config.aux_every:
-            warn_user("FishLeg: damping=0: F_γ = F is singular wherever the model has more parameters than the "
-                      "auxiliary batch has outputs, and nothing then bounds Q (A(λ; u) is unbounded below along "
-                      "F's null space); use damping > 0")
+            warn_user(
+                "FishLeg: damping=0: F_γ = F is singular wherever the model has more parameters than the "
+                "auxiliary batch has outputs, and nothing then bounds Q (A(λ; u) is unbounded below along "
+                "F's null space); use damping > 0"
+            )
         self.nonfinite = NonFiniteGuard(self.config.nonfinite)
         self.monitor = QMonitor(self.q, self.config.q_init_scale, self.config.damping)
         self.auxiliary = AuxiliaryUpdate(
-            model, self.likelihood, self.q, optimizer=self.config.aux_optimizer, lr=self.config.aux_lr,
+            model,
+            self.likelihood,
+            self.q,
+            optimizer=self.config.aux_optimizer,
+            lr=self.config.aux_lr,
             betas=self.config.aux_betas,
-            eps=self.config.aux_eps, damping=self.config.damping, fisher_method=self.config.fisher_method,
-            generator=generator, guard=self.nonfinite, distributed=self._distributed, output_fn=output_fn,
+            eps=self.config.aux_eps,
+            damping=self.config.damping,
+            fisher_method=self.config.fisher_method,
+            generator=generator,
+            guard=self.nonfinite,
+            distributed=self._distributed,
+            output_fn=output_fn,
             monitor=self.monitor,
         )
         self.aux_data = CyclicBatches(aux_data) if aux_data is not None else None
@@ -165,8 +178,12 @@ class FishLeg(torch.optim.Optimizer):
         # With momentum on Q·g, each step multiplies Q with the raw minibatch gradient, whose linear-layer
         # blocks have rank ≤ batch size (convolutions: ≤ batch × positions): capture their factors (paper
         # §4.4). Under DDP the gradients are averaged over ranks and no longer match the local factors.
-        low_rank = (self.config.low_rank and self.config.momentum_on == "update" and self.config.weight_decay == 0
-                    and not self._distributed)
+        low_rank = (
+            self.config.low_rank
+            and self.config.momentum_on == "update"
+            and self.config.weight_decay == 0
+            and not self._distributed
+        )
         self._capture = GradientFactors.for_q(model, self.q) if low_rank else None
 
     @property
@@ -180,9 +197,13 @@ class FishLeg(torch.optim.Optimizer):
         relative to the damping along Q·g (``fisher_to_damping``), the warnings given (``QMonitor``) and the
         skipped non-finite updates."""
         last = self.last_aux_loss
-        return {"steps": self.steps, "last_aux_loss": None if last is None else last.item(),
-                "aux_loss_floor": -0.5 / self.config.damping if self.config.damping > 0 else None,
-                **self.monitor.state(), "skipped": dict(self.nonfinite.skipped)}
+        return {
+            "steps": self.steps,
+            "last_aux_loss": None if last is None else last.item(),
+            "aux_loss_floor": -0.5 / self.config.damping if self.config.damping > 0 else None,
+            **self.monitor.state(),
+            "skipped": dict(self.nonfinite.skipped),
+        }
 
     @torch.no_grad()
     def step(  # type: ignore[override]  # Optimizer.step's overloads; this one also takes aux_batch
@@ -299,12 +320,18 @@ class FishLeg(torch.optim.Optimizer):
         if given != expected:
             names = given.keys() | expected.keys()
             differing = sorted(name for name in names if given.get(name) != expected.get(name))
-            lines = [f"  {self.q.entry_label(name)}: saved {given.get(name, '(none)')}, "
-                     f"current {expected.get(name, '(none)')}" for name in differing[:8]]
+            lines = [
+                f"  {self.q.entry_label(name)}: saved {given.get(name, '(none)')}, "
+                f"current {expected.get(name, '(none)')}"
+                for name in differing[:8]
+            ]
             more = f"\n  ... and {len(differing) - 8} more" if len(differing) > 8 else ""
-            raise ValueError("FishLeg state_dict: its auxiliary parameters do not fit this optimizer's Q "
-                             "(build the optimizer with the same model, forms and groups); entries that differ:\n"
-                             + "\n".join(lines) + more)
+            raise ValueError(
+                "FishLeg state_dict: its auxiliary parameters do not fit this optimizer's Q "
+                "(build the optimizer with the same model, forms and groups); entries that differ:\n"
+                + "\n".join(lines)
+                + more
+            )
         super().load_state_dict(state_dict)  # checks the parameter groups before changing anything
         self.auxiliary.load_state_dict(extra)
         self.steps = extra["steps"]
