@@ -10,6 +10,7 @@ from torch import nn
 
 import fishleg_core as fl
 from fishleg_core.gradient_factors import GradientFactors
+from fishleg_core.groups.low_rank import LowRank, dense, factored_pays, sandwich
 from fishleg_core.qforms.positive import TriangularFactor, triangular_gram
 
 
@@ -182,3 +183,20 @@ def test_convolution_low_rank_product_is_used_where_it_pays_and_matches_the_dens
     capture = GradientFactors.for_q(big, fl.build_model_q(big))
     big(torch.randn(2, 8, 8, 8)).pow(2).sum().backward()
     assert capture.factors({n: p.grad for n, p in big.named_parameters()}) == {}
+
+
+@pytest.mark.parametrize("rank", [1, 40])
+def test_group_sandwich_is_exact_whether_or_not_it_stays_factored(rank):
+    """A X Bᵀ for X = l rᵀ: a thin X stays factored (cheaper), a wide one is formed first; both exact."""
+    generator = torch.Generator().manual_seed(rank)
+    A, B = (
+        torch.randn(6, 5, generator=generator, dtype=torch.float64),
+        torch.randn(7, 8, generator=generator, dtype=torch.float64),
+    )
+    X = LowRank(
+        torch.randn(5, rank, generator=generator, dtype=torch.float64),
+        torch.randn(8, rank, generator=generator, dtype=torch.float64),
+    )
+    product = sandwich(A, X, B)
+    assert isinstance(product, LowRank) == (rank == 1) == factored_pays(A, X, B)
+    torch.testing.assert_close(dense(product), A @ X.dense() @ B.mT, rtol=1e-12, atol=1e-12)

@@ -28,10 +28,21 @@ Matrix = Tensor | LowRank
 
 
 def sandwich(A: Tensor, X: Matrix, B: Tensor) -> Matrix:
-    """A X Bᵀ, which for X = l rᵀ stays factored: (A l)(B r)ᵀ."""
+    """A X Bᵀ; for X = l rᵀ it stays factored, (A l)(B r)ᵀ, where that is cheaper (``factored_pays``)."""
     if isinstance(X, LowRank):
-        return LowRank(A @ X.left, B @ X.right)
+        if factored_pays(A, X, B):
+            return LowRank(A @ X.left, B @ X.right)
+        X = X.dense()
     return A @ X @ B.mT
+
+
+def factored_pays(A: Tensor, X: LowRank, B: Tensor) -> bool:
+    """Whether A X Bᵀ for X = l rᵀ of rank k costs fewer multiply-adds factored, (A l)(B r)ᵀ with its eventual
+    formation, k(a_r a_c + b_r b_c + a_r b_r), than dense, forming X and multiplying, k a_c b_c + a_r a_c b_c +
+    a_r b_c b_r (A: a_r × a_c, B: b_r × b_c, X: a_c × b_c)."""
+    k = X.rank
+    (a_r, a_c), (b_r, b_c) = A.shape[-2:], B.shape[-2:]
+    return k * (a_r * a_c + b_r * b_c + a_r * b_r) < k * a_c * b_c + a_r * a_c * b_c + a_r * b_c * b_r
 
 
 def add(X: Matrix, Y: Matrix) -> Matrix:

@@ -12,7 +12,6 @@ from fishleg_core.groups.base import BlockVector, QGroup
 from fishleg_core.groups.low_rank import add, dense, sandwich
 from fishleg_core.groups.registry import QGROUPS
 from fishleg_core.layers.mapping import Block
-from fishleg_core.qforms.kron import kron_low_rank_pays
 from fishleg_core.qforms.positive import TriangularFactor
 
 
@@ -29,7 +28,9 @@ class TridiagKronQ(QGroup):
     each, so ‖Q − init_scale·I‖₂ ≤ (2δ + δ²) init_scale with δ = coupling_init (below 1 % at the default);
     coupling factors started at zero would never move (the gradient in C_i is proportional to D_i). They draw
     from torch's global random generator. Where a block of x is known as low-rank factors (a minibatch
-    gradient), its products stay factored; the ranks add up to 4r at most.
+    gradient of rank r), each product stays factored while that is cheaper (``factored_pays``): the ranks
+    add up to 2r after Bᵀ and 4r after B, so typically Bᵀx stays factored and B densifies where 4r is
+    too large.
     """
 
     init_deviation = 0.01
@@ -67,7 +68,7 @@ class TridiagKronQ(QGroup):
 
     def multiply(self, x: list[BlockVector]) -> list[Tensor]:
         L, R = [f() for f in self.L], [f() for f in self.R]
-        X = [v.cheapest(v.factors is not None and kron_low_rank_pays(v.block.shape, 4 * v.factors.rank)) for v in x]
+        X = [v.cheapest(v.factors is not None) for v in x]  # each product below stays factored where that pays
         Y = [sandwich(L_i.mT, X_i, R_i.mT) for L_i, R_i, X_i in zip(L, R, X)]  # diagonal blocks of Bᵀ
         for i, (C, D) in enumerate(zip(self.C, self.D)):
             Y[i] = add(Y[i], sandwich(C.mT, X[i + 1], D.mT))
