@@ -48,7 +48,7 @@ from experiments.fit import (
     training_streams,
 )
 from experiments.form_specs import file_name, parse_spec
-from experiments.kfac_reference import KFACInverse, kronecker_factors
+from experiments.kfac_reference import KFACInverse
 from experiments.plugins import PluginError, load_plugins
 from experiments.references import CURVLINOPS_REFERENCES
 from experiments.report import result_row, write_reports
@@ -56,6 +56,7 @@ from experiments.results import Row, StudyResults
 from experiments.seeds import combine
 from experiments.store import load_keyed, save_keyed
 from experiments.warm_start import initial_q
+from fishleg_core.kfac_start import kronecker_factors
 from fishleg_core.vectors import ParamDict, scale
 
 MONITOR_SEED_OFFSET, PROBE_SEED_OFFSET, KFAC_SEED_OFFSET = 1, 2, 3  # the certificate's stream: 4

@@ -11,21 +11,12 @@ the eigendecompositions G = U_G diag(λ_G) U_Gᵀ, A = U_A diag(λ_A) U_Aᵀ:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 import fishleg_core as fl
+from fishleg_core.kfac_start import KroneckerFactors
 from fishleg_core.vectors import ParamDict
-
-
-@dataclass(frozen=True)
-class KroneckerFactors:
-    """G (out × out) and A (in(+1) × in(+1)) of one Linear block."""
-
-    G: Tensor
-    A: Tensor
 
 
 def linear_blocks(model: nn.Module) -> list[fl.Block]:
@@ -35,35 +26,6 @@ def linear_blocks(model: nn.Module) -> list[fl.Block]:
     if others:
         raise ValueError(f"the KFAC reference handles nn.Linear layers only; not {', '.join(others)}")
     return blocks
-
-
-def kronecker_factors(
-    model: nn.Module,
-    likelihood: fl.Likelihood,
-    inputs: Tensor,
-    samples: int,
-    generator: torch.Generator,
-    chunk_size: int = 1000,
-) -> dict[str, KroneckerFactors]:
-    """A = mean_x ā āᵀ and G = mean_{x, ŷ} δ δᵀ per Linear block (keyed by block name), over ``inputs`` (a
-    batch of examples, layers seeing 2-D inputs) in chunks, with ``samples`` targets ŷ ~ p(y | x, θ) per
-    input drawn from ``generator`` (chunk by chunk, then sample by sample)."""
-    modules = {block.name: model.get_submodule(block.name) for block in linear_blocks(model)}
-    G_sum: dict[str, Tensor] = {}
-    A_sum: dict[str, Tensor] = {}
-    for chunk in torch.split(inputs, chunk_size):
-        layer_inputs, layer_outputs, outputs = _record(model, modules, chunk)
-        for name, a in layer_inputs.items():
-            a_bar = torch.cat([a, torch.ones_like(a[:, :1])], 1) if modules[name].bias is not None else a
-            A_sum[name] = A_sum.get(name, 0) + a_bar.mT @ a_bar
-        for _ in range(samples):
-            targets = likelihood.sample(outputs, generator)
-            total_nll = likelihood.nll(outputs, targets) * len(chunk)  # Σ_b ℓ_b: its gradient in s_b is δ_b
-            deltas = torch.autograd.grad(total_nll, list(layer_outputs.values()), retain_graph=True)
-            for name, delta in zip(layer_outputs, deltas):
-                G_sum[name] = G_sum.get(name, 0) + delta.mT @ delta
-    n = len(inputs)
-    return {name: KroneckerFactors(G=G_sum[name] / (n * samples), A=A_sum[name] / n) for name in modules}
 
 
 class KFACInverse:
@@ -93,27 +55,3 @@ class KFACInverse:
             Y = U_g @ ((U_g.mT @ X @ U_a) / denominator) @ U_a.mT
             result.update(zip(block.param_names, block.layout.unpack(Y)))
         return {name: result[name] for name in vector}
-
-
-def _record(
-    model: nn.Module, modules: dict[str, nn.Module], inputs: Tensor
-) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor]:
-    """One forward pass: each Linear module's input (detached) and output (on the tape), and the model's output."""
-    layer_inputs: dict[str, Tensor] = {}
-    layer_outputs: dict[str, Tensor] = {}
-
-    def hook(name: str):
-        def record(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
-            layer_inputs[name] = args[0].detach()
-            layer_outputs[name] = output
-
-        return record
-
-    handles = [module.register_forward_hook(hook(name)) for name, module in modules.items()]
-    try:
-        with torch.enable_grad():
-            outputs = model(inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return layer_inputs, layer_outputs, outputs

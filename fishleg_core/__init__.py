@@ -7,6 +7,7 @@ from fishleg_core.evaluation import ProbeEvaluator, QEvaluation
 from fishleg_core.fisher import FISHER_METHODS, fisher_vp
 from fishleg_core.fitting import FitResult, fit_q, normalized_gradients
 from fishleg_core.groups import QGROUPS, BlockQ, QGroup, TridiagKronQ
+from fishleg_core.kfac_start import KroneckerFactors, kfac_start, kfac_warm_start, kronecker_factors
 from fishleg_core.layers import (
     LAYER_ADAPTERS,
     Block,
@@ -35,6 +36,7 @@ __all__ = [
     "FishLegConfig",
     "FitResult",
     "InvalidConfigError",
+    "KroneckerFactors",
     "LAYER_ADAPTERS",
     "LIKELIHOODS",
     "LayerAdapter",
@@ -57,6 +59,9 @@ __all__ = [
     "fisher_vp",
     "fit_q",
     "joint_block",
+    "kfac_start",
+    "kfac_warm_start",
+    "kronecker_factors",
     "map_blocks",
     "normalized_gradients",
     "sgd_lr_from_torch",

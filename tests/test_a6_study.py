@@ -17,7 +17,8 @@ import fishleg_core as fl
 from experiments import a6_study
 from experiments.data import load_pixels, split
 from experiments.fit import best_identity_scale, plateau
-from experiments.kfac_reference import KFACInverse, kronecker_factors
+from experiments.kfac_reference import KFACInverse
+from fishleg_core.kfac_start import kronecker_factors
 
 DAMPING = 0.3
 

@@ -10,8 +10,9 @@ from torch import nn
 
 import fishleg_core as fl
 from experiments.coupling import layer_split
-from experiments.kfac_reference import KFACInverse, kronecker_factors
+from experiments.kfac_reference import KFACInverse
 from experiments.references import best_rescaling, curvlinops_inverse, rescaled
+from fishleg_core.kfac_start import kronecker_factors
 from fishleg_core.vectors import dot
 
 DAMPING = 0.1

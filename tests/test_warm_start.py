@@ -14,8 +14,8 @@ import fishleg_core as fl
 from experiments.certificate import continuation_certificate
 from experiments.config import StudyConfig
 from experiments.fit import training_streams
-from experiments.kfac_reference import kronecker_factors
-from experiments.warm_start import KRONECKER_STARTS, damped_inverse_cholesky, kfac_start, supports_kfac_start
+from experiments.warm_start import supports_kfac_start
+from fishleg_core.kfac_start import KRONECKER_STARTS, damped_inverse_cholesky, kfac_start, kronecker_factors
 from fishleg_core.qforms.positive import TriangularFactor
 from fishleg_core.vectors import dot
 
@@ -53,7 +53,8 @@ def test_kfac_start_is_the_rescaled_damped_kfac_inverse(form):
     torch.manual_seed(0)
     q = fl.build_model_q(model, {"default": form}, init_scale=0.7)
     assert supports_kfac_start(q)
-    s = kfac_start(q, factors, DAMPING, directions, fishers)
+    s, started = kfac_start(q, factors, DAMPING, directions, fishers)
+    assert started == [group.block.name for group in q.groups]
     for group in q.groups:
         expected = s * _dense_kfac_start(factors, group.block.name)
         dense = group.form.to_dense()
@@ -88,9 +89,76 @@ def test_forms_without_a_kronecker_start_are_refused():
     model, factors, directions, fishers = _setting()
     q = fl.build_model_q(model, {"default": "dense"})
     assert "dense" in fl.QFORMS and not supports_kfac_start(q)
-    with pytest.raises(ValueError, match="without a registered Kronecker start"):
+    with pytest.raises(ValueError, match="no group of q takes a KFAC start"):
         kfac_start(q, factors, DAMPING, directions, fishers)
     assert len(KRONECKER_STARTS.names()) == 4
+
+
+def _mean_aux(q, directions, fishers, c=1.0):
+    products = [{k: c * v for k, v in q(u).items()} for u in directions]
+    return sum(0.5 * dot(qu, f(qu)) - dot(u, qu) for u, qu, f in zip(directions, products, fishers)) / len(fishers)
+
+
+def test_a_partial_start_leaves_the_other_groups_and_rescales_only_the_started_ones():
+    model, factors, directions, fishers = _setting()
+    q = fl.build_model_q(model, {"default": "kron", "2": "dense"}, init_scale=0.7)
+    dense_before = copy.deepcopy(q.by_blocks["2"].state_dict())
+    s, started = kfac_start(q, factors, DAMPING, directions, fishers)
+    assert "2" not in started and len(started) == len(q.groups) - 1
+    for key, value in q.by_blocks["2"].state_dict().items():
+        torch.testing.assert_close(value, dense_before[key])
+    # s minimises the mean auxiliary loss along the started groups' direction, the dense block held fixed
+    kron_blocks = [q.by_blocks[name] for name in started]
+    base = _mean_aux(q, directions, fishers)
+    for factor in (0.98, 1.02):
+        moved = copy.deepcopy(q)
+        for name in started:
+            group = moved.by_blocks[name]
+            group.form.L.assign_(group.form.L() * factor**0.25)
+            group.form.R.assign_(group.form.R() * factor**0.25)
+        assert _mean_aux(moved, directions, fishers) > base
+    assert s > 0 and kron_blocks
+
+
+def test_tridiag_kron_takes_the_start_on_its_diagonal_blocks_with_a_small_coupling():
+    model, factors, directions, fishers = _setting()
+    torch.manual_seed(0)
+    q = fl.build_model_q(model, {"default": "kron"}, init_scale=0.7, couple="adjacent")
+    (group,) = [g for g in q.groups if isinstance(g, fl.TridiagKronQ)]
+    assert supports_kfac_start(q)
+    s, started = kfac_start(q, factors, DAMPING, directions, fishers)
+    assert "+".join(block.name for block in group.blocks) in started
+    for i, block in enumerate(group.blocks):
+        left, right = damped_inverse_cholesky(factors[block.name], DAMPING)
+        torch.testing.assert_close(group.L[i](), left * s**0.25)
+        torch.testing.assert_close(group.R[i](), right * s**0.25)
+    for i, (C, D) in enumerate(zip(group.C, group.D)):  # coupling small against the block it feeds
+        for coupling, factor in ((C, group.L[i + 1]()), (D, group.R[i + 1]())):
+            ratio = torch.linalg.matrix_norm(coupling, ord=2) / torch.linalg.matrix_norm(factor, ord=2)
+            assert ratio.item() == pytest.approx(group.coupling_init**0.5)
+
+
+def test_kfac_warm_start_is_kfac_start_on_the_batches_and_feeds_fishleg():
+    model = tiny_mlp(4)
+    likelihood = fl.LIKELIHOODS.build("bernoulli")
+    batches = [(x, torch.sigmoid(x)) for x in (random_inputs(MLP_INPUT, 16, seed=s) for s in (5, 6))]
+    q = fl.build_model_q(model, {"default": "kron"})
+    by_hand = copy.deepcopy(q)
+    s, started = fl.kfac_warm_start(q, model, likelihood, batches, damping=DAMPING, samples=2)
+    # the same by the lower-level calls: factors on all inputs, directions and F_γ per batch
+    inputs = torch.cat([x for x, _ in batches])
+    factors = kronecker_factors(model, likelihood, inputs, 2, torch.Generator().manual_seed(0))
+    directions = list(fl.normalized_gradients(model, likelihood, batches))
+    fishers = [lambda v, x=x: fl.fisher_vp(model, likelihood, x, v, "exact", DAMPING) for x, _ in batches]
+    assert kfac_start(by_hand, factors, DAMPING, directions, fishers) == (s, started)
+    torch.testing.assert_close(q.state_dict(), by_hand.state_dict())
+    optimizer = fl.FishLeg(model, likelihood, lr=0.1, damping=DAMPING, q=q, aux_data=batches)
+    model.zero_grad()
+    likelihood.nll(model(batches[0][0]), batches[0][1]).backward()
+    optimizer.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    with pytest.raises(ValueError, match="at least one"):
+        fl.kfac_warm_start(q, model, likelihood, [], damping=DAMPING)
 
 
 def test_triangular_factor_assign():

@@ -48,7 +48,7 @@ class TridiagKronQ(QGroup):
         if len(self.blocks) < 2:
             raise ValueError(f"tridiag_kron couples a chain of at least two blocks; got only {self.blocks[0].name!r}")
         init_scale = check_number("init_scale", init_scale, 0.0)
-        coupling_init = check_number("coupling_init", coupling_init, 0.0, below=0.01)
+        self.coupling_init = check_number("coupling_init", coupling_init, 0.0, below=0.01)
         root = init_scale**0.25
         shapes = [block.shape for block in self.blocks]
         self.L = nn.ModuleList(
@@ -58,7 +58,7 @@ class TridiagKronQ(QGroup):
             [TriangularFactor.scaled_identity(n, root, device=device, dtype=dtype) for _, n in shapes]
         )
         factory = {"device": device, "dtype": dtype}
-        coupling_norm = coupling_init**0.5 * root
+        coupling_norm = self.coupling_init**0.5 * root
         self.C = nn.ParameterList(
             [_random_with_norm((m1, m0), coupling_norm, factory) for (m0, _), (m1, _) in zip(shapes, shapes[1:])]
         )
