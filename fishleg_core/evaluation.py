@@ -57,7 +57,9 @@ class ProbeEvaluator:
     F_γ v is the exact damped Fisher on ``curvature_inputs`` (in chunks of ``chunk_size`` examples,
     weighted by their sizes). F_γ⁻¹u is solved once per probe by conjugate gradients (scipy) to relative
     residual ``cg_rtol`` (default 1e-10 in float64, 1e-5 in float32), then reused for every Q evaluated.
-    ``output_fn`` selects the output tensor of a model returning a tuple or a dict.
+    ``output_fn`` selects the output tensor of a model returning a tuple or a dict. ``preconditioner``, a
+    symmetric positive-definite map P ≈ F_γ⁻¹ (a fitted Q, a KFAC inverse), preconditions CG: fewer
+    iterations to the same residual ‖u − F_γx‖ ≤ cg_rtol·‖u‖, the same solution.
     """
 
     def __init__(
@@ -71,12 +73,16 @@ class ProbeEvaluator:
         cg_rtol: float | None = None,
         cg_maxiter: int | None = None,
         output_fn: OutputFn | None = None,
+        preconditioner: Callable[[ParamDict], ParamDict] | None = None,
     ) -> None:
         self.params = trainable_parameters(model)
         self.model = model
         self.likelihood = resolve_likelihood(likelihood)
         check_callable("output_fn", output_fn, optional=True)
         self.output_fn = output_fn
+        check_callable("preconditioner", preconditioner, optional=True)
+        self.preconditioner = preconditioner
+        self.cg_iterations: list[int] = []
         check_type("probes", probes, Sequence, "a list of probe directions (dicts of tensors by parameter name)")
         if not probes:
             raise ValueError("probes: ProbeEvaluator needs at least one probe direction")
@@ -137,17 +143,34 @@ class ProbeEvaluator:
         like = {name: u[name] for name in names}
         n = sum(t.numel() for t in like.values())
 
-        def matvec(x: np.ndarray) -> np.ndarray:
-            v = unflatten(torch.as_tensor(x.ravel(), dtype=like[names[0]].dtype, device=like[names[0]].device), like)
-            return flatten(self.damped_fisher(v), names).double().cpu().numpy()
+        def as_map(apply: Callable[[ParamDict], ParamDict]) -> LinearOperator:
+            def matvec(x: np.ndarray) -> np.ndarray:
+                v = unflatten(
+                    torch.as_tensor(x.ravel(), dtype=like[names[0]].dtype, device=like[names[0]].device), like
+                )
+                return flatten(apply(v), names).double().cpu().numpy()
+
+            return LinearOperator((n, n), matvec=matvec, dtype=np.float64)
 
         b = flatten(u, names).double().cpu().numpy()
+        iterations = 0
+
+        def count(_: np.ndarray) -> None:
+            nonlocal iterations
+            iterations += 1
+
         x, info = cg(
-            LinearOperator((n, n), matvec=matvec, dtype=np.float64), b, rtol=self.cg_rtol, maxiter=self.cg_maxiter
+            as_map(self.damped_fisher),
+            b,
+            rtol=self.cg_rtol,
+            maxiter=self.cg_maxiter,
+            M=None if self.preconditioner is None else as_map(self.preconditioner),
+            callback=count,
         )
         if info != 0:
             raise RuntimeError(
                 f"conjugate gradients on F_γ x = u did not reach relative residual {self.cg_rtol:g} in {info} "
                 "iterations: raise cg_maxiter or damping, or evaluate in float64"
             )
+        self.cg_iterations.append(iterations)
         return unflatten(torch.as_tensor(x, dtype=like[names[0]].dtype, device=like[names[0]].device), like)

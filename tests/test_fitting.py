@@ -115,3 +115,27 @@ def test_probe_evaluation_against_dense_linear_algebra():
         return unflat(torch.linalg.solve(F, flat(u, names)), params)
 
     assert max(evaluator.evaluate(exact_inverse).normalized_error) < 1e-6
+
+
+@pytest.mark.usefixtures("float64")
+def test_preconditioned_conjugate_gradients_solve_the_same_system_in_fewer_iterations():
+    model = tiny_mlp(2)
+    likelihood = fl.LIKELIHOODS.build("gaussian", sigma=SIGMA)
+    inputs = random_inputs(MLP_INPUT, 10)
+    params = trainable(model)
+    names = list(params)
+    F = gaussian_fisher(model, inputs, SIGMA) + DAMPING * torch.eye(sum(p.numel() for p in params.values()))
+    probes = list(itertools.islice(random_directions(model, 3), 3))
+    plain = fl.ProbeEvaluator(model, likelihood, probes, inputs, DAMPING)
+    P = torch.linalg.inv(F + 0.1 * torch.diag(F.diagonal()))  # a symmetric positive-definite P ≈ F_γ⁻¹
+    preconditioned = fl.ProbeEvaluator(
+        model, likelihood, probes, inputs, DAMPING, preconditioner=lambda u: unflat(P @ flat(u, names), params)
+    )
+    for x, y, u in zip(plain.solutions, preconditioned.solutions, probes):
+        expected = torch.linalg.solve(F, flat(u, names))
+        torch.testing.assert_close(flat(x, names), expected, rtol=1e-8, atol=1e-10)
+        torch.testing.assert_close(flat(y, names), expected, rtol=1e-8, atol=1e-10)
+    assert len(preconditioned.cg_iterations) == len(plain.cg_iterations) == 3
+    assert sum(preconditioned.cg_iterations) < sum(plain.cg_iterations)
+    with pytest.raises(TypeError, match="preconditioner"):
+        fl.ProbeEvaluator(model, likelihood, probes, inputs, DAMPING, preconditioner="kfac")
