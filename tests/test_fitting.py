@@ -88,15 +88,20 @@ def test_closed_form_dense_q_converges_to_the_inverse_damped_fisher():
     assert result.mean_normalized_error < 0.02
 
 
-@pytest.mark.usefixtures("float64")
-def test_probe_evaluation_against_dense_linear_algebra():
+def dense_setting():
+    """A small Gaussian MLP (float64), its dense F_γ on 10 inputs, and 3 random probe directions."""
     model = tiny_mlp(2)
     likelihood = fl.LIKELIHOODS.build("gaussian", sigma=SIGMA)
     inputs = random_inputs(MLP_INPUT, 10)
     params = trainable(model)
-    names = list(params)
     F = gaussian_fisher(model, inputs, SIGMA) + DAMPING * torch.eye(sum(p.numel() for p in params.values()))
     probes = list(itertools.islice(random_directions(model, 3), 3))
+    return model, likelihood, inputs, params, list(params), F, probes
+
+
+@pytest.mark.usefixtures("float64")
+def test_probe_evaluation_against_dense_linear_algebra():
+    model, likelihood, inputs, params, names, F, probes = dense_setting()
     evaluator = fl.ProbeEvaluator(model, likelihood, probes, inputs, DAMPING, chunk_size=4)
     q = fl.build_model_q(model, init_scale=0.3)
     result = evaluator.evaluate(q)
@@ -119,13 +124,7 @@ def test_probe_evaluation_against_dense_linear_algebra():
 
 @pytest.mark.usefixtures("float64")
 def test_preconditioned_conjugate_gradients_solve_the_same_system_in_fewer_iterations():
-    model = tiny_mlp(2)
-    likelihood = fl.LIKELIHOODS.build("gaussian", sigma=SIGMA)
-    inputs = random_inputs(MLP_INPUT, 10)
-    params = trainable(model)
-    names = list(params)
-    F = gaussian_fisher(model, inputs, SIGMA) + DAMPING * torch.eye(sum(p.numel() for p in params.values()))
-    probes = list(itertools.islice(random_directions(model, 3), 3))
+    model, likelihood, inputs, params, names, F, probes = dense_setting()
     plain = fl.ProbeEvaluator(model, likelihood, probes, inputs, DAMPING)
     P = torch.linalg.inv(F + 0.1 * torch.diag(F.diagonal()))  # a symmetric positive-definite P ≈ F_γ⁻¹
     preconditioned = fl.ProbeEvaluator(
