@@ -63,6 +63,7 @@ def test_time_to_loss_sets_its_target_from_the_best_stable_sgd_rate():
     result = bench_time_to_loss.main(["--iterations", "15", "--window", "5"])
     stable = {lr: r for lr, r in result["sgd_runs"].items() if r["iterations"] == 15 and math.isfinite(r["loss"])}
     assert result["target_loss"] == min(r["loss"] for r in stable.values())
+    assert set(result["fishleg"]) == {"update", "gradient", "kfac_start"}
     for run in result["fishleg"].values():
         assert run["iterations"] <= 30
         assert run["reached"] == (run["loss"] <= result["target_loss"])
