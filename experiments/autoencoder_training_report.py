@@ -14,7 +14,12 @@ import numpy as np
 
 from experiments.training import mean_and_spread, time_to_reach
 
-LABELS = {"sgdm": "SGD with momentum", "adam": "Adam", "soap": "SOAP (pytorch-optimizer)"}
+LABELS = {
+    "sgdm": "SGD with momentum",
+    "adam": "Adam",
+    "soap": "SOAP (pytorch-optimizer)",
+    "fishleg_kfac": "FishLeg, aux10, Q₀ = KFAC",
+}
 
 
 def label(name: str) -> str:

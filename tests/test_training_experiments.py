@@ -115,6 +115,7 @@ def test_autoencoder_quick_run(autoencoder_run):
     starts = {name: seeds[0]["curve"]["test_nll"][0] for name, seeds in runs.items()}
     assert len(set(starts.values())) == 1  # the same initialisation for every contender
     assert reach_times(runs)["sgdm"][0] <= 1.0  # SGD reaches its own final loss within its own time
+    assert runs["fishleg_kfac"][0]["curve"]["seconds"][0] > 0  # the KFAC start's time is on the clock
 
 
 def test_autoencoder_rejects_bad_options(tmp_path, capsys):
