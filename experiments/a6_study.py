@@ -300,7 +300,8 @@ def reference_row(
         except (NotImplementedError, ValueError) as error:
             if name not in CURVLINOPS_REFERENCES:
                 raise
-            reason = f"curvlinops cannot handle this model: {' '.join(str(error).split())}"
+            detail = " ".join(str(error).split()).rstrip(".")
+            reason = f"curvlinops' KFAC supports nn.Linear and nn.Conv2d layers only ({type(error).__name__}: {detail})"
     else:
         reason = f"the hand-written KFAC reference handles nn.Linear layers only ({reason})"
     _note(f"reference {name} skipped: {reason}")
