@@ -95,7 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--forms", help="comma-separated QForm names (default: diagonal,kron,ekfac,kron_sum)")
     parser.add_argument("--steps", type=int, help="optimizer steps per form")
     parser.add_argument("--aux-optimizer", help="optimizer of λ, a name in AUX_OPTIMIZERS (default: adam)")
-    parser.add_argument("--init", help="Q₀: kfac (default; c·I for forms without a Kronecker start) or identity")
+    parser.add_argument(
+        "--init",
+        help="Q₀: kfac (default; c·I for forms without a Kronecker start and on models with other layers "
+        "than nn.Linear) or identity",
+    )
     parser.add_argument("--damping", type=float, help="γ of F_γ = F + γI (> 0)")
     parser.add_argument("--seed", type=int, help="seed of every random stream")
     parser.add_argument(
