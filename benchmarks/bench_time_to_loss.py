@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
             q=q,
         )
 
-    fishleg = {}
+    fishleg: dict[str, dict] = {}
     momentum_ons: tuple[Literal["update", "gradient"], ...] = ("update", "gradient")
     for momentum_on in momentum_ons:
         # Q₀ = (sgd_lr / lr)·I: FishLeg starts as the best SGD (sgd_lr in Algorithm 1's (1 − β) convention)

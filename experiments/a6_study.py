@@ -1,14 +1,22 @@
-"""The paper's Appendix A.6 study (Figure 4): forms of Q fitted on a frozen MNIST autoencoder, compared.
+"""The paper's Appendix A.6 study (Figure 4): forms of Q fitted on a frozen MNIST autoencoder, compared; and
+the same study on a small CNN or transformer classifying the digits (``--model``).
 
-    python -m experiments.a6_study [--quick] [--out DIR] [--forms diagonal,kron,...] [--steps N]
+    python -m experiments.a6_study [--quick] [--model autoencoder|cnn|transformer] [--out DIR]
+                                   [--forms diagonal,kron,...] [--steps N]
                                    [--aux-optimizer NAME] [--init kfac|identity]
                                    [--damping G] [--seed S] [--seeds N] [--data-dir DIR] [--config FILE]
                                    [--plugins MODULE_OR_FILE,...] [--force]
 
-Pre-trains the autoencoder, then for each form fits Q (from the rescaled damped-KFAC start, by Adam by
-default) on the auxiliary loss, measures it on held-out probes, certifies it by a constant-rate
-continuation, next to two references (best identity multiple, inverse damped KFAC); writes
-``results.json``, ``figure4.png`` and ``summary.md`` in DIR. Results are cached under a hash of the settings
+Pre-trains the model (``experiments.study_models``: the autoencoder on (pixels, pixels) with a Bernoulli
+likelihood, or a classifier on (pixels, labels) with a Categorical one), then for each form fits Q (from the
+rescaled damped-KFAC start, by Adam by default) on the auxiliary loss, measures it on held-out probes,
+certifies it by a constant-rate continuation, next to references (best identity multiple, inverse damped
+KFAC by hand and by curvlinops); writes ``results.json``, ``figure4.png`` and ``summary.md`` in DIR
+(default ``results/a6``, or ``results/a6-<model>`` for the CNN and the transformer). What needs a model of
+nn.Linear layers only degrades with a note rather than failing: on other models every form starts from
+c·I (``init: identity`` with ``init_note`` in its row), and the hand-written KFAC reference, like any
+curvlinops reference that cannot handle the model's layers, is skipped (``skipped_references`` in
+``results.json``, a line in ``summary.md``). Results are cached under a hash of the settings
 they depend on: ``DIR/pretrained-<key>.pt``, ``DIR/forms/<form>-<key>.json`` (written as each form finishes)
 and ``DIR/references/<name>-<key>.json``, so a re-run reuses them, a changed configuration computes its own
 (and keeps the others'), and ``--force`` recomputes. Bad input gives one ``a6_study: error: ...`` line per
@@ -29,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 import fishleg_core as fl
-from experiments.autoencoder import build_autoencoder, pretrain
+from experiments.autoencoder import pretrain
 from experiments.certificate import continuation_certificate
 from experiments.config import (
     OWNER,
@@ -37,8 +45,8 @@ from experiments.config import (
     StudyConfig,
     resolve,
 )
-from experiments.coupling import build_study_q, layer_split
-from experiments.data import DataError, Split, load_pixels, minibatches, split
+from experiments.coupling import GROUP_FORMS, build_study_q, layer_split
+from experiments.data import DataError, Examples, Split, as_pair, inputs_of, load_digits, minibatches, split
 from experiments.evaluation import float64_copy, heldout_evaluator
 from experiments.fit import (
     Monitor,
@@ -48,14 +56,16 @@ from experiments.fit import (
     training_streams,
 )
 from experiments.form_specs import file_name, parse_spec
-from experiments.kfac_reference import KFACInverse
+from experiments.kfac_reference import KFACInverse, linear_blocks
 from experiments.plugins import PluginError, load_plugins
 from experiments.references import CURVLINOPS_REFERENCES
 from experiments.report import result_row, write_reports
 from experiments.results import Row, StudyResults
 from experiments.seeds import combine
 from experiments.store import load_keyed, save_keyed
+from experiments.study_models import MODELS
 from experiments.warm_start import initial_q
+from fishleg_core.groups import adjacent_linear_chains
 from fishleg_core.kfac_start import kronecker_factors
 from fishleg_core.vectors import ParamDict, scale
 
@@ -75,11 +85,22 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="a6_study", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: few steps and probes (< 1 minute)")
-    parser.add_argument("--out", default="results/a6", help="output folder (default: results/a6)")
+    parser.add_argument(
+        "--model",
+        help="the frozen model: autoencoder (default; Bernoulli on the pixels), cnn or transformer (small "
+        "classifiers of the digits, Categorical on the labels); see experiments/study_models.py",
+    )
+    parser.add_argument(
+        "--out", help="output folder (default: results/a6 for the autoencoder, results/a6-<model> for the others)"
+    )
     parser.add_argument("--forms", help="comma-separated QForm names (default: diagonal,kron,ekfac,kron_sum)")
     parser.add_argument("--steps", type=int, help="optimizer steps per form")
     parser.add_argument("--aux-optimizer", help="optimizer of λ, a name in AUX_OPTIMIZERS (default: adam)")
-    parser.add_argument("--init", help="Q₀: kfac (default; c·I for forms without a Kronecker start) or identity")
+    parser.add_argument(
+        "--init",
+        help="Q₀: kfac (default; c·I for forms without a Kronecker start and on models with other layers "
+        "than nn.Linear) or identity",
+    )
     parser.add_argument("--damping", type=float, help="γ of F_γ = F + γI (> 0)")
     parser.add_argument("--seed", type=int, help="seed of every random stream")
     parser.add_argument(
@@ -113,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.plugins:
             load_plugins(args.plugins)
         overrides = {
+            "model": args.model,
             "forms": args.forms,
             "steps": args.steps,
             "damping": args.damping,
@@ -135,24 +157,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def default_out(model: str) -> Path:
+    """``results/a6`` for the autoencoder, ``results/a6-<model>`` for the other models."""
+    return Path("results/a6" if model == "autoencoder" else f"results/a6-{model}")
+
+
 def prepare(config: StudyConfig) -> list[Split]:
-    """Check that every form can be built on the autoencoder and load the data, split for each seed: the bad
-    input that settings alone cannot reveal, found before anything runs (``ConfigError``, ``DataError``)."""
-    check_forms(config.forms)
-    pixels = load_pixels(config.data_dir)
-    return [split(pixels, config.n_train, config.n_heldout, seed_config.seed) for seed_config in config.seed_configs()]
+    """Check that every form can be built on the model and load the data (with the labels for a classifier),
+    split for each seed: the bad input that settings alone cannot reveal, found before anything runs
+    (``ConfigError``, ``DataError``)."""
+    check_forms(config.forms, config.model)
+    pixels, labels = load_digits(config.data_dir)
+    targets = labels if MODELS[config.model].labelled else None
+    return [
+        split(pixels, config.n_train, config.n_heldout, seed_config.seed, targets)
+        for seed_config in config.seed_configs()
+    ]
 
 
-def check_forms(forms: Sequence[str]) -> None:
-    """Build every form on the autoencoder before anything runs, so that a form that refuses these blocks
-    (``dense`` caps its block size) is reported as bad input rather than failing after pre-training."""
-    model = build_autoencoder()
+def check_forms(forms: Sequence[str], model_name: str = "autoencoder") -> None:
+    """Build every form on the model before anything runs, so that a form that refuses these blocks
+    (``dense`` caps its block size) or a group form on a model without a chain of adjacent linear layers
+    is reported as bad input rather than failing (or silently equal to ``kron``) after pre-training."""
+    model = MODELS[model_name].build(0)
+    chains = adjacent_linear_chains(fl.map_blocks(model))
     for label in forms:
+        if parse_spec(label).name in GROUP_FORMS and not chains:
+            raise ConfigError(
+                f"form {label!r} cannot be used on the {model_name}: it has no chain of adjacent nn.Linear layers"
+            )
         try:
             with torch.random.fork_rng(devices=[]):
                 build_form(model, label, init_scale=1.0)
         except (ValueError, TypeError) as error:
-            raise ConfigError(f"form {label!r} cannot be used on the autoencoder: {error}") from None
+            raise ConfigError(f"form {label!r} cannot be used on the {model_name}: {error}") from None
+
+
+def linear_only_reason(model: nn.Module) -> str | None:
+    """Why the damped-KFAC start and the hand-written KFAC reference (nn.Linear layers only) cannot be used
+    on ``model``, or None when they can."""
+    try:
+        linear_blocks(model)
+    except ValueError as error:
+        message = str(error)
+        _, found, others = message.partition("; not ")
+        return f"its blocks {others} are not nn.Linear" if found else message
+    return None
 
 
 def build_form(model: nn.Module, label: str, init_scale: float) -> fl.ModelQ:
@@ -164,7 +214,7 @@ def build_form(model: nn.Module, label: str, init_scale: float) -> fl.ModelQ:
 
 def run_study(
     config: StudyConfig,
-    out: str | Path = "results/a6",
+    out: str | Path | None = None,
     force: bool = False,
     progress: bool = True,
     data: Sequence[Split] | None = None,
@@ -173,8 +223,8 @@ def run_study(
     and reference not in the cache of ``out``; write ``results.json``, ``figure4.png`` and ``summary.md``
     there and return the results (combined over seeds). Forms of your own are registered beforehand
     (``load_plugins``, or ``QFORMS.register`` in the notebook). ``data``: what ``prepare(config)`` gives
-    (loaded here if None)."""
-    out = Path(out)
+    (loaded here if None). ``out``: by default ``default_out(config.model)``."""
+    out = default_out(config.model) if out is None else Path(out)
     data = prepare(config) if data is None else data
     runs = []
     for seed_config, seed_data in zip(config.seed_configs(), data):
@@ -189,8 +239,9 @@ def run_study(
 
 def run_seed(config: StudyConfig, data: Split, out: Path, force: bool, progress: bool) -> StudyResults:
     """The study for one seed (``config.seed``), its results cached in ``out`` and reused from there."""
-    likelihood = fl.LIKELIHOODS.build("bernoulli")
+    likelihood = fl.LIKELIHOODS.build(MODELS[config.model].likelihood)
     model, pretraining = pretrained_model(config, data, out, likelihood, force, progress)
+    train = data.train_set
     keys = {f"forms/{label}": config.form_key(label) for label in config.forms}
     keys.update({f"references/{name}": config.reference_key() for name in REFERENCES})
     paths = {name: out / f"{file_name(name)}-{key}.json" for name, key in keys.items()}
@@ -202,7 +253,7 @@ def run_seed(config: StudyConfig, data: Split, out: Path, force: bool, progress:
         evaluator = heldout_evaluator(
             model,
             likelihood,
-            data.heldout,
+            data.heldout_set,
             config.n_curvature,
             config.n_probes,
             config.batch_size,
@@ -212,36 +263,68 @@ def run_seed(config: StudyConfig, data: Split, out: Path, force: bool, progress:
         )
         _ = evaluator.solutions  # F_γ⁻¹u for every probe, solved once here
         _note(f"CG done in {time.perf_counter() - start:.1f} s")
-        monitor_set = fixed_directions(config, model, likelihood, data.train)
+        monitor_set = fixed_directions(config, model, likelihood, train)
+        reason = linear_only_reason(model)
+        if config.init == "kfac" and reason is not None and any(name.startswith("forms/") for name in pending):
+            _note(f"every form starts from c·I: the damped-KFAC start needs nn.Linear layers only ({reason})")
         for name in pending:
             kind, _, short = name.partition("/")
             if kind == "references":
-                rows[name] = REFERENCES[short](config, model, likelihood, data.train, evaluator)
+                rows[name] = reference_row(short, config, model, likelihood, train, evaluator)
             else:
-                rows[name] = fit_form(short, monitor_set, config, model, likelihood, data.train, evaluator, progress)
+                rows[name] = fit_form(short, monitor_set, config, model, likelihood, train, evaluator, progress)
             save_keyed(paths[name], keys[name], rows[name])
     names = list(keys)
     filled = cast(dict[str, dict[str, Any]], rows)  # every row is loaded or computed by now
+    references = [filled[name] for name in names[len(config.forms) :]]
     return StudyResults(
         config,
         out,
         pretraining,
         [filled[name] for name in names[: len(config.forms)]],
-        [filled[name] for name in names[len(config.forms) :]],
+        [row for row in references if "skipped" not in row],
+        skipped={row["name"]: row["skipped"] for row in references if "skipped" in row},
     )
+
+
+def reference_row(
+    name: str,
+    config: StudyConfig,
+    model: nn.Module,
+    likelihood: fl.Likelihood,
+    train: Examples,
+    evaluator: fl.ProbeEvaluator,
+) -> Row:
+    """The reference ``name``, or ``{"name", "kind", "skipped": reason}`` where it cannot be computed on this
+    model: the hand-written KFAC on a model with other layers than nn.Linear, a curvlinops reference on
+    layers curvlinops does not support (its error, on one line)."""
+    reason = linear_only_reason(model) if name == "kfac" else None
+    if reason is None:
+        try:
+            return REFERENCES[name](config, model, likelihood, train, evaluator)
+        except (NotImplementedError, ValueError) as error:
+            if name not in CURVLINOPS_REFERENCES:
+                raise
+            detail = " ".join(str(error).split()).rstrip(".")
+            reason = f"curvlinops' KFAC supports nn.Linear and nn.Conv2d layers only ({type(error).__name__}: {detail})"
+    else:
+        reason = f"the hand-written KFAC reference handles nn.Linear layers only ({reason})"
+    _note(f"reference {name} skipped: {reason}")
+    return {"name": name, "kind": "reference", "skipped": reason}
 
 
 def pretrained_model(
     config: StudyConfig, data: Split, out: Path, likelihood: fl.Likelihood, force: bool, progress: bool
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The autoencoder after ``pretrain_iterations`` of SGD with momentum, frozen (saved in
-    ``out/pretrained-<key>.pt``, the key a hash of the pre-training settings, and reused), with its losses."""
+    """The model after ``pretrain_iterations`` of SGD with momentum, frozen (saved in
+    ``out/pretrained-<key>.pt``, the key a hash of the pre-training settings, and reused), with its losses
+    (and for a classifier its held-out accuracy)."""
     key = config.pretraining_key()
     path = out / f"pretrained-{key}.pt"
-    model = build_autoencoder(seed=config.seed)
+    model = MODELS[config.model].build(config.seed)
     saved = None if force else load_keyed(path, key, "pre-trained model")
     if saved is None:
-        batches = minibatches(data.train, config.batch_size, torch.Generator().manual_seed(config.seed))
+        batches = minibatches(data.train_set, config.batch_size, torch.Generator().manual_seed(config.seed))
         losses = pretrain(
             model,
             likelihood,
@@ -254,14 +337,19 @@ def pretrained_model(
         saved = {"state_dict": model.state_dict(), "losses": losses}
         save_keyed(path, key, saved)
     model.load_state_dict(saved["state_dict"])
+    inputs, targets = as_pair(data.heldout_set)
     with torch.no_grad():
-        heldout_loss = likelihood.nll(model(data.heldout), data.heldout).item()
+        outputs = model(inputs)
+        heldout_loss = likelihood.nll(outputs, targets).item()
     losses = saved["losses"]
-    return model, {"losses": losses, "final_loss": losses[-1] if losses else None, "heldout_loss": heldout_loss}
+    pretraining = {"losses": losses, "final_loss": losses[-1] if losses else None, "heldout_loss": heldout_loss}
+    if MODELS[config.model].labelled:
+        pretraining["heldout_accuracy"] = (outputs.argmax(1) == targets).double().mean().item()
+    return model, pretraining
 
 
 def fixed_directions(
-    config: StudyConfig, model: nn.Module, likelihood: fl.Likelihood, train: Tensor
+    config: StudyConfig, model: nn.Module, likelihood: fl.Likelihood, train: Examples
 ) -> tuple[list[ParamDict], list[Tensor]]:
     """``monitor_directions`` training directions u, each with its own other training minibatch for F_γ:
     they set the common initial scale and monitor every fit."""
@@ -278,26 +366,30 @@ def fit_form(
     config: StudyConfig,
     model: nn.Module,
     likelihood: fl.Likelihood,
-    train: Tensor,
+    train: Examples,
     evaluator: fl.ProbeEvaluator,
     progress: bool,
 ) -> Row:
     """Q of the form labelled ``name`` (``kron_sum:K=3``) on every block, started at Q₀ (``initial_q``: the
-    rescaled damped-KFAC start where the form takes it, else the best identity multiple c·I on the monitor's
-    directions), fitted for ``steps`` steps of ``aux_optimizer`` on the same seeded stream of (u, curvature
+    rescaled damped-KFAC start where the form and the model take it, else the best identity multiple c·I on
+    the monitor's directions; on a model with other layers than nn.Linear, c·I with ``init_note`` saying
+    why), fitted for ``steps`` steps of ``aux_optimizer`` on the same seeded stream of (u, curvature
     batch) pairs as every other form, evaluated in float64, then certified by a constant-rate continuation
     (``continuation_certificate``)."""
     directions, curvature = monitor_set
     start = time.perf_counter()
+    reason = linear_only_reason(model) if config.init == "kfac" else None
     q, initial = initial_q(
         lambda init_scale: build_form(model, name, init_scale),
-        config,
+        config if reason is None else config.model_copy(update={"init": "identity"}),
         model,
         likelihood,
-        train,
+        inputs_of(train),
         monitor_set,
         config.seed + KFAC_SEED_OFFSET,
     )
+    if reason is not None:
+        initial["init_note"] = f"c·I: the damped-KFAC start needs nn.Linear layers only ({reason})"
     start_seconds = time.perf_counter() - start
     monitor = Monitor(model, likelihood, q, directions, curvature, config.damping, config.steps)
     stream, batches = training_streams(
@@ -348,7 +440,7 @@ def fit_form(
 
 
 def identity_reference(
-    config: StudyConfig, model: nn.Module, likelihood: fl.Likelihood, train: Tensor, evaluator: fl.ProbeEvaluator
+    config: StudyConfig, model: nn.Module, likelihood: fl.Likelihood, train: Examples, evaluator: fl.ProbeEvaluator
 ) -> Row:
     """c*·I with c* = Σ_u uᵀu / Σ_u uᵀF_γu on the probes themselves: the best any multiple of the identity
     (SGD) can do there."""
@@ -368,14 +460,14 @@ def identity_reference(
 
 
 def kfac_reference(
-    config: StudyConfig, model: nn.Module, likelihood: fl.Likelihood, train: Tensor, evaluator: fl.ProbeEvaluator
+    config: StudyConfig, model: nn.Module, likelihood: fl.Likelihood, train: Examples, evaluator: fl.ProbeEvaluator
 ) -> Row:
     """(G ⊗ A + γI)⁻¹ per layer, G and A estimated in float64 on the training inputs with ``kfac_samples``
     model-sampled targets each."""
     start = time.perf_counter()
     model64 = float64_copy(model)
     generator = torch.Generator().manual_seed(config.seed + KFAC_SEED_OFFSET)
-    factors = kronecker_factors(model64, likelihood, train.double(), config.kfac_samples, generator)
+    factors = kronecker_factors(model64, likelihood, inputs_of(train).double(), config.kfac_samples, generator)
     q = KFACInverse(model64, factors, config.damping)
     seconds = time.perf_counter() - start
     return result_row(

@@ -1,13 +1,14 @@
-"""The A.6 autoencoder and its SGD-with-momentum pre-training."""
+"""The A.6 autoencoder and the SGD-with-momentum pre-training of the study's models."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from tqdm.auto import tqdm
 
+from experiments.data import Examples, as_pair
 from fishleg_core import Likelihood
 
 SIZES = (784, 300, 100, 30, 100, 300, 784)
@@ -30,20 +31,21 @@ def build_autoencoder(sizes: Sequence[int] = SIZES, seed: int = 0) -> nn.Sequent
 def pretrain(
     model: nn.Module,
     likelihood: Likelihood,
-    batches: Iterator[Tensor],
+    batches: Iterator[Examples],
     iterations: int,
     lr: float,
     momentum: float,
     progress: bool = True,
 ) -> list[float]:
-    """SGD with momentum on the reconstruction NLL L = mean_b ℓ(x_b; x_b) for ``iterations`` minibatches;
+    """SGD with momentum on the NLL L = mean_b ℓ(y_b; x_b) for ``iterations`` minibatches of inputs that
+    are their own targets (the autoencoder's reconstruction NLL, y_b = x_b) or of (inputs, targets) pairs;
     returns the loss per iteration (before each update)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     losses = []
     bar = tqdm(range(iterations), desc="pre-training", disable=not progress, leave=False)
     for _ in bar:
-        x = next(batches)
-        loss = likelihood.nll(model(x), x)
+        x, y = as_pair(next(batches))
+        loss = likelihood.nll(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -18,10 +18,11 @@ import copy
 from contextlib import closing
 from typing import Any
 
-from torch import Tensor, nn
+from torch import nn
 
 import fishleg_core as fl
 from experiments.config import StudyConfig
+from experiments.data import Examples
 from experiments.evaluation import float64_copy
 from experiments.fit import training_streams
 from fishleg_core.fitting import fit_q
@@ -37,7 +38,7 @@ def continuation_certificate(
     config: StudyConfig,
     model: nn.Module,
     likelihood: fl.Likelihood,
-    train: Tensor,
+    train: Examples,
     evaluator: fl.ProbeEvaluator,
 ) -> dict[str, Any]:
     """Continue a copy of the fitted ``q`` (held-out A ``fitted_aux_loss``) at a constant rate and compare

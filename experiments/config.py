@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from experiments.coupling import GROUP_FORMS, study_form_names
 from experiments.form_specs import parse_spec
 from experiments.provenance import code_hash, environment
+from experiments.study_models import MODELS, PRETRAINING_DEFAULTS
 from fishleg_core import QFORMS, QGROUPS
 from fishleg_core.aux_optimizers import AUX_OPTIMIZERS, split_spec
 from fishleg_core.checks import validate
@@ -34,6 +35,7 @@ QUICK: dict[str, Any] = {
 """``--quick``: a smoke run of the whole pipeline (same data and pre-training, few steps and probes)."""
 
 PRETRAINING_FIELDS = (
+    "model",
     "data_dir",
     "seed",
     "n_train",
@@ -69,6 +71,11 @@ class StudyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    model: Literal["autoencoder", "cnn", "transformer"] = Field(
+        "autoencoder",
+        description="the frozen model (experiments.study_models): the MNIST autoencoder (Bernoulli), or a small "
+        "CNN or transformer classifying the digits (Categorical); its pre-training defaults fill the fields not given",
+    )
     forms: tuple[str, ...] = Field(
         ("diagonal", "kron", "ekfac", "kron_sum"),
         description="the rows, in order: QForm names with options ('kron_sum:K=3' or {form: kron_sum, K: 3})",
@@ -120,6 +127,14 @@ class StudyConfig(BaseModel):
     certificate_tolerance: float = Field(
         0.01, gt=0, allow_inf_nan=False, description="certified: the continuation lowers held-out A by ≤ this × |A|"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_defaults(cls, values: Any) -> Any:
+        """The model's own pre-training defaults (``PRETRAINING_DEFAULTS``) for the fields not given."""
+        if isinstance(values, dict) and values.get("model") in MODELS:
+            values = {**PRETRAINING_DEFAULTS[values["model"]], **values}
+        return values
 
     @field_validator("aux_optimizer")
     @classmethod

@@ -7,10 +7,10 @@ import itertools
 from typing import cast
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 import fishleg_core as fl
-from experiments.data import minibatches
+from experiments.data import Examples, as_pair, in_float64, inputs_of, minibatches, select
 from fishleg_core.vectors import ParamDict
 
 
@@ -22,7 +22,7 @@ def float64_copy(module: nn.Module) -> nn.Module:
 def heldout_evaluator(
     model: nn.Module,
     likelihood: fl.Likelihood,
-    heldout: Tensor,
+    heldout: Examples,
     n_curvature: int,
     n_probes: int,
     batch: int,
@@ -32,10 +32,12 @@ def heldout_evaluator(
 ) -> fl.ProbeEvaluator:
     """A ``ProbeEvaluator`` on a float64 copy of ``model``: the curvature set is the first ``n_curvature``
     held-out inputs, the probes u = g/‖g‖ are gradients of ``n_probes`` seeded minibatches of the other
-    held-out inputs (so no probe gradient shares an example with the curvature set)."""
-    model64, heldout64 = float64_copy(model), heldout.double()
-    pool = heldout64[n_curvature:]
+    held-out examples (so no probe gradient shares an example with the curvature set). ``heldout``: inputs
+    that are their own targets, or (inputs, targets)."""
+    model64, heldout64 = float64_copy(model), in_float64(heldout)
+    pool = select(heldout64, slice(n_curvature, None))
     batches = minibatches(pool, batch, torch.Generator().manual_seed(seed))
-    gradients = fl.normalized_gradients(model64, likelihood, ((x, x) for x in itertools.islice(batches, n_probes)))
+    gradients = fl.normalized_gradients(model64, likelihood, map(as_pair, itertools.islice(batches, n_probes)))
     probes = cast(list[ParamDict], list(gradients))  # no factors_for: plain vectors
-    return fl.ProbeEvaluator(model64, likelihood, probes, heldout64[:n_curvature], damping, cg_rtol=cg_rtol)
+    curvature = inputs_of(heldout64)[:n_curvature]
+    return fl.ProbeEvaluator(model64, likelihood, probes, curvature, damping, cg_rtol=cg_rtol)

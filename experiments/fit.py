@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 import fishleg_core as fl
-from experiments.data import disjoint_pairs
+from experiments.data import Examples, as_pair, disjoint_pairs, inputs_of
 from fishleg_core.fitting import Direction
 from fishleg_core.vectors import ParamDict, dot
 
@@ -21,7 +21,7 @@ from fishleg_core.vectors import ParamDict, dot
 def training_streams(
     model: nn.Module,
     likelihood: fl.Likelihood,
-    train: Tensor,
+    train: Examples,
     batch: int,
     curvature_batch: int,
     seed: int,
@@ -29,12 +29,13 @@ def training_streams(
 ) -> tuple[Generator[Direction, None, None], Iterator[Tensor]]:
     """Directions u = g/‖g‖ from fresh training minibatches and, step for step, the inputs of F_γ v from
     other training minibatches (the two batches of a step share no example); a seeded, endless stream.
-    With ``q``, each u comes with the low-rank factors of its Linear blocks (cheaper Q·u for ``q``)."""
+    ``train``: inputs that are their own targets, or (inputs, targets). With ``q``, each u comes with the
+    low-rank factors of its Linear blocks (cheaper Q·u for ``q``)."""
     pairs = disjoint_pairs(train, batch, curvature_batch, torch.Generator().manual_seed(seed))
     for_directions, for_curvature = itertools.tee(pairs)
-    directions = fl.normalized_gradients(model, likelihood, ((x, x) for x, _ in for_directions), factors_for=q)
+    directions = fl.normalized_gradients(model, likelihood, (as_pair(xy) for xy, _ in for_directions), factors_for=q)
     # normalized_gradients is a generator function (annotated as returning an Iterator)
-    return cast(Generator[Direction, None, None], directions), (inputs for _, inputs in for_curvature)
+    return cast(Generator[Direction, None, None], directions), (inputs_of(xy) for _, xy in for_curvature)
 
 
 def best_identity_scale(directions: Sequence[ParamDict], fisher_products: Sequence[ParamDict]) -> float:

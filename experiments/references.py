@@ -19,6 +19,7 @@ from torch import Tensor, nn
 import fishleg_core as fl
 from experiments.config import StudyConfig
 from experiments.coupling import layer_split
+from experiments.data import Examples, inputs_of
 from experiments.evaluation import float64_copy
 from experiments.report import Row, result_row
 from fishleg_core.likelihoods.bernoulli import BernoulliLikelihood
@@ -103,7 +104,7 @@ def _curvlinops_row(
     config: StudyConfig,
     model: nn.Module,
     likelihood: fl.Likelihood,
-    train: Tensor,
+    train: Examples,
     evaluator: fl.ProbeEvaluator,
     rescale: bool = False,
 ) -> Row:
@@ -113,7 +114,7 @@ def _curvlinops_row(
     start = time.perf_counter()
     model64 = float64_copy(model)
     q = curvlinops_inverse(
-        kind, model64, likelihood, train.double(), config.damping, config.kfac_samples, seed=config.seed
+        kind, model64, likelihood, inputs_of(train).double(), config.damping, config.kfac_samples, seed=config.seed
     )
     details: dict[str, Any] = {}
     if rescale:

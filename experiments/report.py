@@ -13,11 +13,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import fishleg_core as fl
-from experiments.autoencoder import SIZES
 from experiments.config import StudyConfig
 from experiments.fit import last_tenth_mean
 from experiments.results import Row, StudyResults
 from experiments.store import save_json, write_atomic
+from experiments.study_models import MODELS
 
 PLATEAU_CRITERION = (
     "M(Q) = the mean of A(Q; u) over fixed training directions u (each with F_γ on its own fixed training "
@@ -79,15 +79,24 @@ def write_reports(results: StudyResults) -> None:
             "plateau_criterion": PLATEAU_CRITERION,
             "forms": forms,
             "references": references,
+            **({"skipped_references": results.skipped} if results.skipped else {}),
             **({"runs": per_seed} if per_seed else {}),
         },
     )
     write_atomic(out / "figure4.png", lambda path: _figure(path, forms, references))
-    write_atomic(out / "summary.md", lambda path: path.write_text(summary(config, pretraining, forms, references)))
+    text = summary(config, pretraining, forms, references, results.skipped)
+    write_atomic(out / "summary.md", lambda path: path.write_text(text))
 
 
-def summary(config: StudyConfig, pretraining: dict[str, Any], forms: list[Row], references: list[Row]) -> str:
-    """The Markdown table: form, aux params, final training aux loss, held-out A, A*, e, seconds, plateau."""
+def summary(
+    config: StudyConfig,
+    pretraining: dict[str, Any],
+    forms: list[Row],
+    references: list[Row],
+    skipped: dict[str, str] | None = None,
+) -> str:
+    """The Markdown table: form, aux params, final training aux loss, held-out A, A*, e, seconds, plateau;
+    the references ``skipped`` on this model (name: reason) below it."""
     lines = [
         "| form | Q₀ | aux params | final training aux loss | held-out A | A* | e | seconds | plateau | certified |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
@@ -103,14 +112,19 @@ def summary(config: StudyConfig, pretraining: dict[str, Any], forms: list[Row], 
             f"{row['seconds']:.1f} | {verdict} | {certified} |"
         )
     rates = ", ".join(f"{name} {lr:g}" for name, lr in config.aux_lr.items())
+    study_model = MODELS[config.model]
+    accuracy = pretraining.get("heldout_accuracy")
+    notes = sorted({row["init_note"] for row in forms if "init_note" in row})
     return "\n".join(
         [
-            "# Appendix A.6 study: forms of Q on a frozen MNIST autoencoder",
+            f"# Appendix A.6 study: forms of Q on a frozen {study_model.title}",
             "",
-            f"Autoencoder {list(SIZES)}, Bernoulli likelihood, pre-trained for "
+            f"{study_model.describe()}, pre-trained for "
             f"{config.pretrain_iterations} SGD-with-momentum iterations (lr {config.pretrain_lr:g}, "
             f"momentum {config.pretrain_momentum:g}, batch {config.batch_size}; training NLL "
-            f"{pretraining['final_loss']:.1f}, held-out NLL {pretraining['heldout_loss']:.1f} nats). "
+            f"{_nats(pretraining['final_loss'])}, held-out NLL {_nats(pretraining['heldout_loss'])} nats"
+            + ("" if accuracy is None else f", held-out accuracy {accuracy:.1%}")
+            + "). "
             f"Each form: {config.steps} steps of {config.aux_optimizer} (lr: {rates}; cosine decay to 0 "
             f"over the last {config.decay_fraction:.0%}), damping γ = {config.damping:g}, exact Fisher on "
             f"curvature batches of {config.curvature_batch}, u from other training minibatches of "
@@ -129,6 +143,12 @@ def summary(config: StudyConfig, pretraining: dict[str, Any], forms: list[Row], 
             "multiple c*·I on the probes (what SGD amounts to) and the inverse of the damped KFAC "
             "approximation (G ⊗ A + γI)⁻¹ per layer, estimated on the training data.",
             "",
+            *([f"Q₀ on this model: {'; '.join(notes)}.", ""] if notes else []),
+            *(
+                ["Skipped references: " + "; ".join(f"{name}: {why}" for name, why in skipped.items()) + ".", ""]
+                if skipped
+                else []
+            ),
             f"Plateau (tolerance {config.plateau_tolerance:g}; in brackets the last tenth's share of the gain): "
             f"{PLATEAU_CRITERION}",
             "",
@@ -142,6 +162,11 @@ def summary(config: StudyConfig, pretraining: dict[str, Any], forms: list[Row], 
             *(_seeds_section(config, forms) if config.seeds > 1 else []),
         ]
     )
+
+
+def _nats(value: float) -> str:
+    """An NLL: one decimal for the autoencoder's tens of nats, three significant digits below 10."""
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
 
 
 def _certified(certificate: dict[str, Any] | None) -> str:

@@ -16,7 +16,8 @@ Row = dict[str, Any]
 @dataclass
 class StudyResults:
     """The study's results, as written to ``out/results.json``; with several seeds, the rows combine them
-    (``experiments.seeds``) and ``runs`` holds each seed's own results."""
+    (``experiments.seeds``) and ``runs`` holds each seed's own results. ``skipped``: the references that
+    could not be computed on this model, with the reason."""
 
     config: StudyConfig
     out: Path
@@ -24,6 +25,7 @@ class StudyResults:
     forms: list[Row]
     references: list[Row]
     runs: list[StudyResults] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def row(self, name: str) -> Row:
         """The row of the form or reference ``name``."""

@@ -35,6 +35,7 @@ def combine(config: StudyConfig, runs: Sequence[StudyResults]) -> StudyResults:
         [combine_rows([run.forms[i] for run in runs]) for i in range(len(first.forms))],
         [combine_rows([run.references[i] for run in runs]) for i in range(len(first.references))],
         runs=list(runs),
+        skipped=first.skipped,
     )
 
 
@@ -61,11 +62,14 @@ def combine_rows(rows: Sequence[Row]) -> Row:
 
 def _combined_pretraining(pretrainings: Sequence[dict[str, Any]]) -> dict[str, Any]:
     losses = _mean_curve([p["losses"] for p in pretrainings]) if pretrainings[0]["losses"] else []
-    return {
+    combined = {
         "losses": losses,
         "final_loss": losses[-1] if losses else None,
         "heldout_loss": statistics.fmean(p["heldout_loss"] for p in pretrainings),
     }
+    if "heldout_accuracy" in pretrainings[0]:
+        combined["heldout_accuracy"] = statistics.fmean(p["heldout_accuracy"] for p in pretrainings)
+    return combined
 
 
 def _mean_curve(curves: Sequence[Sequence[float]]) -> list[float]:
