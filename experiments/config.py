@@ -58,6 +58,7 @@ FIT_FIELDS = (
     "aux_optimizer",
     "certificate_steps",
     "certificate_lr_factor",
+    "certificate_schedule",
     "certificate_tolerance",
 )
 
@@ -123,6 +124,11 @@ class StudyConfig(BaseModel):
         gt=0,
         allow_inf_nan=False,
         description="the continuation's constant rate, a fraction of the fit's peak rate",
+    )
+    certificate_schedule: Literal["constant", "repeat"] = Field(
+        "constant",
+        description="the certificate's continuation: 'constant' (certificate_steps at certificate_lr_factor × the "
+        "peak rate) or 'repeat' (the fit's own schedule again: a doubling test, twice the cost)",
     )
     certificate_tolerance: float = Field(
         0.01, gt=0, allow_inf_nan=False, description="certified: the continuation lowers held-out A by ≤ this × |A|"

@@ -153,8 +153,7 @@ def summary(
             f"{PLATEAU_CRITERION}",
             "",
             "Certified (in brackets the continuation's gain in held-out A, relative to |A|): "
-            f"{config.certificate_steps} more steps from the fitted Q at the constant rate "
-            f"{config.certificate_lr_factor:g} × the fit's peak rate (no decay), on directions and curvature "
+            f"{_continuation(config)} from the fitted Q, on directions and curvature "
             "batches the fit never saw, lower held-out A by at most "
             f"{config.certificate_tolerance:.0%} of |A|. Not certified: that no other optimiser, start or longer run "
             "would go lower.",
@@ -167,6 +166,16 @@ def summary(
 def _nats(value: float) -> str:
     """An NLL: one decimal for the autoencoder's tens of nats, three significant digits below 10."""
     return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
+
+
+def _continuation(config: StudyConfig) -> str:
+    """The certificate's continuation in words."""
+    if config.certificate_schedule == "repeat":
+        return f"the fit's own schedule repeated ({config.steps} steps at the peak rate, the same cosine tail)"
+    return (
+        f"{config.certificate_steps} more steps at the constant rate {config.certificate_lr_factor:g} × the fit's "
+        "peak rate (no decay)"
+    )
 
 
 def _certified(certificate: dict[str, Any] | None) -> str:

@@ -218,3 +218,16 @@ def test_the_certificate_refuses_a_fit_that_has_not_converged():
         evaluator,
     )
     assert certificate["certified"], certificate
+
+
+def test_the_repeat_certificate_runs_the_fits_own_schedule_again():
+    model, likelihood, train, evaluator, config = _certificate_setting()
+    config = config.model_copy(update={"certificate_schedule": "repeat", "steps": 40, "decay_fraction": 0.5})
+    q = fl.build_model_q(model, {"default": "dense"}, init_scale=0.1)  # not fitted at all
+    fitted = evaluator.evaluate(q).mean_aux_loss
+    certificate = continuation_certificate("dense", q, fitted, config, model, likelihood, train, evaluator)
+    assert (
+        certificate["schedule"] == "repeat" and certificate["steps"] == 40 and certificate["lr"] == config.lr("dense")
+    )
+    assert not certificate["certified"] and certificate["relative_gain"] > 0.1
+    assert evaluator.evaluate(q).mean_aux_loss == fitted  # the fitted Q itself is left as it was
