@@ -78,8 +78,12 @@ def test_kfac_reference_matches_dense_computation(likelihood_name):
 
 def test_kfac_reference_rejects_other_layers():
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3)).double()
+    factors = kronecker_factors(
+        model, fl.LIKELIHOODS.build("gaussian"), random_inputs(MLP_INPUT, 2), 1, torch.Generator()
+    )
+    assert list(factors) == ["0"]  # the library's factors cover the nn.Linear layers only
     with pytest.raises(ValueError, match="nn.Linear layers only"):
-        kronecker_factors(model, fl.LIKELIHOODS.build("gaussian"), random_inputs(MLP_INPUT, 2), 1, torch.Generator())
+        KFACInverse(model, factors, 1.0)
 
 
 # --- small pieces ------------------------------------------------------------------------------------
