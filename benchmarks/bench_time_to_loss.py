@@ -31,8 +31,8 @@ LIKELIHOOD = fl.LIKELIHOODS.build("bernoulli")
 SGD_RATES = (0.001, 0.002, 0.003, 0.005, 0.01)
 MOMENTUM = 0.9
 KFAC_START_LR = 0.01
-"""FishLeg's η from the damped-KFAC start: of 0.003 / 0.01 / 0.03 (one run each to SGD's 500-iteration loss),
-0.01 took the fewest iterations (361 against 789) and 0.03 diverged within 20 iterations."""
+"""FishLeg's η from the damped-KFAC start: the best of 0.003 / 0.01 / 0.03 in ``experiments.autoencoder_training``'s
+sweep (README, "Autoencoder training"), where 0.03 diverged."""
 
 
 def run(

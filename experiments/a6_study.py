@@ -56,7 +56,7 @@ from experiments.fit import (
     training_streams,
 )
 from experiments.form_specs import file_name, parse_spec
-from experiments.kfac_reference import KFACInverse, linear_blocks
+from experiments.kfac_reference import KFACInverse, non_linear
 from experiments.plugins import PluginError, load_plugins
 from experiments.references import CURVLINOPS_REFERENCES
 from experiments.report import result_row, write_reports
@@ -197,12 +197,10 @@ def linear_only_reason(model: nn.Module) -> str | None:
     """Why the damped-KFAC start and the hand-written KFAC reference (nn.Linear layers only) cannot be used
     on ``model``, or None when they can."""
     try:
-        linear_blocks(model)
-    except ValueError as error:
-        message = str(error)
-        _, found, others = message.partition("; not ")
-        return f"its blocks {others} are not nn.Linear" if found else message
-    return None
+        others = non_linear(fl.map_blocks(model, strict=True))
+    except ValueError as error:  # a block no layer adapter covers
+        return str(error)
+    return f"its blocks {', '.join(others)} are not nn.Linear" if others else None
 
 
 def build_form(model: nn.Module, label: str, init_scale: float) -> fl.ModelQ:

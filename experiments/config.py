@@ -17,7 +17,7 @@ from experiments.form_specs import parse_spec
 from experiments.provenance import code_hash, environment
 from experiments.study_models import MODELS, PRETRAINING_DEFAULTS
 from fishleg_core import QFORMS, QGROUPS
-from fishleg_core.aux_optimizers import AUX_OPTIMIZERS, split_spec
+from fishleg_core.aux_optimizers import AUX_OPTIMIZERS, RegisteredAuxOptimizer, split_spec
 from fishleg_core.checks import validate
 
 OWNER = "a6_study: error"
@@ -96,7 +96,7 @@ class StudyConfig(BaseModel):
         description="Adam learning rate of λ per row label or QForm name, 'default' for the others (a number: for "
         "every form)",
     )
-    aux_optimizer: str | dict[str, Any] = Field(
+    aux_optimizer: RegisteredAuxOptimizer = Field(
         "adam", description="optimizer of λ in AUX_OPTIMIZERS: a name or {name: ..., options}"
     )
     init: Literal["kfac", "identity"] = Field(
@@ -141,12 +141,6 @@ class StudyConfig(BaseModel):
         if isinstance(values, dict) and values.get("model") in MODELS:
             values = {**PRETRAINING_DEFAULTS[values["model"]], **values}
         return values
-
-    @field_validator("aux_optimizer")
-    @classmethod
-    def _registered_optimizer(cls, spec: str | dict[str, Any]) -> str | dict[str, Any]:
-        split_spec(spec, "aux_optimizer")
-        return spec
 
     @field_validator("forms", mode="before")
     @classmethod

@@ -19,10 +19,15 @@ from fishleg_core.kfac_start import KroneckerFactors
 from fishleg_core.vectors import ParamDict
 
 
+def non_linear(blocks: list[fl.Block]) -> list[str]:
+    """The names of the blocks that are not nn.Linear layers."""
+    return [block.name for block in blocks if not issubclass(block.module_type, nn.Linear)]
+
+
 def linear_blocks(model: nn.Module) -> list[fl.Block]:
     """The model's parameter blocks, which must all be nn.Linear layers (the layers KFAC is defined for)."""
     blocks = fl.map_blocks(model, strict=True)
-    others = [block.name for block in blocks if not issubclass(block.module_type, nn.Linear)]
+    others = non_linear(blocks)
     if others:
         raise ValueError(f"the KFAC reference handles nn.Linear layers only; not {', '.join(others)}")
     return blocks

@@ -9,9 +9,10 @@ name one (``"adam"``) or give its options too (``{"name": "adam", "betas": (0.9,
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import AfterValidator
 from torch import nn
 
 from fishleg_core.registry import Registry, named_options
@@ -59,6 +60,15 @@ def split_spec(spec: AuxOptimizerSpec, argument: str = "aux_optimizer") -> tuple
         known = ", ".join(AUX_OPTIMIZERS.names())
         raise ValueError(f"{argument}: unknown auxiliary optimizer {name!r}; known: {known}")
     return name, options
+
+
+def _registered(spec: str | dict[str, Any]) -> str | dict[str, Any]:
+    split_spec(spec, "aux_optimizer")
+    return spec
+
+
+RegisteredAuxOptimizer = Annotated[str | dict[str, Any], AfterValidator(_registered)]
+"""A pydantic field type: an ``aux_optimizer`` value checked against ``AUX_OPTIMIZERS`` (``split_spec``)."""
 
 
 def build_aux_optimizer(

@@ -27,7 +27,7 @@ groups, and blocks other than nn.Linear, keep the Q they have (c·I as built).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Container, Iterable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -61,15 +61,14 @@ def kronecker_factors(
     inputs: Tensor,
     samples: int,
     generator: torch.Generator,
-    blocks: Iterable[str] | None = None,
     chunk_size: int = 1000,
 ) -> dict[str, KroneckerFactors]:
-    """A = mean_x ā āᵀ and G = mean_{x, ŷ} δ δᵀ per nn.Linear module named in ``blocks`` (default: every
-    nn.Linear module with trainable parameters), over ``inputs`` (a batch of examples) in chunks, with
+    """A = mean_x ā āᵀ and G = mean_{x, ŷ} δ δᵀ per nn.Linear module with trainable parameters (keyed by
+    module name), over ``inputs`` (a batch of examples) in chunks, with
     ``samples`` targets ŷ ~ p(y | x, θ) per input drawn from ``generator`` (chunk by chunk, then sample by
     sample)."""
     likelihood = resolve_likelihood(likelihood)
-    modules = _linear_modules(model, blocks)
+    modules = _linear_modules(model)
     G_sum: dict[str, Tensor] = {}
     A_sum: dict[str, Tensor] = {}
     for chunk in torch.split(inputs, chunk_size):
@@ -145,9 +144,9 @@ def _tridiagonal_start(group: QGroup, pairs: Sequence[tuple[Tensor, Tensor]]) ->
     """Diagonal blocks L_i ⊗ R_i from the pairs; each coupling C_i ⊗ D_i rescaled to spectral norms
     √(coupling_init)·‖L_{i+1}‖₂ and √(coupling_init)·‖R_{i+1}‖₂, small against the block it feeds, as built."""
     tridiag = cast(TridiagKronQ, group)
-    for factor, (left, right) in zip(zip(tridiag.L, tridiag.R), pairs):
-        cast(TriangularFactor, factor[0]).assign_(left)
-        cast(TriangularFactor, factor[1]).assign_(right)
+    for L, R, (left, right) in zip(tridiag.L, tridiag.R, pairs):
+        cast(TriangularFactor, L).assign_(left)
+        cast(TriangularFactor, R).assign_(right)
     with torch.no_grad():
         for i, (C, D) in enumerate(zip(tridiag.C, tridiag.D)):
             left, right = pairs[i + 1]
@@ -251,14 +250,11 @@ def _inverse_cholesky(M: Tensor) -> Tensor:
     return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(M)))
 
 
-def _linear_modules(model: nn.Module, blocks: Iterable[str] | None) -> dict[str, nn.Linear]:
-    wanted = None if blocks is None else set(blocks)
+def _linear_modules(model: nn.Module) -> dict[str, nn.Linear]:
     return {
         name: module
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear)
-        and any(p.requires_grad for p in module.parameters(recurse=False))
-        and (wanted is None or name in wanted)
+        if isinstance(module, nn.Linear) and any(p.requires_grad for p in module.parameters(recurse=False))
     }
 
 

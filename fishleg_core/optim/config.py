@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fishleg_core.aux_optimizers import split_spec
+from fishleg_core.aux_optimizers import RegisteredAuxOptimizer
 from fishleg_core.checks import check_number
 from fishleg_core.fisher import FISHER_METHODS
 
@@ -27,7 +27,7 @@ class FishLegConfig(BaseModel):
     damping: float = Field(1.0, ge=0, allow_inf_nan=False, description="γ of F_γ = F + γ I")
     sgd_lr: float | None = Field(None, gt=0, allow_inf_nan=False, description="start Q at (sgd_lr / lr)·I")
     init_scale: float | None = Field(None, gt=0, allow_inf_nan=False, description="start Q at init_scale·I")
-    aux_optimizer: str | dict[str, Any] = Field(
+    aux_optimizer: RegisteredAuxOptimizer = Field(
         "adam", description="optimizer of λ: a name in AUX_OPTIMIZERS or {name: ..., options}"
     )
     aux_lr: float = Field(1e-4, gt=0, allow_inf_nan=False, description="α: learning rate of λ")
@@ -70,12 +70,6 @@ class FishLegConfig(BaseModel):
         if any(period < 0 for _, period in phases):
             raise ValueError("periods must be >= 0 (0: no auxiliary updates)")
         return aux_every
-
-    @field_validator("aux_optimizer")
-    @classmethod
-    def _registered_optimizer(cls, spec: str | dict[str, Any]) -> str | dict[str, Any]:
-        split_spec(spec, "aux_optimizer")
-        return spec
 
     @field_validator("fisher_method")
     @classmethod
