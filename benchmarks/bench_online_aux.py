@@ -3,12 +3,16 @@ the configuration ``FishLeg`` uses) take ``kron`` on the frozen A.6 network, per
 
 The A.6 study's frozen autoencoder, held-out probes, monitor directions and training streams. For each
 start (``identity``: c·I, FishLeg's; ``kfac``: the rescaled damped-KFAC start) and each rate of the sweep,
-Q₀ is fitted for ``--steps`` Adam steps at that constant rate and evaluated on the held-out probes. The
-share of the way from Q₀'s held-out A to the asymptote ``--asymptote`` (by default the lowest held-out
-A of kron measured, ``KRON_ASYMPTOTE``) is (A(Q₀) − A(Q₅₀)) / (A(Q₀) − A∞); a run diverges when its A is
-not finite or above A(Q₀).
+Q₀ is fitted for ``--steps`` steps of ``--aux-optimizer`` (Adam by default) at that constant rate and
+evaluated on the held-out probes. The share of the way from Q₀'s held-out A to the asymptote ``--asymptote``
+(by default the lowest held-out A of kron measured, ``KRON_ASYMPTOTE``) is (A(Q₀) − A(Q₅₀)) / (A(Q₀) − A∞);
+a run diverges when its A is not finite or above A(Q₀).
 
-    python -m benchmarks.bench_online_aux [--quick] [--steps 50] [--asymptote A] [--cache DIR] [--json FILE]
+    python -m benchmarks.bench_online_aux [--quick] [--steps 50] [--aux-optimizer NAME] [--lrs 3e-4,1e-3,...]
+                                          [--asymptote A] [--cache DIR] [--json FILE]
+
+``--cache``: the study's output folder, whose pre-trained model and CG solutions are reused (and written
+there when absent).
 """
 
 from __future__ import annotations
@@ -23,48 +27,40 @@ import torch
 
 import fishleg_core as fl
 from benchmarks.common import write_json
-from experiments.a6_study import KFAC_SEED_OFFSET, PROBE_SEED_OFFSET, build_form, fixed_directions, pretrained_model
+from experiments.a6_study import KFAC_SEED_OFFSET, build_form, fixed_directions, pretrained_model, probe_evaluator
 from experiments.config import QUICK, StudyConfig
 from experiments.data import load_pixels, split
-from experiments.evaluation import float64_copy, heldout_evaluator
+from experiments.evaluation import float64_copy
 from experiments.fit import training_streams
 from experiments.warm_start import initial_q
 
 LRS = (3e-4, 1e-3, 3e-3, 1e-2)
 STARTS = ("identity", "kfac")
-KRON_ASYMPTOTE = -0.01328
-"""The lowest held-out A of kron measured on these probes: 10,000 Adam steps from c·I (held-out e = 0.485,
-so A = A*(1 − e²) with A* = −0.017362; see README). The certified 500-step fit from the damped-KFAC start
-reaches −0.013123."""
+KRON_ASYMPTOTE = -0.013610
+"""The lowest held-out A of kron measured on these probes: 4,000 Adam steps from the damped-KFAC start
+(``python -m experiments.a6_study --steps 4000 --forms kron``; docs/a6/summary-4000-steps.md)."""
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: 3 steps, one rate, 2 probes")
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--aux-optimizer", default="adam", help="a name in fishleg_core.AUX_OPTIMIZERS")
+    parser.add_argument("--lrs", help="comma-separated learning rates (default: 3e-4,1e-3,3e-3,1e-2)")
     parser.add_argument("--asymptote", type=float, default=KRON_ASYMPTOTE, help="held-out A of the asymptote")
     parser.add_argument("--cache", default="results/a6", help="the study's output folder (pre-trained model)")
     parser.add_argument("--json", help="write the measurements to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     base = StudyConfig(**QUICK) if args.quick else StudyConfig()
-    steps, lrs = (3, (1e-3,)) if args.quick else (args.steps, LRS)
+    lrs = tuple(float(lr) for lr in args.lrs.split(",")) if args.lrs else LRS
+    steps, lrs = (3, lrs[:1]) if args.quick else (args.steps, lrs)
     likelihood = fl.LIKELIHOODS.build("bernoulli")
     data = split(load_pixels(base.data_dir), base.n_train, base.n_heldout, base.seed)
     model, _ = pretrained_model(base, data, Path(args.cache), likelihood, False, False)
-    evaluator = heldout_evaluator(
-        model,
-        likelihood,
-        data.heldout,
-        base.n_curvature,
-        base.n_probes,
-        base.batch_size,
-        base.damping,
-        base.cg_rtol,
-        base.seed + PROBE_SEED_OFFSET,
-    )
+    evaluator = probe_evaluator(base, model, likelihood, data, Path(args.cache), False)
     monitor_set = fixed_directions(base, model, likelihood, data.train)
-    result: dict = {"steps": steps, "asymptote": args.asymptote, "runs": []}
+    result: dict = {"steps": steps, "aux_optimizer": args.aux_optimizer, "asymptote": args.asymptote, "runs": []}
     for start in STARTS:
         config = base.model_copy(update={"init": start})
         q0, _ = initial_q(
@@ -83,7 +79,17 @@ def main(argv: list[str] | None = None) -> dict:
                 model, likelihood, data.train, base.batch_size, base.curvature_batch, base.seed, q
             )
             with closing(stream):
-                fit = fl.fit_q(model, likelihood, q, stream, batches, steps, lr=lr, damping=base.damping)
+                fit = fl.fit_q(
+                    model,
+                    likelihood,
+                    q,
+                    stream,
+                    batches,
+                    steps,
+                    lr=lr,
+                    damping=base.damping,
+                    aux_optimizer=args.aux_optimizer,
+                )
             a = evaluator.evaluate(float64_copy(q)).mean_aux_loss
             share = (a0 - a) / (a0 - args.asymptote)
             run = {

@@ -9,18 +9,19 @@ the same study on a small CNN or transformer classifying the digits (``--model``
 
 Pre-trains the model (``experiments.study_models``: the autoencoder on (pixels, pixels) with a Bernoulli
 likelihood, or a classifier on (pixels, labels) with a Categorical one), then for each form fits Q (from the
-rescaled damped-KFAC start, by Adam by default) on the auxiliary loss, measures it on held-out probes,
-certifies it by a constant-rate continuation, next to references (best identity multiple, inverse damped
-KFAC by hand and by curvlinops); writes ``results.json``, ``figure4.png`` and ``summary.md`` in DIR
-(default ``results/a6``, or ``results/a6-<model>`` for the CNN and the transformer). What needs a model of
-nn.Linear layers only degrades with a note rather than failing: on other models every form starts from
-c·I (``init: identity`` with ``init_note`` in its row), and the hand-written KFAC reference, like any
-curvlinops reference that cannot handle the model's layers, is skipped (``skipped_references`` in
-``results.json``, a line in ``summary.md``). Results are cached under a hash of the settings
-they depend on: ``DIR/pretrained-<key>.pt``, ``DIR/forms/<form>-<key>.json`` (written as each form finishes)
-and ``DIR/references/<name>-<key>.json``, so a re-run reuses them, a changed configuration computes its own
-(and keeps the others'), and ``--force`` recomputes. Bad input gives one ``a6_study: error: ...`` line per
-problem and exit status 2, before anything is written. In Python: ``run_study(config)`` returns the results.
+rescaled damped-KFAC start, by the multiplicative optimizer by default, Adam for kron_sum and tridiag_kron) on the
+auxiliary loss, measures it on held-out probes, certifies it by a constant-rate continuation, next to references
+(best identity multiple, inverse damped KFAC by hand and by curvlinops); writes ``results.json``, ``figure4.png``
+and ``summary.md`` in DIR (default ``results/a6``, or ``results/a6-<model>`` for the CNN and the transformer). What
+needs a model of nn.Linear layers only degrades with a note rather than failing: on other models every form starts
+from c·I (``init: identity`` with ``init_note`` in its row), and the hand-written KFAC reference, like any
+curvlinops reference that cannot handle the model's layers, is skipped (``skipped_references`` in ``results.json``,
+a line in ``summary.md``). Results are cached under a hash of the settings they depend on:
+``DIR/pretrained-<key>.pt``, ``DIR/cg-<key>.pt`` (the probes' F_γ⁻¹u), ``DIR/forms/<form>-<key>.json`` (written as
+each form finishes) and ``DIR/references/<name>-<key>.json``, so a re-run reuses them, a changed configuration
+computes its own (and keeps the others'), and ``--force`` recomputes. Bad input gives one ``a6_study: error: ...``
+line per problem and exit status 2, before anything is written. In Python: ``run_study(config)`` returns the
+results.
 """
 
 from __future__ import annotations
@@ -95,7 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--forms", help="comma-separated QForm names (default: diagonal,kron,ekfac,kron_sum)")
     parser.add_argument("--steps", type=int, help="optimizer steps per form")
-    parser.add_argument("--aux-optimizer", help="optimizer of λ, a name in AUX_OPTIMIZERS (default: adam)")
+    parser.add_argument(
+        "--aux-optimizer",
+        help="optimizer of λ for every form, a name in AUX_OPTIMIZERS (default: multiplicative, adam for kron_sum "
+        "and tridiag_kron); forms without an aux_lr entry take its default rate",
+    )
     parser.add_argument(
         "--init",
         help="Q₀: kfac (default; c·I for forms without a Kronecker start and on models with other layers "
@@ -246,21 +251,7 @@ def run_seed(config: StudyConfig, data: Split, out: Path, force: bool, progress:
     rows = {name: None if force else load_keyed(paths[name], key, name) for name, key in keys.items()}
     pending = [name for name, row in rows.items() if row is None]
     if pending:
-        _note(f"evaluating on held-out probes: CG on F_γ x = u for {config.n_probes} probes ...")
-        start = time.perf_counter()
-        evaluator = heldout_evaluator(
-            model,
-            likelihood,
-            data.heldout_set,
-            config.n_curvature,
-            config.n_probes,
-            config.batch_size,
-            config.damping,
-            config.cg_rtol,
-            config.seed + PROBE_SEED_OFFSET,
-        )
-        _ = evaluator.solutions  # F_γ⁻¹u for every probe, solved once here
-        _note(f"CG done in {time.perf_counter() - start:.1f} s")
+        evaluator = probe_evaluator(config, model, likelihood, data, out, force)
         monitor_set = fixed_directions(config, model, likelihood, train)
         reason = linear_only_reason(model)
         if config.init == "kfac" and reason is not None and any(name.startswith("forms/") for name in pending):
@@ -283,6 +274,35 @@ def run_seed(config: StudyConfig, data: Split, out: Path, force: bool, progress:
         [row for row in references if "skipped" not in row],
         skipped={row["name"]: row["skipped"] for row in references if "skipped" in row},
     )
+
+
+def probe_evaluator(
+    config: StudyConfig, model: nn.Module, likelihood: fl.Likelihood, data: Split, out: Path, force: bool
+) -> fl.ProbeEvaluator:
+    """The held-out evaluator with F_γ⁻¹u solved for every probe: by CG, then saved in
+    ``out/cg-<key>.pt`` (the key of the reference rows: model, data, probes, damping, ``cg_rtol``, code),
+    or reused from there, so that a study run for a new form does not solve them again."""
+    key = config.reference_key()
+    path = out / f"cg-{key}.pt"
+    solutions = None if force else load_keyed(path, key, "CG solutions F_γ⁻¹u of the probes")
+    evaluator = heldout_evaluator(
+        model,
+        likelihood,
+        data.heldout_set,
+        config.n_curvature,
+        config.n_probes,
+        config.batch_size,
+        config.damping,
+        config.cg_rtol,
+        config.seed + PROBE_SEED_OFFSET,
+        solutions,
+    )
+    if solutions is None:
+        _note(f"evaluating on held-out probes: CG on F_γ x = u for {config.n_probes} probes ...")
+        start = time.perf_counter()
+        save_keyed(path, key, evaluator.solutions)
+        _note(f"CG done in {time.perf_counter() - start:.1f} s")
+    return evaluator
 
 
 def reference_row(
@@ -407,7 +427,7 @@ def fit_form(
             schedule=cosine_tail(config.steps, config.decay_fraction),
             stop=monitor,
             progress=name if progress else False,
-            aux_optimizer=config.aux_optimizer,
+            aux_optimizer=config.optimizer(name),
         )
     q64 = float64_copy(q)
     evaluation = evaluator.evaluate(q64)

@@ -74,7 +74,7 @@ def continuation_certificate(
             lr=lr,
             damping=config.damping,
             schedule=cosine_tail(steps, config.decay_fraction) if repeat else None,
-            aux_optimizer=config.aux_optimizer,
+            aux_optimizer=config.optimizer(name),
         )
     continued_aux_loss = evaluator.evaluate(float64_copy(continued)).mean_aux_loss
     gain = fitted_aux_loss - continued_aux_loss

@@ -7,7 +7,7 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -17,7 +17,7 @@ from experiments.form_specs import parse_spec
 from experiments.provenance import code_hash, environment
 from experiments.study_models import MODELS, PRETRAINING_DEFAULTS
 from fishleg_core import QFORMS, QGROUPS
-from fishleg_core.aux_optimizers import AUX_OPTIMIZERS, RegisteredAuxOptimizer, split_spec
+from fishleg_core.aux_optimizers import AUX_OPTIMIZERS, split_spec
 from fishleg_core.checks import validate
 
 OWNER = "a6_study: error"
@@ -63,6 +63,16 @@ FIT_FIELDS = (
 )
 
 
+DEFAULT_RATES = {"adam": 1e-3, "multiplicative": 0.03}
+"""The rate of λ of a form that ``aux_lr`` gives none, per optimizer: Adam's per-entry step, the relative step
+of the multiplicative one (both measured on the autoencoder, README "Learning Q fast and to convergence")."""
+
+
+def _per_form(table: Mapping[str, Any], form: str) -> Any:
+    """The entry of ``table`` for the row label ``form``, else for its QForm name, else ``default`` (or None)."""
+    return table.get(form, table.get(parse_spec(form).name, table.get("default")))
+
+
 class ConfigError(ValueError):
     """An unreadable or malformed configuration file (one line, without the ``a6_study: error:`` prefix)."""
 
@@ -92,12 +102,14 @@ class StudyConfig(BaseModel):
     pretrain_momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     steps: int = Field(500, gt=0, description="optimizer steps on the auxiliary loss per form")
     aux_lr: dict[str, float] = Field(
-        {"default": 1e-3, "diagonal": 0.1},
-        description="Adam learning rate of λ per row label or QForm name, 'default' for the others (a number: for "
-        "every form)",
+        {"diagonal": 0.1},
+        description="learning rate of λ per row label or QForm name, 'default' for the others (a number: for "
+        "every form); a form without one takes its optimizer's DEFAULT_RATES entry",
     )
-    aux_optimizer: RegisteredAuxOptimizer = Field(
-        "adam", description="optimizer of λ in AUX_OPTIMIZERS: a name or {name: ..., options}"
+    aux_optimizer: str | dict[str, Any] = Field(
+        {"default": "multiplicative", "kron_sum": "adam", "tridiag_kron": "adam"},
+        description="optimizer of λ in AUX_OPTIMIZERS: a name or {name: ..., options}, or a table of them per row "
+        "label or QForm name with a 'default'",
     )
     init: Literal["kfac", "identity"] = Field(
         "kfac", description="Q₀: the rescaled damped-KFAC start where the form takes one (else c·I), or c·I"
@@ -167,11 +179,24 @@ class StudyConfig(BaseModel):
     def _one_rate_for_all(cls, aux_lr: Any) -> Any:
         return {"default": aux_lr} if isinstance(aux_lr, (int, float)) and not isinstance(aux_lr, bool) else aux_lr
 
+    @field_validator("aux_optimizer")
+    @classmethod
+    def _optimizer_table(cls, spec: str | dict[str, Any]) -> str | dict[str, Any]:
+        if not isinstance(spec, dict) or "name" in spec:
+            split_spec(spec, "aux_optimizer")
+            return spec
+        if "default" not in spec:
+            raise ValueError("a table of optimizers per form needs a 'default' entry")
+        unknown = [name for name in spec if name != "default" and parse_spec(name).name not in study_form_names()]
+        if unknown:
+            raise ValueError(f"optimizers for unknown QForms {', '.join(map(repr, unknown))}")
+        for name, entry in spec.items():
+            split_spec(entry, f"aux_optimizer[{name!r}]")
+        return spec
+
     @field_validator("aux_lr")
     @classmethod
     def _rates(cls, aux_lr: dict[str, float]) -> dict[str, float]:
-        if "default" not in aux_lr:
-            raise ValueError("give a 'default' learning rate")
         unknown = [name for name in aux_lr if name != "default" and parse_spec(name).name not in study_form_names()]
         if unknown:
             raise ValueError(f"learning rates for unknown QForms {', '.join(map(repr, unknown))}")
@@ -180,8 +205,26 @@ class StudyConfig(BaseModel):
         return aux_lr
 
     def lr(self, form: str) -> float:
-        """The Adam learning rate of the form labelled ``form``: its own, else its QForm's, else the default."""
-        return self.aux_lr.get(form, self.aux_lr.get(parse_spec(form).name, self.aux_lr["default"]))
+        """The learning rate of λ for the form labelled ``form``: its own, else its QForm's, else ``aux_lr``'s
+        default, else its optimizer's ``DEFAULT_RATES`` entry."""
+        rate = _per_form(self.aux_lr, form)
+        return DEFAULT_RATES[split_spec(self.optimizer(form))[0]] if rate is None else rate
+
+    def optimizer(self, form: str) -> str | dict[str, Any]:
+        """The optimizer of λ for the form labelled ``form`` (``aux_optimizer`` or its entry in that table)."""
+        spec = self.aux_optimizer
+        return spec if not isinstance(spec, dict) or "name" in spec else cast(Any, _per_form(spec, form))
+
+    @model_validator(mode="after")
+    def _every_form_has_a_rate(self) -> StudyConfig:
+        for form in self.forms:
+            name = split_spec(self.optimizer(form))[0]
+            if _per_form(self.aux_lr, form) is None and name not in DEFAULT_RATES:
+                raise ValueError(
+                    f"aux_lr: no rate for form {form!r}: its optimizer {name!r} has no default rate "
+                    "(DEFAULT_RATES); give aux_lr a 'default' or an entry for it"
+                )
+        return self
 
     @field_validator("data_dir")
     @classmethod
@@ -219,12 +262,18 @@ class StudyConfig(BaseModel):
         return self.key(PRETRAINING_FIELDS)
 
     def form_key(self, form: str) -> str:
-        """The key of a form's result: every setting but the list of forms and the other forms' rates, the
+        """The key of a form's result: every setting but the list of forms and the other forms' rates and
+        optimizers, the
         form's label (name and options) and the hash of its code (``form_code``) and of the auxiliary
         optimizer's factory (a plugin may register either)."""
-        optimizer = AUX_OPTIMIZERS.get(split_spec(self.aux_optimizer)[0])
+        spec = self.optimizer(form)
+        optimizer = AUX_OPTIMIZERS.get(split_spec(spec)[0])
         return self.key(
-            exclude=("forms", "aux_lr"), lr=self.lr(form), form=form, code=code_hash(*form_code(form), optimizer)
+            exclude=("forms", "aux_lr", "aux_optimizer"),
+            lr=self.lr(form),
+            optimizer=spec,
+            form=form,
+            code=code_hash(*form_code(form), optimizer),
         )
 
     def reference_key(self) -> str:

@@ -7,7 +7,9 @@ is L = mean ½‖y − f(x)‖²/width, the NLL without its constant), learns fr
 from the same student and sees the same minibatches, FishLeg's auxiliary batches (training inputs, the
 exact Fisher of the Gaussian likelihood) coming from a stream of its own. Panel B follows A(Q; u) of the
 live Q and of copies frozen every ``freeze_every`` iterations on common directions u. Timings: training
-steps only (evaluations excluded), one thread, the optimizers run back to back in one process.
+steps only (evaluations excluded), one thread, the optimizers run back to back in one process. FishLeg
+learns λ with the auxiliary optimizer "multiplicative" at 0.03 (``MultiplicativeFactorSteps``); the paper's
+Adam at α = 0.001 is ``{"aux_optimizer": "adam", "aux_lr": 0.001}`` in ``--config``.
 
     python -m experiments.deep_linear [--quick] [--seeds N] [--out DIR]
 """
@@ -48,7 +50,8 @@ class DeepLinearConfig:
     sgd_lr: float = 0.002  # torch.optim.SGD, momentum 0.9
     adam_lr: float = 0.0002
     lr: float = 0.04  # FishLeg η
-    aux_lr: float = 0.001  # FishLeg α
+    aux_optimizer: str = "multiplicative"  # the paper's: "adam" (with aux_lr 0.001)
+    aux_lr: float = 0.03  # FishLeg α (the paper's 0.001 with Adam)
     momentum: float = 0.9  # FishLeg β
     momentum_on: str = "gradient"  # Algorithm 1 as written, as in the paper's Figure 1
     damping: float = 0.001
@@ -81,6 +84,7 @@ def contender(name: str, model: torch.nn.Module, config: DeepLinearConfig, aux: 
         momentum=config.momentum,
         momentum_on=cast(Literal["gradient", "update"], config.momentum_on),
         damping=config.damping,
+        aux_optimizer=config.aux_optimizer,
         aux_lr=config.aux_lr,
         aux_every=config.aux_every,
         aux_data=aux,

@@ -29,15 +29,17 @@ def heldout_evaluator(
     damping: float,
     cg_rtol: float,
     seed: int,
+    solutions: list[ParamDict] | None = None,
 ) -> fl.ProbeEvaluator:
     """A ``ProbeEvaluator`` on a float64 copy of ``model``: the curvature set is the first ``n_curvature``
     held-out inputs, the probes u = g/‖g‖ are gradients of ``n_probes`` seeded minibatches of the other
     held-out examples (so no probe gradient shares an example with the curvature set). ``heldout``: inputs
-    that are their own targets, or (inputs, targets)."""
+    that are their own targets, or (inputs, targets). ``solutions``: F_γ⁻¹u of every probe from an earlier
+    solve of the same settings (CG skipped)."""
     model64, heldout64 = float64_copy(model), in_float64(heldout)
     pool = select(heldout64, slice(n_curvature, None))
     batches = minibatches(pool, batch, torch.Generator().manual_seed(seed))
     gradients = fl.normalized_gradients(model64, likelihood, map(as_pair, itertools.islice(batches, n_probes)))
     probes = cast(list[ParamDict], list(gradients))  # no factors_for: plain vectors
     curvature = inputs_of(heldout64)[:n_curvature]
-    return fl.ProbeEvaluator(model64, likelihood, probes, curvature, damping, cg_rtol=cg_rtol)
+    return fl.ProbeEvaluator(model64, likelihood, probes, curvature, damping, cg_rtol=cg_rtol, solutions=solutions)

@@ -111,7 +111,9 @@ def summary(
             f"{row['mean_probe_optimal_aux_loss']:.5g} | {_error(row)} | "
             f"{row['seconds']:.1f} | {verdict} | {certified} |"
         )
-    rates = ", ".join(f"{name} {lr:g}" for name, lr in config.aux_lr.items())
+    rates = ", ".join(
+        f"{label} {_optimizer_name(config.optimizer(label))} at {config.lr(label):g}" for label in config.forms
+    )
     study_model = MODELS[config.model]
     accuracy = pretraining.get("heldout_accuracy")
     notes = sorted({row["init_note"] for row in forms if "init_note" in row})
@@ -125,7 +127,7 @@ def summary(
             f"{_nats(pretraining['final_loss'])}, held-out NLL {_nats(pretraining['heldout_loss'])} nats"
             + ("" if accuracy is None else f", held-out accuracy {accuracy:.1%}")
             + "). "
-            f"Each form: {config.steps} steps of {config.aux_optimizer} (lr: {rates}; cosine decay to 0 "
+            f"Each form: {config.steps} steps of its optimizer of λ ({rates}; cosine decay to 0 "
             f"over the last {config.decay_fraction:.0%}), damping γ = {config.damping:g}, exact Fisher on "
             f"curvature batches of {config.curvature_batch}, u from other training minibatches of "
             f"{config.batch_size}. Q₀ (start {config.init}): 'kfac' = the damped KFAC factors "
@@ -280,3 +282,7 @@ def _figure(path: Path, forms: list[Row], references: list[Row]) -> None:
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=120)
     plt.close(fig)
+
+
+def _optimizer_name(spec: str | dict[str, Any]) -> str:
+    return spec if isinstance(spec, str) else str(spec["name"])

@@ -20,6 +20,7 @@ from fishleg_core.layers import (
 )
 from fishleg_core.likelihoods import LIKELIHOODS, Likelihood
 from fishleg_core.model_q import ModelQ, build_model_q
+from fishleg_core.multiplicative import MultiplicativeFactorSteps, triangular_factor_groups
 from fishleg_core.optim.config import FishLegConfig, sgd_lr_from_torch
 from fishleg_core.optim.fishleg import FishLeg
 from fishleg_core.qforms import QFORMS, QForm
@@ -42,6 +43,7 @@ __all__ = [
     "LayerAdapter",
     "Likelihood",
     "ModelQ",
+    "MultiplicativeFactorSteps",
     "ProbeEvaluator",
     "QEvaluation",
     "QFORMS",
@@ -65,4 +67,5 @@ __all__ = [
     "map_blocks",
     "normalized_gradients",
     "sgd_lr_from_torch",
+    "triangular_factor_groups",
 ]

@@ -1,6 +1,7 @@
 """Optimisers of the auxiliary parameters λ, and their registry ``AUX_OPTIMIZERS``.
 
-A registered factory takes the parameters λ, the learning rate and its own keyword options, and returns a
+A registered factory takes the parameters λ (or, with a ``parameter_groups(q)`` attribute, the parameter groups
+it makes of Q), the learning rate and its own keyword options, and returns a
 ``torch.optim.Optimizer`` whose ``step`` bumps the parameters' version counters (the cached L and
 M = L Lᵀ of the triangular factors rely on them; see ``TriangularFactor``). ``aux_optimizer=`` arguments
 name one (``"adam"``) or give its options too (``{"name": "adam", "betas": (0.9, 0.99)}``).
@@ -36,11 +37,16 @@ class AuxiliaryAdam(torch.optim.Adam):
     """
 
     def __init__(
-        self, params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+        self,
+        params: Iterable[nn.Parameter] | Iterable[dict[str, Any]],
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
     ):
-        params = list(params)
-        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-        super().__init__(params, lr=lr, betas=betas, eps=eps, fused=fused or None, foreach=None if fused else True)
+        entries: list[Any] = list(params)
+        tensors = [p for entry in entries for p in (entry["params"] if isinstance(entry, dict) else [entry])]
+        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
+        super().__init__(entries, lr=lr, betas=betas, eps=eps, fused=fused or None, foreach=None if fused else True)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]  # overloads
@@ -72,9 +78,14 @@ RegisteredAuxOptimizer = Annotated[str | dict[str, Any], AfterValidator(_registe
 
 
 def build_aux_optimizer(
-    spec: AuxOptimizerSpec, params: Iterable[nn.Parameter], lr: float, **defaults: Any
+    spec: AuxOptimizerSpec, params: nn.Module | Iterable[nn.Parameter], lr: float, **defaults: Any
 ) -> torch.optim.Optimizer:
     """The optimizer ``spec`` names on ``params`` at learning rate ``lr``; ``defaults`` are options (such as
-    Adam's ``betas``) that ``spec``'s own options override."""
+    Adam's ``betas``) that ``spec``'s own options override. ``params``: the module holding λ (Q), or its
+    parameters; given the module, a factory with a ``parameter_groups(module)`` attribute gets those groups
+    (e.g. one per triangular factor), any other its parameters."""
     name, options = split_spec(spec)
+    if isinstance(params, nn.Module):
+        grouping = getattr(AUX_OPTIMIZERS.get(name), "parameter_groups", None)
+        params = grouping(params) if grouping is not None else params.parameters()
     return AUX_OPTIMIZERS.build(name, params=params, lr=lr, **{**defaults, **options})

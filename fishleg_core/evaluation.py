@@ -74,6 +74,7 @@ class ProbeEvaluator:
         cg_maxiter: int | None = None,
         output_fn: OutputFn | None = None,
         preconditioner: Callable[[ParamDict], ParamDict] | None = None,
+        solutions: Sequence[ParamDict] | None = None,
     ) -> None:
         self.params = trainable_parameters(model)
         self.model = model
@@ -103,6 +104,11 @@ class ProbeEvaluator:
         self.cg_rtol = cg_rtol if cg_rtol is not None else (1e-10 if dtype == torch.float64 else 1e-5)
         self.cg_maxiter = cg_maxiter
         self._solutions: list[ParamDict] | None = None
+        if solutions is not None:
+            check_type("solutions", solutions, Sequence, "a list of F_γ⁻¹u, one per probe")
+            if len(solutions) != len(self.probes):
+                raise ValueError(f"solutions: {len(solutions)} given for {len(self.probes)} probes")
+            self._solutions = [checked_vector(self.params, x, f"solutions[{i}]") for i, x in enumerate(solutions)]
 
     def damped_fisher(self, v: ParamDict) -> ParamDict:
         """F_γ v on the whole curvature set."""

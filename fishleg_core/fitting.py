@@ -150,7 +150,7 @@ def fit_q(
     check_callable("stop", stop, optional=True)
     check_generator(generator)
     check_callable("output_fn", output_fn, optional=True)
-    optimizer = build_aux_optimizer(aux_optimizer, q.parameters(), lr, betas=tuple(betas))
+    optimizer = build_aux_optimizer(aux_optimizer, q, lr, betas=tuple(betas))
     scheduler = schedule(optimizer) if schedule else None
     result = FitResult()
     start = time.perf_counter()

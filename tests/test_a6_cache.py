@@ -96,8 +96,8 @@ def study(tmp_path, monkeypatch):
     """Runs of the tiny study on the form ``test_doubled``, counting fits and pre-trainings."""
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY_STUDY)
-    counts = {"fits": 0, "pretrainings": 0}
-    fit_q, pretrain = fl.fit_q, a6_study.pretrain
+    counts = {"fits": 0, "pretrainings": 0, "cg": 0}
+    fit_q, pretrain, solve = fl.fit_q, a6_study.pretrain, fl.ProbeEvaluator._solve
 
     def counted_fit(*args, **kwargs):
         counts["fits"] += 1
@@ -107,7 +107,12 @@ def study(tmp_path, monkeypatch):
         counts["pretrainings"] += 1
         return pretrain(*args)
 
+    def counted_solve(*args):
+        counts["cg"] += 1
+        return solve(*args)
+
     monkeypatch.setattr(fl, "fit_q", counted_fit)
+    monkeypatch.setattr(fl.ProbeEvaluator, "_solve", counted_solve)
     monkeypatch.setattr(a6_study, "pretrain", counted_pretrain)
 
     def run(*extra: str) -> float:
@@ -139,6 +144,7 @@ def test_an_edited_form_is_recomputed(doubled, study, monkeypatch, capsys):
     scaled = study()
     assert study.counts["fits"] == 2 and scaled != first
     assert study.counts["pretrainings"] == 1  # the pre-trained model does not depend on the form
+    assert study.counts["cg"] == 1  # nor do the probes' F_γ⁻¹u (one probe, solved once)
     monkeypatch.undo()  # back to the first code: its result is still cached
     assert study() == first and study.counts["fits"] == 2
 
@@ -151,7 +157,7 @@ def test_another_torch_or_library_recomputes_everything(change, doubled, study, 
     else:
         monkeypatch.setattr(provenance, "library_hash", lambda: "edited-library")
     study()
-    assert study.counts == {"fits": 2, "pretrainings": 2}
+    assert study.counts == {"fits": 2, "pretrainings": 2, "cg": 2}
 
 
 SCALE = 1.0

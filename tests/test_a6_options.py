@@ -55,6 +55,53 @@ def test_config_rows_and_their_learning_rates():
         StudyConfig(forms="kron_sum:K=3,kron_sum:K=3")
 
 
+def test_each_form_has_its_optimizer_and_rate():
+    default = StudyConfig(forms="diagonal,kron,ekfac,kron_sum,tridiag_kron")
+    assert [default.optimizer(label) for label in default.forms] == [
+        "multiplicative",
+        "multiplicative",
+        "multiplicative",
+        "adam",
+        "adam",
+    ]
+    assert [default.lr(label) for label in default.forms] == [0.1, 0.03, 0.03, 1e-3, 1e-3]  # DEFAULT_RATES
+    adam = StudyConfig(forms="diagonal,kron", aux_optimizer="adam")
+    assert [(adam.optimizer(label), adam.lr(label)) for label in adam.forms] == [("adam", 0.1), ("adam", 1e-3)]
+    table = StudyConfig(
+        forms="kron,kron_sum:K=3", aux_optimizer={"default": "adam", "kron_sum:K=3": {"name": "multiplicative"}}
+    )
+    assert table.optimizer("kron_sum:K=3") == {"name": "multiplicative"} and table.lr("kron_sum:K=3") == 0.03
+    # a form's cache key follows its own optimizer, not the other forms'
+    other = table.model_copy(update={"aux_optimizer": {"default": "adam", "kron_sum:K=3": "adam"}})
+    assert other.form_key("kron") == table.form_key("kron")
+    assert other.form_key("kron_sum:K=3") != table.form_key("kron_sum:K=3")
+
+
+@pytest.mark.parametrize(
+    ("aux_optimizer", "message"),
+    [
+        ({"kron": "adam"}, "needs a 'default' entry"),
+        ({"default": "adam", "krom": "adam"}, "optimizers for unknown QForms 'krom'"),
+        ({"default": "adam", "kron": "sgd"}, r"aux_optimizer\['kron'\]: unknown auxiliary optimizer 'sgd'"),
+    ],
+)
+def test_bad_optimizer_tables_are_named(aux_optimizer, message):
+    with pytest.raises(ValueError, match=message):
+        StudyConfig(aux_optimizer=aux_optimizer)
+
+
+def test_an_optimizer_without_a_default_rate_needs_aux_lr(monkeypatch):
+    import fishleg_core as fl
+
+    fl.AUX_OPTIMIZERS.register("test_plain")(fl.AUX_OPTIMIZERS.get("adam"))
+    try:
+        with pytest.raises(ValueError, match="no rate for form 'kron': its optimizer 'test_plain' has no default"):
+            StudyConfig(forms="kron", aux_optimizer="test_plain")
+        assert StudyConfig(forms="kron", aux_optimizer="test_plain", aux_lr=0.01).lr("kron") == 0.01
+    finally:
+        fl.AUX_OPTIMIZERS.unregister("test_plain")
+
+
 def test_the_same_form_with_other_options_is_another_row(tmp_path, monkeypatch, capsys):
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY_STUDY)

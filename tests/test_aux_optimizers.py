@@ -16,6 +16,7 @@ import fishleg_core.optim.auxiliary_update as auxiliary_update_module
 CASES = [
     pytest.param("adam", id="adam"),
     pytest.param({"name": "adam", "betas": (0.5, 0.9)}, id="adam-options"),
+    pytest.param({"name": "multiplicative", "momentum": 0.5}, id="multiplicative"),
 ]
 """Every registered optimizer, by name or with options; ``test_every_registered_optimizer_is_tested``
 fails when one is missing."""

@@ -88,11 +88,12 @@ def test_bench_conv_lowrank_compares_the_two_products_on_the_same_gradient(tmp_p
     assert all(run["relative_difference"] < 1e-5 for run in result["runs"])
 
 
-def test_online_aux_reports_the_share_of_the_way_to_the_asymptote(tmp_path):
-    result = bench_online_aux.main(
-        ["--quick", "--cache", str(tmp_path), "--asymptote", "-0.02", "--json", str(tmp_path / "online.json")]
-    )
+@pytest.mark.parametrize("optimizer", ["adam", "multiplicative"])
+def test_online_aux_reports_the_share_of_the_way_to_the_asymptote(optimizer, tmp_path):
+    arguments = ["--quick", "--cache", str(tmp_path), "--asymptote", "-0.02", "--json", str(tmp_path / "online.json")]
+    result = bench_online_aux.main([*arguments, "--aux-optimizer", optimizer, "--lrs", "0.01"])
     assert json.loads((tmp_path / "online.json").read_text()) == result
+    assert result["aux_optimizer"] == optimizer and {run["lr"] for run in result["runs"]} == {0.01}
     assert [run["start"] for run in result["runs"]] == list(bench_online_aux.STARTS)
     for run in result["runs"]:
         a0, a = run["heldout_aux_loss_start"], run["heldout_aux_loss"]

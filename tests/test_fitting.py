@@ -138,3 +138,18 @@ def test_preconditioned_conjugate_gradients_solve_the_same_system_in_fewer_itera
     assert sum(preconditioned.cg_iterations) < sum(plain.cg_iterations)
     with pytest.raises(TypeError, match="preconditioner"):
         fl.ProbeEvaluator(model, likelihood, probes, inputs, DAMPING, preconditioner="kfac")
+
+
+@pytest.mark.usefixtures("float64")
+def test_solutions_given_to_the_evaluator_skip_conjugate_gradients():
+    model, likelihood, inputs, params, names, F, probes = dense_setting()
+    solved = fl.ProbeEvaluator(model, likelihood, probes, inputs, DAMPING)
+    reused = fl.ProbeEvaluator(model, likelihood, probes, inputs, DAMPING, solutions=solved.solutions)
+    q = fl.build_model_q(model, init_scale=0.3)
+    assert reused.evaluate(q) == solved.evaluate(q)
+    assert reused.cg_iterations == [] and len(solved.cg_iterations) == len(probes)
+    with pytest.raises(ValueError, match="solutions: 1 given for 3 probes"):
+        fl.ProbeEvaluator(model, likelihood, probes, inputs, DAMPING, solutions=solved.solutions[:1])
+    wrong = [{name: x[name][..., :1] for name in x} for x in solved.solutions]
+    with pytest.raises(ValueError, match=r"solutions\[0\]"):
+        fl.ProbeEvaluator(model, likelihood, probes, inputs, DAMPING, solutions=wrong)

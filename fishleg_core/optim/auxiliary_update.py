@@ -52,7 +52,7 @@ class AuxiliaryUpdate:
         self.damping, self.fisher_method = damping, fisher_method
         self.generator, self.guard, self.distributed, self.monitor = generator, guard, distributed, monitor
         self.output_fn = output_fn
-        self.optimizer = build_aux_optimizer(optimizer, q.parameters(), lr, betas=betas, eps=eps)
+        self.optimizer = build_aux_optimizer(optimizer, q, lr, betas=betas, eps=eps)
         self.last_loss: Tensor | None = None
 
     def step(self, u: ParamDict, u_factors: LowRankFactors, inputs: Tensor, targets: Tensor | None) -> Tensor:
