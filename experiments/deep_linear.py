@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 import fishleg_core as fl
@@ -98,20 +100,20 @@ def run_seed(config: DeepLinearConfig, n_train: int, iterations: int, seed: int)
     result: dict[str, Any] = {"noise_floor": data.noise_floor}
     for name in OPTIMIZERS:
         model = build_deep_linear(config.depth, config.width, seed=seed)
-        aux = _inputs(data, config.batch, seed=3 * seed + 1)
+        aux = minibatch_inputs(data, config.batch, seed=3 * seed + 1)
         optimizer = contender(name, model, config, aux)
         monitor = None
         if name == "fishleg":
             monitor = FrozenQMonitor(
                 cast(fl.FishLeg, optimizer),
                 half_squared_error,
-                _pairs(data, config.batch, seed=3 * seed + 2),
+                minibatch_pairs(data, config.batch, seed=3 * seed + 2),
                 data.test_inputs[:200],
                 config.freeze_every,
             )
 
         def evaluate(iteration: int, model=model, optimizer=optimizer, monitor=monitor) -> dict[str, float]:
-            values = _losses(model, data)
+            values = losses(model, data)
             if monitor is not None:
                 monitor(iteration)
                 last = optimizer.last_aux_loss
@@ -122,7 +124,7 @@ def run_seed(config: DeepLinearConfig, n_train: int, iterations: int, seed: int)
             model,
             optimizer,
             half_squared_error,
-            _pairs(data, config.batch, seed=3 * seed),
+            minibatch_pairs(data, config.batch, seed=3 * seed),
             iterations,
             config.every,
             evaluate,
@@ -131,7 +133,8 @@ def run_seed(config: DeepLinearConfig, n_train: int, iterations: int, seed: int)
     return result
 
 
-def _losses(model: torch.nn.Module, data: TeacherData) -> dict[str, float]:
+def losses(model: torch.nn.Module, data: TeacherData) -> dict[str, float]:
+    """The training and test loss of ``model``."""
     with torch.no_grad():
         return {
             "train_loss": half_squared_error(model, data.train_inputs, data.train_targets).item(),
@@ -139,13 +142,15 @@ def _losses(model: torch.nn.Module, data: TeacherData) -> dict[str, float]:
         }
 
 
-def _pairs(data: TeacherData, batch: int, seed: int):
+def minibatch_pairs(data: TeacherData, batch: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Seeded (inputs, targets) minibatches of the training set, endlessly."""
     for index in minibatches(torch.arange(len(data.train_inputs)), batch, torch.Generator().manual_seed(seed)):
         yield data.train_inputs[index], data.train_targets[index]
 
 
-def _inputs(data: TeacherData, batch: int, seed: int):
-    for inputs, _ in _pairs(data, batch, seed):
+def minibatch_inputs(data: TeacherData, batch: int, seed: int) -> Iterator[Tensor]:
+    """The inputs of ``minibatch_pairs``: FishLeg's auxiliary batches."""
+    for inputs, _ in minibatch_pairs(data, batch, seed):
         yield inputs
 
 

@@ -18,6 +18,7 @@ from experiments.fit import last_tenth_mean
 from experiments.results import Row, StudyResults
 from experiments.store import save_json, write_atomic
 from experiments.study_models import MODELS
+from fishleg_core.aux_optimizers import split_spec
 
 PLATEAU_CRITERION = (
     "M(Q) = the mean of A(Q; u) over fixed training directions u (each with F_γ on its own fixed training "
@@ -112,7 +113,7 @@ def summary(
             f"{row['seconds']:.1f} | {verdict} | {certified} |"
         )
     rates = ", ".join(
-        f"{label} {_optimizer_name(config.optimizer(label))} at {config.lr(label):g}" for label in config.forms
+        f"{label} {split_spec(config.optimizer(label))[0]} at {config.lr(label):g}" for label in config.forms
     )
     study_model = MODELS[config.model]
     accuracy = pretraining.get("heldout_accuracy")
@@ -282,7 +283,3 @@ def _figure(path: Path, forms: list[Row], references: list[Row]) -> None:
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=120)
     plt.close(fig)
-
-
-def _optimizer_name(spec: str | dict[str, Any]) -> str:
-    return spec if isinstance(spec, str) else str(spec["name"])

@@ -24,7 +24,13 @@ import torch
 from torch import Tensor, nn
 
 from fishleg_core.aux_optimizers import AUX_OPTIMIZERS, AuxiliaryAdam
-from fishleg_core.qforms.positive import TriangularFactor, inverse_softplus, positive
+from fishleg_core.qforms.positive import (
+    TriangularFactor,
+    inverse_softplus,
+    packed_positions,
+    positive,
+    unpack_lower,
+)
 
 
 def triangular_factor_groups(q: nn.Module) -> list[dict[str, Any]]:
@@ -102,8 +108,8 @@ class MultiplicativeFactorSteps(AuxiliaryAdam):
         positions = self._packed_positions(n, diag.device)
         g_diag = torch.zeros_like(diag) if diag.grad is None else diag.grad / torch.sigmoid(diag)  # ∂/∂L_ii
         g_off = torch.zeros_like(off) if off.grad is None else off.grad
-        L = _unpack(torch.cat([positive(diag), off]), positions, n)
-        D = lower_part_of_transposed_product(L, _unpack(torch.cat([g_diag, g_off]), positions, n))
+        L = unpack_lower(torch.cat([positive(diag), off]), positions, n)
+        D = lower_part_of_transposed_product(L, unpack_lower(torch.cat([g_diag, g_off]), positions, n))
         state = self.state[diag]  # "step" too, which torch.optim.Adam's load_state_dict expects in every state
         if "factor_momentum" not in state:
             state["factor_momentum"], state["step"] = torch.zeros_like(D), torch.tensor(0.0)
@@ -118,13 +124,10 @@ class MultiplicativeFactorSteps(AuxiliaryAdam):
         off.copy_(L.view(-1)[positions[n:]])
 
     def _packed_positions(self, n: int, device: torch.device) -> Tensor:
-        """Row-major positions in an n×n matrix of [diagonal, strictly lower entries] (``TriangularFactor``'s
-        order of ``diag`` and ``off``)."""
-        key = (n, device)
-        if key not in self._positions:
-            rows, cols = torch.tril_indices(n, n, offset=-1, device=device)
-            self._positions[key] = torch.cat([torch.arange(n, device=device) * (n + 1), rows * n + cols])
-        return self._positions[key]
+        """``packed_positions(n)``, made once per size and device."""
+        if (n, device) not in self._positions:
+            self._positions[n, device] = packed_positions(n, device)
+        return self._positions[n, device]
 
 
 def lower_product(A: Tensor, B: Tensor, min_size: int = 128) -> Tensor:
@@ -135,10 +138,11 @@ def lower_product(A: Tensor, B: Tensor, min_size: int = 128) -> Tensor:
     if n < min_size:
         return torch.tril(A @ B)
     h = n // 2
-    top = lower_product(A[:h, :h], B[:h, :h], min_size)
-    bottom_left = A[h:, :h] @ B[:h, :h] + A[h:, h:] @ B[h:, :h]
-    bottom_right = lower_product(A[h:, h:], B[h:, h:], min_size)
-    return torch.cat([torch.cat([top, top.new_zeros(h, n - h)], 1), torch.cat([bottom_left, bottom_right], 1)])
+    return _lower_blocks(
+        lower_product(A[:h, :h], B[:h, :h], min_size),
+        A[h:, :h] @ B[:h, :h] + A[h:, h:] @ B[h:, :h],
+        lower_product(A[h:, h:], B[h:, h:], min_size),
+    )
 
 
 def lower_part_of_transposed_product(L: Tensor, G: Tensor, min_size: int = 128) -> Tensor:
@@ -149,12 +153,14 @@ def lower_part_of_transposed_product(L: Tensor, G: Tensor, min_size: int = 128) 
     if n < min_size:
         return torch.tril(L.mT @ G)
     h = n // 2
-    top = lower_part_of_transposed_product(L[:h, :h], G[:h, :h], min_size) + torch.tril(L[h:, :h].mT @ G[h:, :h])
-    bottom_left = L[h:, h:].mT @ G[h:, :h]
-    bottom_right = lower_part_of_transposed_product(L[h:, h:], G[h:, h:], min_size)
-    return torch.cat([torch.cat([top, top.new_zeros(h, n - h)], 1), torch.cat([bottom_left, bottom_right], 1)])
+    return _lower_blocks(
+        lower_part_of_transposed_product(L[:h, :h], G[:h, :h], min_size) + torch.tril(L[h:, :h].mT @ G[h:, :h]),
+        L[h:, h:].mT @ G[h:, :h],
+        lower_part_of_transposed_product(L[h:, h:], G[h:, h:], min_size),
+    )
 
 
-def _unpack(packed: Tensor, positions: Tensor, n: int) -> Tensor:
-    """The n×n lower-triangular matrix whose entries at ``positions`` are ``packed``."""
-    return packed.new_zeros(n * n).scatter(0, positions, packed).view(n, n)
+def _lower_blocks(top: Tensor, bottom_left: Tensor, bottom_right: Tensor) -> Tensor:
+    """[[top, 0], [bottom_left, bottom_right]]."""
+    zeros = top.new_zeros(top.shape[0], bottom_right.shape[1])
+    return torch.cat([torch.cat([top, zeros], 1), torch.cat([bottom_left, bottom_right], 1)])

@@ -13,7 +13,9 @@ import torch
 
 from benchmarks import (
     bench_aux,
+    bench_aux_optimizers,
     bench_conv_lowrank,
+    bench_deep_linear_fishleg,
     bench_online_aux,
     bench_step,
     bench_time_to_loss,
@@ -101,3 +103,25 @@ def test_online_aux_reports_the_share_of_the_way_to_the_asymptote(optimizer, tmp
         assert run["diverged"] == (not math.isfinite(a) or a > a0)
     # the damped-KFAC start is already better than the best identity multiple
     assert result["runs"][1]["heldout_aux_loss_start"] < result["runs"][0]["heldout_aux_loss_start"]
+
+
+@pytest.mark.parametrize(
+    "arguments", [["--aux-optimizer", "multiplicative", "--k", "2"], ["--aux-optimizer", "adam", "--other-lr", "0.03"]]
+)
+def test_aux_optimizers_records_the_monitor_along_the_fit(arguments, tmp_path):
+    result = bench_aux_optimizers.main(
+        ["--quick", "--form", "ekfac", "--points", "2", "--cache", str(tmp_path), "--json", str(tmp_path / "m.json")]
+        + arguments
+    )
+    assert json.loads((tmp_path / "m.json").read_text()) == {
+        **result,
+        "monitor": {str(k): v for k, v in result["monitor"].items()},
+    }
+    assert list(result["monitor"]) == [0, 2, 4] and all(math.isfinite(m) for m in result["monitor"].values())
+
+
+@pytest.mark.parametrize("arguments", [[], ["--kfac", "--couple", "--decay", "0.5", "--aux-optimizer", "adam"]])
+def test_deep_linear_fishleg_reports_the_test_loss_over_the_noise_floor(arguments, tmp_path):
+    result = bench_deep_linear_fishleg.main(["--quick", "--json", str(tmp_path / "dl.json"), *arguments])
+    assert list(result["test_over_noise"]) == [10, 20]
+    assert all(math.isfinite(r) and r > 0 for r in result["test_over_noise"].values())

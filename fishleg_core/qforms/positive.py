@@ -31,6 +31,19 @@ class PositiveTensor(nn.Module):
         return positive(self.raw)
 
 
+def packed_positions(n: int, device: torch.device | str | None = None) -> Tensor:
+    """Row-major positions in an n×n matrix of its diagonal, then its strictly lower entries (row by row): the
+    order of a ``TriangularFactor``'s ``diag`` and ``off``."""
+    rows, cols = torch.tril_indices(n, n, offset=-1, device=device)
+    return torch.cat([torch.arange(n, device=device) * (n + 1), rows * n + cols])
+
+
+def unpack_lower(packed: Tensor, positions: Tensor, n: int) -> Tensor:
+    """The n×n lower-triangular matrix with ``packed`` at ``positions`` (``packed_positions``), one vectorised
+    scatter (faster than masked_scatter)."""
+    return packed.new_zeros(n * n).scatter(0, positions, packed).view(n, n)
+
+
 class TriangularFactor(nn.Module):
     """A lower-triangular n×n matrix L with positive diagonal: L = strict_lower(off) + diag(positive(d)).
 
@@ -55,9 +68,7 @@ class TriangularFactor(nn.Module):
             raise ValueError(f"TriangularFactor needs a square initial matrix, got {tuple(init.shape)}")
         self.n = n
         rows, cols = torch.tril_indices(n, n, offset=-1, device=init.device)
-        diagonal = torch.arange(n, device=init.device)
-        # row-major positions in L of [diag, off], for one vectorised scatter (faster than masked_scatter)
-        self.register_buffer("_positions", torch.cat([diagonal * (n + 1), rows * n + cols]), persistent=False)
+        self.register_buffer("_positions", packed_positions(n, init.device), persistent=False)
         self.diag = nn.Parameter(inverse_softplus(torch.diagonal(init).clone()))
         self.off = nn.Parameter(init[rows, cols].clone())
         self._cache: dict[str, tuple[tuple[int, ...], Tensor]] = {}
@@ -104,7 +115,7 @@ class TriangularFactor(nn.Module):
 
     def _build(self) -> Tensor:
         entries = torch.cat([positive(self.diag), self.off])
-        return entries.new_zeros(self.n * self.n).scatter(0, self._positions, entries).view(self.n, self.n)
+        return unpack_lower(entries, self._positions, self.n)
 
     def _tracking_gradients(self) -> bool:
         return torch.is_grad_enabled() and (self.diag.requires_grad or self.off.requires_grad)
