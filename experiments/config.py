@@ -12,11 +12,11 @@ from typing import Any, Literal, cast
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from experiments.coupling import GROUP_FORMS, study_form_names
+from experiments.coupling import study_form_names
 from experiments.form_specs import parse_spec
 from experiments.provenance import code_hash, environment
+from experiments.row_code import form_code, model_code
 from experiments.study_models import MODELS, PRETRAINING_DEFAULTS
-from fishleg_core import QFORMS, QGROUPS
 from fishleg_core.aux_optimizers import AUX_OPTIMIZERS, split_spec
 from fishleg_core.checks import validate
 
@@ -258,14 +258,16 @@ class StudyConfig(BaseModel):
         return [self.model_copy(update={"seed": self.seed + i, "seeds": 1}) for i in range(self.seeds)]
 
     def pretraining_key(self) -> str:
-        """The key of the pre-trained model: the data and pre-training settings."""
-        return self.key(PRETRAINING_FIELDS)
+        """The key of the pre-trained model: the data and pre-training settings, and the code of the registry
+        entries the model's rows run (``model_code``: the likelihood trains it)."""
+        return self.key(PRETRAINING_FIELDS, code=code_hash(*model_code(self.model)))
 
     def form_key(self, form: str) -> str:
         """The key of a form's result: every setting but the list of forms and the other forms' rates and
-        optimizers, the
-        form's label (name and options) and the hash of its code (``form_code``) and of the auxiliary
-        optimizer's factory (a plugin may register either)."""
+        optimizers, the form's label (name and options) and the hash of the code of every registry entry its
+        row runs (a plugin may register or replace any): the model's (``model_code``), the form's and its
+        Kronecker start's (``form_code``) and the auxiliary optimizer's factory. ``init`` is the start the
+        study gives every form (``StudyConfig.init``, or "identity" where a form has no KFAC start)."""
         spec = self.optimizer(form)
         optimizer = AUX_OPTIMIZERS.get(split_spec(spec)[0])
         return self.key(
@@ -273,18 +275,13 @@ class StudyConfig(BaseModel):
             lr=self.lr(form),
             optimizer=spec,
             form=form,
-            code=code_hash(*form_code(form), optimizer),
+            code=code_hash(*model_code(self.model), *form_code(form), "auxiliary optimizer", optimizer),
         )
 
     def reference_key(self) -> str:
-        """The key of a reference row: every setting but the forms and those of their fits."""
-        return self.key(exclude=("forms", *FIT_FIELDS))
-
-
-def form_code(form: str) -> list[Any]:
-    """The classes and functions outside the library that a form's result depends on: its QForm class."""
-    name = parse_spec(form).name
-    return [QGROUPS.get(name) if name in GROUP_FORMS else QFORMS.get(name)]
+        """The key of a reference row: every setting but the forms and those of their fits, and the code of
+        the registry entries the model's rows run (``model_code``)."""
+        return self.key(exclude=("forms", *FIT_FIELDS), code=code_hash(*model_code(self.model)))
 
 
 def resolve(file: str | None, quick: bool, overrides: Mapping[str, Any]) -> StudyConfig:
