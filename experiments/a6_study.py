@@ -453,7 +453,7 @@ def fit_form(
         config.seed + KFAC_SEED_OFFSET,
     )
     if start is not None and start.reason is not None:
-        initial.update(init_note=start.reason, start_note=start.note(name))
+        initial.update(init_note=f"c·I: {start.reason}", start_note=start.note(name))
     start_seconds = time.perf_counter() - started
     monitor = Monitor(model, likelihood, q, directions, curvature, config.damping, config.steps)
     stream, batches = training_streams(
