@@ -4,6 +4,7 @@ form gets the same kind of start, said in words next to its e where it is c·I."
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from torch import nn
 import fishleg_core as fl
 from experiments import a6_study
 from experiments.config import StudyConfig
+from experiments.provenance import code_hash
+from experiments.study_models import MODELS
 from fishleg_core.kfac_start import KRONECKER_STARTS
 from fishleg_core.qforms.base import QForm
 from fishleg_core.qforms.positive import PositiveTensor, inverse_softplus
@@ -199,3 +202,26 @@ def test_the_figure_names_the_optimizers_of_lambda():
         "step of λ's optimizer (multiplicative: kron; adam: kron_sum)"
     )
     assert step_label(StudyConfig(forms=("kron",), aux_optimizer="adam")) == "adam step of λ"
+
+
+_ANNOUNCED: set[str] = set()
+
+
+def announcing(message):
+    if message not in _ANNOUNCED:
+        _ANNOUNCED.add(message)
+    return message
+
+
+def test_a_key_is_the_same_after_the_code_it_covers_ran():
+    """Run-time state of a module (a private set of warnings given) is not part of the code: the exact Fisher
+    method records the kernels it announced, and the transformer's keys must not change with that."""
+    config = StudyConfig(model="transformer")
+    before = code_hash(announcing), config.reference_key(), config.form_key("kron")
+    announcing("once")
+    model = MODELS["transformer"].build(0)
+    vector = {name: torch.randn_like(p) for name, p in model.named_parameters()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fl.fisher_vp(model, "categorical", torch.rand(2, 784), vector, method="exact", damping=1.0)
+    assert (code_hash(announcing), config.reference_key(), config.form_key("kron")) == before
