@@ -12,11 +12,13 @@ likelihood, or a classifier on (pixels, labels) with a Categorical one), then fo
 rescaled damped-KFAC start, by the multiplicative optimizer by default, Adam for kron_sum and tridiag_kron) on the
 auxiliary loss, measures it on held-out probes, certifies it by a constant-rate continuation, next to references
 (best identity multiple, inverse damped KFAC by hand and by curvlinops); writes ``results.json``, ``figure4.png``
-and ``summary.md`` in DIR (default ``results/a6``, or ``results/a6-<model>`` for the CNN and the transformer). What
-needs a model of nn.Linear layers only degrades with a note rather than failing: on other models every form starts
-from c·I (``init: identity`` with ``init_note`` in its row), and the hand-written KFAC reference, like any
-curvlinops reference that cannot handle the model's layers, is skipped (``skipped_references`` in ``results.json``,
-a line in ``summary.md``). Results are cached under a hash of the settings they depend on:
+and ``summary.md`` in DIR (default ``results/a6``, or ``results/a6-<model>`` for the CNN and the transformer). Every
+form gets the same kind of start (``common_start``, docs/study.md "Starts"): the KFAC start, or c·I for all when
+the model has other layers than nn.Linear or a form has no Kronecker start (``init: identity`` with ``init_note``
+and ``start_note`` in each row, the note next to e in the console and ``summary.md``). The hand-written KFAC
+reference, like any curvlinops reference that cannot handle the model's layers, is skipped on such a model
+(``skipped_references`` in ``results.json``, a line in ``summary.md``). Results are cached under a hash of the
+settings and of the code of every registry entry they depend on (``experiments/row_code.py``):
 ``DIR/pretrained-<key>.pt``, ``DIR/cg-<key>.pt`` (the probes' F_γ⁻¹u), ``DIR/forms/<form>-<key>.json`` (written as
 each form finishes) and ``DIR/references/<name>-<key>.json``, so a re-run reuses them, a changed configuration
 computes its own (and keeps the others'), and ``--force`` recomputes. Bad input gives one ``a6_study: error: ...``
@@ -104,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--init",
-        help="Q₀: kfac (default; c·I for forms without a Kronecker start and on models with other layers "
-        "than nn.Linear) or identity",
+        help="Q₀: kfac (default; c·I for every form when one has no Kronecker start or the model has other "
+        "layers than nn.Linear) or identity",
     )
     parser.add_argument("--damping", type=float, help="γ of F_γ = F + γI (> 0)")
     parser.add_argument("--seed", type=int, help="seed of every random stream")

@@ -112,7 +112,9 @@ class StudyConfig(BaseModel):
         "label or QForm name with a 'default'",
     )
     init: Literal["kfac", "identity"] = Field(
-        "kfac", description="Q₀: the rescaled damped-KFAC start where the form takes one (else c·I), or c·I"
+        "kfac",
+        description="Q₀: the rescaled damped-KFAC start (c·I for every form when one has no Kronecker start or "
+        "the model has other layers than nn.Linear: every form gets the same kind of start), or c·I",
     )
     decay_fraction: float = Field(0.5, ge=0, le=1, description="final part of the steps with cosine LR decay to 0")
     damping: float = Field(1.0, gt=0, allow_inf_nan=False, description="γ of F_γ = F + γI")
