@@ -195,7 +195,9 @@ def sweep_and_train(experiment: Experiment, progress: Callable[[str], None]) -> 
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.autoencoder_training", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--quick", action="store_true", help="a tiny autoencoder, a few iterations (seconds)")
     parser.add_argument("--seeds", type=int, help="seeds (initialisation and minibatch order)")
     parser.add_argument("--iterations", type=int, help="training iterations per run")

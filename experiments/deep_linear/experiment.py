@@ -155,7 +155,7 @@ def minibatch_inputs(data: TeacherData, batch: int, seed: int) -> Iterator[Tenso
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.deep_linear", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny network and a few iterations (seconds)")
     parser.add_argument("--seeds", type=int, help="independent repetitions (teacher, data, initialisation)")
     parser.add_argument("--out", default="results/deep_linear", help="output folder")
