@@ -12,11 +12,11 @@ from tiny_study import TINY_STUDY
 from torch import nn
 
 import fishleg_core as fl
-from experiments import a6_study
-from experiments.config import StudyConfig
-from experiments.provenance import code_hash
-from experiments.study_models import MODELS
-from fishleg_core.kfac_start import KRONECKER_STARTS
+from experiments.a6 import study as a6_study
+from experiments.a6.config import StudyConfig
+from experiments.a6.provenance import code_hash
+from experiments.a6.study_models import MODELS
+from fishleg_core.kfac import KRONECKER_STARTS
 from fishleg_core.qforms.base import QForm
 from fishleg_core.qforms.positive import PositiveTensor, inverse_softplus
 from fishleg_core.registry import Registry
@@ -195,7 +195,7 @@ def test_a_start_registered_or_edited_after_a_run_is_not_reused(forms, study):
 
 
 def test_the_figure_names_the_optimizers_of_lambda():
-    from experiments.report import step_label
+    from experiments.a6.report import step_label
 
     assert step_label(StudyConfig(forms=("diagonal", "kron"))) == "multiplicative step of λ"
     assert step_label(StudyConfig(forms=("kron", "kron_sum"))) == (

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import fishleg_core as fl
-from experiments.data import load_digits
+from experiments.common.data import load_digits
 from fishleg_core.qforms.diagonal import DiagonalQ
 from fishleg_core.qforms.positive import PositiveTensor
 from fishleg_core.testing import check_qform

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fishleg_core.user_warnings import warn_user
+from fishleg_core._warnings import warn_user
 
 
 class StepHealth:
