@@ -61,13 +61,16 @@ def train(steps: int, **settings) -> tuple[fl.FishLeg, list[float], list[str]]:
 def test_an_exploding_q_is_named_at_its_first_auxiliary_update_and_blamed_for_the_non_finite_loss():
     optimizer, losses, messages = train(40, lr=0.1, aux_lr=1.0, aux_every=1)
     explosion = [i for i, m in enumerate(messages) if "grew to" in m and "above 10/γ" in m]
-    assert explosion and "(after 2 auxiliary updates;" in messages[explosion[0]]  # no history of 10 needed
+    # at step 0, right after the first update and before θ moves with the exploded Q: no history needed
+    assert explosion and "(after 1 auxiliary update;" in messages[explosion[0]]
     first_bad = next(step for step, loss in enumerate(losses) if not math.isfinite(loss))
     assert first_bad > 2  # named before the loss is lost
     gradient = [m for m in messages if "non-finite values in the gradient" in m]
     assert len(gradient) == 1 and explosion[0] < messages.index(gradient[0])
     assert "because λ blew up: at auxiliary update" in gradient[0] and "Q of block" in gradient[0]
     assert "above 10/γ = 10" in gradient[0] and "lower aux_lr" in gradient[0]
+    _, _, first_step = train(1, lr=0.1, aux_lr=1.0, aux_every=1)
+    assert any("grew to" in m for m in first_step)  # named within the step whose λ update blew Q up
 
 
 def test_persistent_skipping_says_that_training_has_stopped_and_not_that_it_recovers():

@@ -12,8 +12,9 @@ uᵀF_γu > 2/q₀, common along gradients, which follow the largest curvature).
 kind, a ``RuntimeWarning``) when
 
 - Q explodes: at any single update, a group's uᵀQu/‖u‖² exceeds ``explode`` / γ (no F_γ⁻¹ is that large;
-  no history needed, so the blow-up is named at the update that caused it, and ``blowup`` keeps it for
-  ``FishLeg`` to blame a non-finite gradient on λ);
+  no history needed). ``FishLeg`` also checks Q as each update left it, from g and the Q·g its step takes
+  anyway (``check_updated``), so a λ step that blows Q up is named before θ moves with it; ``blowup`` keeps
+  it for ``FishLeg`` to blame a non-finite gradient on λ;
 - Q collapses: over the last ``window`` updates, a group's scale s_b stays below ``collapse``;
 - the Fisher vanishes: over the last ``window`` updates f < ``vanish``: Q → I/γ and A falls towards
   −1/(2γ), looking healthy, while the training loss may be stuck (a softmax before a categorical likelihood
@@ -27,6 +28,7 @@ scale: ``q_scale`` gives None for it and ``q_scale_missing`` the reason, never N
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import deque
 from collections.abc import Mapping
@@ -96,7 +98,7 @@ class QMonitor:
         self.fisher_ratio = (vh - self.damping * vv) / (self.damping * vv) if vv > 0 and self.damping > 0 else None
         self.updates += 1
         self._recent.append((self.scales, self.fisher_ratio, a))
-        self._check_explosion()
+        self._check_explosion(self.scales)
         if len(self._recent) == self._recent.maxlen:
             self._check()
 
@@ -109,6 +111,20 @@ class QMonitor:
             "fisher_to_damping": self.fisher_ratio,
             "warnings": sorted(self.warned),
         }
+
+    @torch.no_grad()
+    def check_updated(self, g: Mapping[str, Tensor], qg: Mapping[str, Tensor]) -> None:
+        """The explosion check on Q as the latest update left it, from g and Q·g (the product the step takes
+        anyway): a λ step that blows Q up is named before θ moves with it."""
+        values = torch.stack(
+            [statistic for _, names in self.groups for statistic in (_dot(g, qg, names), _dot(g, g, names))]
+        ).tolist()  # one synchronisation
+        scales = {
+            name: uv / uu / self.init_scale
+            for (name, _), uv, uu in zip(self.groups, values[::2], values[1::2])
+            if uu > 0 and math.isfinite(uv)
+        }
+        self._check_explosion(scales)
 
     def blame(self) -> str | None:
         """Why a non-finite gradient now is λ's doing, or None: a group's Q exploded at the latest update."""
@@ -125,10 +141,10 @@ class QMonitor:
         """``explode``/γ: uᵀQu/‖u‖² above it is beyond every F_γ⁻¹ ⪯ I/γ."""
         return self.explode / self.damping if self.damping > 0 else float("inf")
 
-    def _check_explosion(self) -> None:
+    def _check_explosion(self, scales: Mapping[str, float | None]) -> None:
         above = {
             name: scale
-            for name, scale in self.scales.items()
+            for name, scale in scales.items()
             if scale is not None and scale * self.init_scale > self._bound()
         }
         if not above:
@@ -178,7 +194,9 @@ class QMonitor:
         if kind not in self.warned:
             self.warned.add(kind)
             warn_user(
-                f"FishLeg: {message} (after {self.updates} auxiliary updates; optimizer.diagnostics())", RuntimeWarning
+                f"FishLeg: {message} (after {self.updates} auxiliary update{'' if self.updates == 1 else 's'}; "
+                "optimizer.diagnostics())",
+                RuntimeWarning,
             )
 
 

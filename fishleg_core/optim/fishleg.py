@@ -259,7 +259,10 @@ class FishLeg(torch.optim.Optimizer):
             inverse_norm = 1.0 / gradient_norm
             u_factors = {name: (left * inverse_norm, right) for name, (left, right) in factors.items()}
             self.auxiliary.step(scale(gradient, inverse_norm), u_factors, *aux_batch_parts)
-        direction = self.q(gradient, factors)
+            direction = self.q(gradient, factors)
+            self.monitor.check_updated(gradient, direction)  # Q as this update left it, before θ moves with it
+        else:
+            direction = self.q(gradient, factors)
         if not on_gradient:
             direction = self._averaged("momentum_buffer", direction)
         # Only now, with nothing left that can fail, does the optimizer state change.
