@@ -255,14 +255,15 @@ class FishLeg(torch.optim.Optimizer):
             gradient = self._averaged("momentum_buffer", gradient)
         gradient_norm = norm(gradient) if aux_due else None
         # a zero gradient gives no direction to learn from (gradient_norm is None exactly when no aux step is due)
+        aux_step = False
         if aux_batch_parts is not None and gradient_norm is not None and gradient_norm > 0:
             inverse_norm = 1.0 / gradient_norm
             u_factors = {name: (left * inverse_norm, right) for name, (left, right) in factors.items()}
             self.auxiliary.step(scale(gradient, inverse_norm), u_factors, *aux_batch_parts)
-            direction = self.q(gradient, factors)
+            aux_step = True
+        direction = self.q(gradient, factors)
+        if aux_step:
             self.monitor.check_updated(gradient, direction)  # Q as this update left it, before θ moves with it
-        else:
-            direction = self.q(gradient, factors)
         if not on_gradient:
             direction = self._averaged("momentum_buffer", direction)
         # Only now, with nothing left that can fail, does the optimizer state change.
