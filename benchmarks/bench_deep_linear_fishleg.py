@@ -53,8 +53,10 @@ def main(argv: list[str] | None = None) -> dict:
         "momentum": config.momentum,
         "momentum_on": args.momentum_on or config.momentum_on,
         "damping": config.damping,
-        "aux_optimizer": args.aux_optimizer or config.aux_optimizer,
-        "aux_lr": config.aux_lr if args.aux_lr is None else args.aux_lr,
+        "aux_optimizer": {
+            "name": args.aux_optimizer or config.aux_optimizer,
+            "lr": config.aux_lr if args.aux_lr is None else args.aux_lr,
+        },
         "aux_every": config.aux_every,
         "aux_data": minibatch_inputs(data, config.batch, seed=3 * args.seed + 1),
         "seed": 0,
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
         fl.kfac_warm_start(q, model, likelihood(config.width), start, damping=config.damping)
         settings["q"] = q
     else:
-        settings["couple"] = couple
+        settings["q"] = {"couple": couple}
     optimizer = fl.FishLeg(model, likelihood(config.width), **settings)
     scheduler = None
     if args.decay:

@@ -40,23 +40,30 @@ def contenders(
     """SGD with momentum at its best stable rate (see bench_time_to_loss); FishLeg started as that SGD
     (sgd_lr in Algorithm 1's (1 − β) convention); the auxiliary learning rate scaled by aux_every. Each
     FishLeg gets its own auxiliary stream from ``aux_stream()``, identical for all."""
-    fishleg: dict[str, Any] = dict(lr=0.3, sgd_lr=0.03, damping=1.0, momentum=0.9)
+    fishleg: dict[str, Any] = dict(lr=0.3, q={"init_scale": 0.03 / 0.3}, damping=1.0, momentum=0.9)
     return {
         "sgdm": lambda m: torch.optim.SGD(m.parameters(), lr=0.003, momentum=0.9),
         "adam": lambda m: torch.optim.Adam(m.parameters(), lr=1e-3),
         "fishleg_aux10": lambda m: fl.FishLeg(
-            m, LIKELIHOOD, aux_every=10, aux_lr=3e-3, aux_data=aux_stream(), **fishleg
+            m,
+            LIKELIHOOD,
+            aux_every=10,
+            aux_optimizer={"name": "adam", "lr": 3e-3},
+            aux_data=aux_stream(),
+            **fishleg,
         ),
-        "fishleg_aux1": lambda m: fl.FishLeg(m, LIKELIHOOD, aux_every=1, aux_lr=3e-4, aux_data=aux_stream(), **fishleg),
+        "fishleg_aux1": lambda m: fl.FishLeg(
+            m, LIKELIHOOD, aux_every=1, aux_optimizer={"name": "adam", "lr": 3e-4}, aux_data=aux_stream(), **fishleg
+        ),
         # momentum on g diverges at lr 0.3 here (see README): a smaller step
         "fishleg_aux10_gmom": lambda m: fl.FishLeg(
             m,
             LIKELIHOOD,
             aux_every=10,
-            aux_lr=3e-3,
+            aux_optimizer={"name": "adam", "lr": 3e-3},
             momentum_on="gradient",
             aux_data=aux_stream(),
-            **{**fishleg, "lr": 0.1},
+            **{**fishleg, "lr": 0.1, "q": {"init_scale": 0.03 / 0.1}},
         ),
     }
 

@@ -91,11 +91,11 @@ def main(argv: list[str] | None = None) -> dict:
             m,
             LIKELIHOOD,
             lr=1.0,
-            sgd_lr=best_lr / (1 - MOMENTUM),
+            q={"init_scale": best_lr / (1 - MOMENTUM)},  # lr=1.0: Q₀ is the SGD rate
             momentum=MOMENTUM,
             momentum_on=on,
             damping=1.0,
-            aux_lr=3e-3,
+            aux_optimizer={"name": "adam", "lr": 3e-3},
             aux_every=10,
             aux_data=minibatches(data, 100, seed=2),
         )
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
             lr=KFAC_START_LR,
             momentum=MOMENTUM,
             damping=1.0,
-            aux_lr=1e-4,
+            aux_optimizer={"name": "adam", "lr": 1e-4},
             aux_every=10,
             aux_data=aux_data,
             q=q,

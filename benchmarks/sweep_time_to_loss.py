@@ -13,8 +13,11 @@ the reference implementation's MNIST settings (``REFERENCE``).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
+from typing import Any
 
 import torch
+from torch import nn
 
 import fishleg_core as fl
 from benchmarks.bench_time_to_loss import LIKELIHOOD, MOMENTUM, arguments, run
@@ -23,6 +26,22 @@ from benchmarks.common import minibatches, mnist_digits, write_json
 GRID = {"lr": (1.0, 3.0), "damping": (0.1, 0.3, 1.0), "aux_lr": (1e-3, 3e-3, 1e-2), "aux_every": (10, 20)}
 # the settings of the reference implementation's MNIST autoencoder example (Q₀ = I, FishLeg lr 0.02)
 REFERENCE = {"lr": 0.02, "init_scale": 1.0, "damping": 0.3, "aux_lr": 2e-3, "aux_every": 10}
+
+
+def fishleg(model: nn.Module, setting: dict[str, Any], aux_stream: Iterable[torch.Tensor]) -> fl.FishLeg:
+    """FishLeg at one ``setting`` of the sweep; Q₀ = (sgd_lr / lr)·I, or init_scale·I."""
+    init_scale = setting["sgd_lr"] / setting["lr"] if "sgd_lr" in setting else setting["init_scale"]
+    return fl.FishLeg(
+        model,
+        LIKELIHOOD,
+        lr=setting["lr"],
+        momentum=MOMENTUM,
+        damping=setting["damping"],
+        q={"init_scale": init_scale},
+        aux_optimizer={"name": "adam", "lr": setting["aux_lr"]},
+        aux_every=setting["aux_every"],
+        aux_data=aux_stream,
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -47,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     for setting in [*settings, REFERENCE]:
         aux_stream = minibatches(data, 100, seed=2)
         result = run(
-            lambda m: fl.FishLeg(m, LIKELIHOOD, momentum=MOMENTUM, aux_data=aux_stream, **setting),  # noqa: B023
+            lambda m: fishleg(m, setting, aux_stream),  # noqa: B023
             data,
             args.iterations,
             args.window,

@@ -26,8 +26,8 @@ from fishleg_core.layers import (
 )
 from fishleg_core.likelihoods import LIKELIHOODS, Likelihood
 from fishleg_core.model_q import ModelQ, build_model_q
-from fishleg_core.optim.config import FishLegConfig, sgd_lr_from_torch
-from fishleg_core.optim.fishleg import FishLeg
+from fishleg_core.optim.config import sgd_lr_from_torch
+from fishleg_core.optim.fishleg import FishLeg, FishLegConfig
 from fishleg_core.param_vectors import ParamDict
 from fishleg_core.plugins import PluginError, load_plugins
 from fishleg_core.qforms import QFORMS, QForm

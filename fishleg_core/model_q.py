@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Mapping, Sequence
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -14,7 +15,7 @@ from fishleg_core.layers.form_choice import FormChoices, choose_forms
 from fishleg_core.layers.mapping import map_blocks
 from fishleg_core.qforms.positive import TriangularFactor
 
-__all__ = ["BlockQ", "LowRankFactors", "ModelQ", "CoupledQ", "build_model_q", "check_model_q"]
+__all__ = ["BlockQ", "LowRankFactors", "ModelQ", "CoupledQ", "build_model_q", "check_model_q", "q_options"]
 
 
 class ModelQ(nn.Module):
@@ -152,10 +153,27 @@ def build_model_q(
     coupled: Sequence[CoupledSpec] | None = None,
     couple: str | None = None,
 ) -> ModelQ:
-    """Map ``model`` to blocks (``map_blocks``); make the coupled forms asked for by ``coupled`` (e.g.
-    ``[{"blocks": ["0", "2"], "form": "tridiag_kron"}]``) and ``couple`` (``"adjacent"``: a ``tridiag_kron``
-    group per chain of consecutive linear layers; see ``choose_coupled``); give every other block its QForm
-    (``choose_forms``). All start at ``init_scale · I``, with the dtype and device of their parameters."""
+    """Q(λ) for ``model``: its blocks (``map_blocks``) in coupled forms and QForms, all at Q₀ = init_scale·I.
+
+    Args:
+        model: the network whose trainable parameters Q covers.
+        forms: QForm per layer type name, module-name pattern or ``"default"`` (``choose_forms``); None: each
+            adapter's default form.
+        init_scale: c > 0 of Q₀ = c·I.
+        strict: an error, not a warning, for trainable parameters that no layer adapter covers.
+        coupled: blocks that share one coupled form, e.g. ``[{"blocks": ["0", "2"], "form": "tridiag_kron"}]``
+            (``choose_coupled``); the other blocks get their QForm from ``forms``.
+        couple: ``"adjacent"``: a ``tridiag_kron`` group per chain of consecutive linear layers.
+
+    Returns:
+        The ``ModelQ``, with the dtype and device of the parameters of each block, in the model's parameter
+        order.
+
+    Raises:
+        ValueError: ``init_scale`` <= 0, the model has no trainable parameters, or a choice of forms or coupled
+            blocks is invalid (``strict``: also parameters no adapter covers).
+        TypeError: ``forms`` is not a mapping of strings to form specs.
+    """
     check_number("init_scale", init_scale, 0.0)
     blocks = map_blocks(model, strict=strict)
     if not blocks:
@@ -193,6 +211,23 @@ def build_model_q(
     order = {name: i for i, name in enumerate(params)}
     made.sort(key=lambda group: min(order[name] for name in group.param_names))
     return ModelQ(made, param_order=list(params))
+
+
+def q_options(spec: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The keyword arguments of ``build_model_q`` that ``spec`` gives (FishLeg's ``q=`` mapping).
+
+    Raises:
+        TypeError: ``spec`` is neither None, a ``ModelQ`` nor a mapping.
+        ValueError: ``spec`` has a key that is no option of ``build_model_q`` (the message lists them).
+    """
+    if spec is None:
+        return {}
+    check_mapping("q", spec, "a ModelQ or a mapping of build_model_q options (forms, coupled, couple, init_scale)")
+    accepted = [name for name in inspect.signature(build_model_q).parameters if name not in ("model", "strict")]
+    unknown = sorted(set(spec) - set(accepted))
+    if unknown:
+        raise ValueError(f"q: unknown options {', '.join(map(repr, unknown))}; it takes: {', '.join(accepted)}")
+    return dict(spec)
 
 
 def check_model_q(q: object, params: Mapping[str, Tensor]) -> None:

@@ -22,6 +22,11 @@ CASES = [
 fails when one is missing."""
 
 
+def with_lr(spec, lr: float) -> dict:
+    """``spec`` as a mapping, with learning rate ``lr``."""
+    return {"name": spec, "lr": lr} if isinstance(spec, str) else {**spec, "lr": lr}
+
+
 def test_every_registered_optimizer_is_tested():
     names = {case.values[0] if isinstance(case.values[0], str) else case.values[0]["name"] for case in CASES}
     assert names == set(fl.AUX_OPTIMIZERS.names())
@@ -63,7 +68,14 @@ def test_fishleg_resume_is_bit_identical(spec, tmp_path):
     def make():
         model = tiny_mlp(2)
         return model, fl.FishLeg(
-            model, LIKELIHOOD, lr=0.1, sgd_lr=0.05, aux_lr=0.01, aux_every=1, seed=7, aux_optimizer=spec, aux_data=aux
+            model,
+            LIKELIHOOD,
+            lr=0.1,
+            q={"init_scale": 0.05 / 0.1},
+            aux_every=1,
+            seed=7,
+            aux_optimizer=with_lr(spec, 0.01),
+            aux_data=aux,
         )
 
     assert_resume_is_bit_identical(make, data, 4, tmp_path)
@@ -74,7 +86,7 @@ def test_a_non_finite_auxiliary_update_leaves_lambda_and_optimizer_state_unchang
     model = tiny_mlp(2)
     x = random_inputs(MLP_INPUT, 8, seed=1)
     y = torch.randn(8, 2, dtype=torch.float64)
-    optimizer = fl.FishLeg(model, LIKELIHOOD, lr=0.1, aux_every=1, aux_lr=0.01, aux_optimizer=spec)
+    optimizer = fl.FishLeg(model, LIKELIHOOD, lr=0.1, aux_every=1, aux_optimizer=with_lr(spec, 0.01))
     for _ in range(2):
         backward(model, optimizer, x, y)
         optimizer.step(aux_batch=x)
@@ -102,5 +114,39 @@ def test_bad_aux_optimizer_is_named(spec, message):
 
 
 def test_an_option_the_optimizer_does_not_take_is_named():
-    with pytest.raises(TypeError, match="auxiliary optimizer 'adam': .*'momentum'.*it takes: params, lr, betas, eps"):
+    message = "auxiliary optimizer 'adam' takes no option 'momentum'; it takes: lr, betas, eps, weight_decay"
+    with pytest.raises(ValueError, match=message):
         fl.build_aux_optimizer({"name": "adam", "momentum": 0.9}, tiny_mlp(2).parameters(), lr=0.1)
+    with pytest.raises(fl.InvalidConfigError, match=f"invalid aux_optimizer: .*{message}"):
+        fl.FishLeg(tiny_mlp(2), LIKELIHOOD, lr=0.1, aux_optimizer={"name": "adam", "momentum": 0.9})
+
+
+def plain_sgd(params, lr, momentum=0.0):
+    """An auxiliary optimizer that declares only its own options: no betas, no eps, no default rate."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum)
+
+
+@pytest.fixture
+def registered_plain_sgd():
+    fl.AUX_OPTIMIZERS.register("plain_sgd")(plain_sgd)
+    yield
+    fl.AUX_OPTIMIZERS.unregister("plain_sgd")
+
+
+@pytest.mark.usefixtures("registered_plain_sgd")
+def test_a_new_optimizer_declares_only_its_own_options():
+    optimizer = fl.FishLeg(
+        tiny_mlp(2), LIKELIHOOD, lr=0.1, aux_optimizer={"name": "plain_sgd", "lr": 0.01, "momentum": 0.5}
+    )
+    assert isinstance(optimizer.auxiliary.optimizer, torch.optim.SGD)
+    assert optimizer.auxiliary.optimizer.param_groups[0]["momentum"] == 0.5
+    with pytest.raises(fl.InvalidConfigError, match="'plain_sgd' has no default for lr: give them in the spec"):
+        fl.FishLeg(tiny_mlp(2), LIKELIHOOD, lr=0.1, aux_optimizer="plain_sgd")
+    with pytest.raises(fl.InvalidConfigError, match="'plain_sgd' takes no option 'betas'; it takes: lr, momentum"):
+        fl.FishLeg(tiny_mlp(2), LIKELIHOOD, lr=0.1, aux_optimizer={"name": "plain_sgd", "lr": 0.1, "betas": (0.9, 0.9)})
+
+
+def test_adam_weight_decay_is_an_option_of_the_spec():
+    optimizer = fl.FishLeg(tiny_mlp(2), LIKELIHOOD, lr=0.1, aux_optimizer={"name": "adam", "weight_decay": 1e-3})
+    group = optimizer.auxiliary.optimizer.param_groups[0]
+    assert (group["weight_decay"], group["lr"], group["betas"], group["eps"]) == (1e-3, 1e-4, (0.9, 0.999), 1e-8)

@@ -1,5 +1,5 @@
 """FishLeg's diagnostics catch the blow-ups of a small CNN at the step they happen (the newcomer's settings:
-aux_lr=1 with aux_every=1, or lr=100), each provoked here on a tiny CNN and tiny images."""
+aux_optimizer lr 1 with aux_every=1, or lr=100), each provoked here on a tiny CNN and tiny images."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def train(steps: int, **settings) -> tuple[fl.FishLeg, list[float], list[str]]:
 
 
 def test_an_exploding_q_is_named_at_its_first_auxiliary_update_and_blamed_for_the_non_finite_loss():
-    optimizer, losses, messages = train(40, lr=0.1, aux_lr=1.0, aux_every=1)
+    optimizer, losses, messages = train(40, lr=0.1, aux_optimizer={"name": "adam", "lr": 1.0}, aux_every=1)
     explosion = [i for i, m in enumerate(messages) if "grew to" in m and "above 10/γ" in m]
     # at step 0, right after the first update and before θ moves with the exploded Q: no history needed
     assert explosion and "(after 1 auxiliary update;" in messages[explosion[0]]
@@ -68,13 +68,13 @@ def test_an_exploding_q_is_named_at_its_first_auxiliary_update_and_blamed_for_th
     gradient = [m for m in messages if "non-finite values in the gradient" in m]
     assert len(gradient) == 1 and explosion[0] < messages.index(gradient[0])
     assert "because λ blew up: at auxiliary update" in gradient[0] and "Q of block" in gradient[0]
-    assert "above 10/γ = 10" in gradient[0] and "lower aux_lr" in gradient[0]
-    _, _, first_step = train(1, lr=0.1, aux_lr=1.0, aux_every=1)
+    assert "above 10/γ = 10" in gradient[0] and "lower aux_optimizer lr" in gradient[0]
+    _, _, first_step = train(1, lr=0.1, aux_optimizer={"name": "adam", "lr": 1.0}, aux_every=1)
     assert any("grew to" in m for m in first_step)  # named within the step whose λ update blew Q up
 
 
 def test_persistent_skipping_says_that_training_has_stopped_and_not_that_it_recovers():
-    optimizer, _, messages = train(40, lr=0.1, aux_lr=1.0, aux_every=1)
+    optimizer, _, messages = train(40, lr=0.1, aux_optimizer={"name": "adam", "lr": 1.0}, aux_every=1)
     stopped = [m for m in messages if "training has stopped" in m]
     assert len(stopped) == 1 and "of the last 20 steps were skipped" in stopped[0]
     assert "will not recover" in stopped[0]
@@ -84,7 +84,7 @@ def test_persistent_skipping_says_that_training_has_stopped_and_not_that_it_reco
 
 
 def test_a_healthy_cnn_run_stays_quiet():
-    optimizer, losses, messages = train(30, lr=0.1, aux_lr=1e-3, aux_every=1)
+    optimizer, losses, messages = train(30, lr=0.1, aux_optimizer={"name": "adam", "lr": 1e-3}, aux_every=1)
     assert messages == [] and all(math.isfinite(loss) for loss in losses)
     report = optimizer.diagnostics()
     assert not report["training_stopped"] and report["dead_blocks"] == [] and report["warnings"] == []
@@ -105,10 +105,12 @@ def test_dead_units_warn_and_q_scale_says_why_a_block_has_none():
 def test_a_positive_auxiliary_loss_after_many_updates_warns_with_the_advice():
     """Q₀ = 4·I is too large along the gradients (A > 0 wherever uᵀF_γu > 2/q₀ = 0.5) and aux_lr 1e-6 too small
     to bring it down."""
-    optimizer, _, messages = train(105, lr=1e-3, init_scale=4.0, aux_lr=1e-6, aux_every=1)
+    optimizer, _, messages = train(
+        105, lr=1e-3, q={"init_scale": 4.0}, aux_optimizer={"name": "adam", "lr": 1e-6}, aux_every=1
+    )
     positive = [m for m in messages if "auxiliary loss A is still positive" in m]
     assert len(positive) == 1 and "(after 100 auxiliary updates;" in positive[0]
-    assert "healthy A is negative" in positive[0] and "aux_lr" in positive[0] and "init_scale" in positive[0]
+    assert "healthy A is negative" in positive[0] and "aux_optimizer lr" in positive[0] and "init_scale" in positive[0]
     assert optimizer.diagnostics()["last_aux_loss"] > 0
 
 

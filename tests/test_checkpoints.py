@@ -4,9 +4,11 @@ seeded shuffled DataLoader."""
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
+from models import tiny_mlp
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -128,11 +130,10 @@ def test_resume_from_a_weights_only_checkpoint_is_bit_identical_after_several_au
             model,
             likelihood,
             lr=0.1,
-            sgd_lr=0.05,
-            aux_lr=0.01,
+            q={"init_scale": 0.05 / 0.1, "forms": {"Linear": forms}},
+            aux_optimizer={"name": "adam", "lr": 0.01},
             aux_every=1,
             seed=7,
-            forms={"Linear": forms},
             aux_data=aux,
         )
 
@@ -165,7 +166,12 @@ def test_optimizer_and_model_q_checkpoints_hold_only_their_tensors(forms):
     model = nn.Sequential(nn.Linear(20, 24), nn.Tanh(), nn.Linear(24, 10))
     x, y = torch.randn(32, 20), torch.randint(0, 10, (32,))
     optimizer = fl.FishLeg(
-        model, "categorical", lr=0.1, aux_every=5, forms={"default": forms}, aux_data=[torch.randn(16, 20)]
+        model,
+        "categorical",
+        lr=0.1,
+        aux_every=5,
+        q={"forms": {"default": forms}},
+        aux_data=[torch.randn(16, 20)],
     )
     for _ in range(3):
         optimizer.zero_grad()
@@ -174,3 +180,36 @@ def test_optimizer_and_model_q_checkpoints_hold_only_their_tensors(forms):
     loaded = check_checkpoint(optimizer.state_dict())
     assert set(loaded["fishleg"]["q"]) == set(optimizer.q.state_dict())
     check_checkpoint(optimizer.q.state_dict())
+
+
+def test_a_state_dict_saved_with_the_api_before_the_reshape_loads_and_resumes_exactly():
+    """``tests/data/fishleg_old_api.pt`` was written at commit 1b763a6 by ``FishLeg(tiny_mlp(3), "gaussian",
+    lr=0.1, sgd_lr=0.05, aux_lr=0.01, aux_betas=(0.8, 0.99), aux_eps=1e-6, aux_every=1, seed=3,
+    forms={"Linear": "kron"}, aux_data=aux)`` after 3 steps (batch and aux batches from Generator seed 1)
+    (deep copies of the model's and optimizer's state dicts), with the parameters after 2 more steps. The same
+    optimizer in today's API loads it and takes the same 2 steps, to the bit."""
+    saved = torch.load(Path(__file__).parent / "data" / "fishleg_old_api.pt", weights_only=True)
+    model = tiny_mlp(3)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 4, generator=generator, dtype=torch.float64)
+    y = torch.randn(8, 3, generator=generator, dtype=torch.float64)
+    aux = [torch.randn(8, 4, generator=generator, dtype=torch.float64) for _ in range(3)]
+    optimizer = fl.FishLeg(
+        model,
+        "gaussian",
+        lr=0.1,
+        q={"forms": {"Linear": "kron"}, "init_scale": 0.05 / 0.1},
+        aux_optimizer={"name": "adam", "lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6},
+        aux_every=1,
+        seed=3,
+        aux_data=aux,
+    )
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    assert optimizer.steps == 3
+    for _ in range(2):
+        optimizer.zero_grad()
+        ((model(x) - y) ** 2).sum().mul(0.5 / len(x)).backward()
+        optimizer.step()
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, saved["after_two_steps"][name], rtol=0, atol=0)

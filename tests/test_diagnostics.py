@@ -37,11 +37,10 @@ def test_the_scale_of_q_along_the_gradient_is_the_rayleigh_quotient_of_the_dense
         model,
         LIKELIHOOD,
         lr=0.1,
-        sgd_lr=0.05,
-        aux_lr=0.05,
+        q={"init_scale": 0.05 / 0.1, "forms": {"default": "kron"}},
+        aux_optimizer={"name": "adam", "lr": 0.05},
         aux_every=1,
         damping=0.5,
-        forms={"default": "kron"},
         aux_data=aux_batches(),
     )
     train(model, optimizer, 5)
@@ -61,7 +60,14 @@ def test_the_scale_of_q_along_the_gradient_is_the_rayleigh_quotient_of_the_dense
 def test_a_healthy_run_gives_no_diagnostic_warning_and_reports_its_state():
     model = tiny_mlp(2)
     optimizer = fl.FishLeg(
-        model, LIKELIHOOD, lr=0.1, sgd_lr=0.05, aux_lr=1e-3, aux_every=1, damping=0.1, aux_data=aux_batches()
+        model,
+        LIKELIHOOD,
+        lr=0.1,
+        q={"init_scale": 0.05 / 0.1},
+        aux_optimizer={"name": "adam", "lr": 1e-3},
+        aux_every=1,
+        damping=0.1,
+        aux_data=aux_batches(),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -78,7 +84,9 @@ def test_a_vanishing_fisher_warns_that_training_has_likely_stalled():
     model = nn.Sequential(nn.Linear(4, 2)).double()
     with torch.no_grad():
         model[0].bias.fill_(40.0)
-    optimizer = fl.FishLeg(model, "bernoulli", lr=0.1, aux_lr=1e-3, aux_every=1, aux_data=aux_batches())
+    optimizer = fl.FishLeg(
+        model, "bernoulli", lr=0.1, aux_optimizer={"name": "adam", "lr": 1e-3}, aux_every=1, aux_data=aux_batches()
+    )
     likelihood = fl.LIKELIHOODS.build("bernoulli")
     with pytest.warns(RuntimeWarning, match="the Fisher is .* the damping along Q·g.*outputs saturated"):
         for _ in range(12):
@@ -102,7 +110,7 @@ def test_a_softmax_before_the_categorical_likelihood_warns_and_logits_do_not(sof
         model,
         likelihood,
         lr=0.3,
-        aux_lr=1e-2,
+        aux_optimizer={"name": "adam", "lr": 1e-2},
         aux_every=1,
         damping=1.0,
         aux_data=[x[i : i + 32] for i in range(128, 256, 32)],
@@ -121,7 +129,7 @@ def test_a_softmax_before_the_categorical_likelihood_warns_and_logits_do_not(sof
         assert messages == []
 
 
-def test_an_exploding_q_warns_and_names_aux_lr():
+def test_an_exploding_q_warns_and_names_the_aux_optimizer_lr():
     """Q = 20/γ·I along u: above the 10/γ that no F_γ⁻¹ ⪯ I/γ reaches."""
     monitor = QMonitor(fl.build_model_q(tiny_mlp(2)), init_scale=0.5, damping=0.1, window=2)
     u = {name: torch.ones_like(p) for name, p in tiny_mlp(2).named_parameters()}
@@ -129,7 +137,7 @@ def test_an_exploding_q_warns_and_names_aux_lr():
     with pytest.warns(
         RuntimeWarning,
         match=r"Q of block '0' grew to 400× its start along the gradients, above "
-        r"10/γ where no F_γ⁻¹ reaches: lower aux_lr",
+        r"10/γ where no F_γ⁻¹ reaches: lower aux_optimizer lr",
     ):
         monitor.record(u, large, large)
         assert monitor.warned == {"explosion"}  # at the first update: no window of history needed
@@ -165,7 +173,9 @@ def test_the_summary_names_forms_as_registered_with_options_totals_and_flags_ove
 @pytest.mark.usefixtures("float64")
 def test_sgd_lr_from_torch_makes_fishleg_without_aux_updates_torch_sgd():
     model, reference = tiny_mlp(2), tiny_mlp(2)
-    optimizer = fl.FishLeg(model, LIKELIHOOD, lr=0.3, sgd_lr=fl.sgd_lr_from_torch(0.01, 0.9), momentum=0.9, aux_every=0)
+    optimizer = fl.FishLeg(
+        model, LIKELIHOOD, lr=0.3, q={"init_scale": fl.sgd_lr_from_torch(0.01, 0.9) / 0.3}, momentum=0.9, aux_every=0
+    )
     torch_sgd = torch.optim.SGD(reference.parameters(), lr=0.01, momentum=0.9)
     generator = torch.Generator().manual_seed(0)
     for _ in range(20):

@@ -13,7 +13,12 @@ from torch.nn.parallel import DistributedDataParallel
 import fishleg_core as fl
 
 WORLD, STEPS, BATCH = 2, 5, 8
-OPTIONS = dict(lr=0.1, sgd_lr=0.05, aux_lr=0.01, aux_every=1, forms={"Linear": "kron"})
+OPTIONS = dict(
+    lr=0.1,
+    q={"init_scale": 0.05 / 0.1, "forms": {"Linear": "kron"}},
+    aux_optimizer={"name": "adam", "lr": 0.01},
+    aux_every=1,
+)
 
 
 def data():

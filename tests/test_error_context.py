@@ -63,8 +63,8 @@ def test_fit_q_warns_when_its_streams_run_out():
 
 def test_a_state_dict_of_other_forms_names_the_blocks_saved_and_current():
     model = tiny_mlp(3)
-    saved = fl.FishLeg(model, CATEGORICAL, lr=0.1, forms={"default": "diagonal"}).state_dict()
-    current = fl.FishLeg(model, CATEGORICAL, lr=0.1, forms={"2": "kron", "default": "diagonal"})
+    saved = fl.FishLeg(model, CATEGORICAL, lr=0.1, q={"forms": {"default": "diagonal"}}).state_dict()
+    current = fl.FishLeg(model, CATEGORICAL, lr=0.1, q={"forms": {"2": "kron", "default": "diagonal"}})
     with pytest.raises(
         ValueError,
         match=r"(?s)entries that differ:.*by_blocks\.2\.form\.D\.raw \(block '2', Linear, "

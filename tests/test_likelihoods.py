@@ -1,4 +1,5 @@
-"""The shared likelihood test-suite: every registered likelihood runs through every test of the contract.
+"""The shared likelihood test-suite: every registered likelihood runs through every check of the public contract
+(``fishleg_core.testing.check_likelihood``), plus the exact densities of the built-in ones.
 
 Adding a likelihood to the suite is one line in LIKELIHOOD_CASES.
 """
@@ -13,6 +14,8 @@ import torch.nn.functional as F
 
 from fishleg_core.likelihoods import LIKELIHOODS, Likelihood, resolve_likelihood
 from fishleg_core.registry import UnknownNameError
+from fishleg_core.testing import check_likelihood
+from fishleg_core.testing.likelihoods import LIKELIHOOD_CHECKS, random_outputs
 
 # (registered name, options): one line per likelihood.
 LIKELIHOOD_CASES = [
@@ -30,94 +33,29 @@ def test_every_registered_likelihood_is_in_the_suite():
     assert {case.values[0] for case in LIKELIHOOD_CASES} == set(LIKELIHOODS.names())
 
 
-def random_outputs(shape, seed=0, requires_grad=False):
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=generator, dtype=torch.float64).requires_grad_(requires_grad)
-
-
-def draw(likelihood, outputs, seed=1):
-    return likelihood.sample(outputs, torch.Generator().manual_seed(seed))
-
-
-def per_example_scores(likelihood, outputs, targets):
-    """∇_f ℓ_b for every example b: the gradient of B·L, since L is the mean of separable terms."""
-    outputs = outputs.detach().requires_grad_(True)
-    (scores,) = torch.autograd.grad(likelihood.nll(outputs, targets) * outputs.shape[0], outputs)
-    return scores
-
-
 @pytest.mark.parametrize("name,options", LIKELIHOOD_CASES)
 @pytest.mark.parametrize("shape", OUTPUT_SHAPES, ids=str)
-class TestLikelihoodContract:
-    def test_nll_is_the_batch_mean_of_per_example_nlls(self, name, options, shape):
-        likelihood = LIKELIHOODS.build(name, **options)
-        outputs = random_outputs(shape)
-        targets = draw(likelihood, outputs)
-        per_example = [likelihood.nll(outputs[b : b + 1], targets[b : b + 1]) for b in range(shape[0])]
-        torch.testing.assert_close(likelihood.nll(outputs, targets), torch.stack(per_example).mean())
+@pytest.mark.parametrize("check", LIKELIHOOD_CHECKS.values(), ids=LIKELIHOOD_CHECKS.keys())
+def test_likelihood_contract(name, options, shape, check):
+    check(LIKELIHOODS.build(name, **options), shape)
 
-    def test_hessian_vp_matches_autograd_hessian_of_per_example_nll(self, name, options, shape):
-        likelihood = LIKELIHOODS.build(name, **options)
-        outputs = random_outputs(shape)
-        targets = draw(likelihood, outputs)
-        vector = random_outputs(shape, seed=2)
-        hv = likelihood.hessian_vp(outputs, vector)
-        n = math.prod(shape[1:])
-        for b in range(shape[0]):
-            H = torch.autograd.functional.hessian(
-                lambda f, b=b: likelihood.nll(f[None], targets[b : b + 1]), outputs[b]
-            ).reshape(n, n)
-            torch.testing.assert_close(hv[b].reshape(-1), H @ vector[b].reshape(-1), rtol=1e-12, atol=1e-12)
 
-    def test_sample_has_zero_mean_score_and_covariance_H(self, name, options, shape):
-        """Samples y ~ p(y|f) satisfy E[∇_f ℓ] = 0 and E[(∇_f ℓ · v) ∇_f ℓ] = H v (Fisher identities).
+class SignFlippedHessian(Likelihood):
+    """A Gaussian whose hessian_vp has the wrong sign: the checker must name the check it fails."""
 
-        For these canonical-link likelihoods ∇_f ℓ = E[y] − y, so the first identity says the samples have
-        the right mean; the second checks their spread. Statistics: N independent draws per example, each
-        coordinate's sample mean must lie within 5 standard errors (sd estimated from the N draws) of its
-        expectation; with a fixed seed the test is deterministic.
-        """
-        likelihood = LIKELIHOODS.build(name, **options)
-        N, B = 20_000, 3
-        outputs = random_outputs((B, *shape[1:]))
-        repeated = outputs.repeat(N, *([1] * (len(shape) - 1)))
-        scores = per_example_scores(likelihood, repeated, draw(likelihood, repeated)).reshape(N, *outputs.shape)
-        vector = random_outputs(outputs.shape, seed=2)
-        flat_dims = tuple(range(2, scores.dim()))
-        weighted = (scores * vector).sum(dim=flat_dims, keepdim=True) * scores
+    def _nll_terms(self, outputs, targets):
+        return 0.5 * (outputs - targets) ** 2
 
-        expectations = [(scores, torch.zeros_like(outputs)), (weighted, likelihood.hessian_vp(outputs, vector))]
-        for draws, expected in expectations:
-            standard_error = draws.std(dim=0) / math.sqrt(N)
-            assert (standard_error > 0).all()
-            assert ((draws.mean(dim=0) - expected).abs() < 5 * standard_error).all()
+    def _sample(self, outputs, generator):
+        return outputs + torch.randn(outputs.shape, generator=generator, dtype=outputs.dtype)
 
-    def test_sample_shape_generator_and_no_grad(self, name, options, shape):
-        likelihood = LIKELIHOODS.build(name, **options)
-        outputs = random_outputs(shape, requires_grad=True)
-        rng_state = torch.get_rng_state()
-        first, second = draw(likelihood, outputs, seed=3), draw(likelihood, outputs, seed=3)
-        assert torch.equal(torch.get_rng_state(), rng_state)
-        assert torch.equal(first, second)
-        assert first.shape == likelihood.target_shape(outputs) and not first.requires_grad
-        assert torch.isfinite(likelihood.nll(outputs, first))
+    def _hessian_vp(self, outputs, vector):
+        return -vector
 
-    def test_targets_of_the_wrong_shape_are_rejected(self, name, options, shape):
-        likelihood = LIKELIHOODS.build(name, **options)
-        outputs = random_outputs(shape)
-        targets = draw(likelihood, outputs)
-        with pytest.raises(ValueError, match="targets of shape .* do not match outputs of shape"):
-            likelihood.nll(outputs, targets[:-1])
 
-    def test_vector_of_the_wrong_shape_is_rejected(self, name, options, shape):
-        likelihood = LIKELIHOODS.build(name, **options)
-        with pytest.raises(ValueError, match="vector must have the outputs' shape"):
-            likelihood.hessian_vp(random_outputs(shape), random_outputs(shape[:-1]))
-
-    def test_non_float_outputs_are_rejected(self, name, options, shape):
-        likelihood = LIKELIHOODS.build(name, **options)
-        with pytest.raises(TypeError, match="outputs must be a floating-point tensor"):
-            likelihood.sample(torch.zeros(shape, dtype=torch.long))
+def test_check_likelihood_names_the_failing_check():
+    with pytest.raises(AssertionError, match="check 'hessian_vp matches autograd' failed"):
+        check_likelihood(SignFlippedHessian())
 
 
 def test_gaussian_nll_is_the_normal_log_density():

@@ -97,7 +97,7 @@ def test_regrouped_state_dict_does_not_load():
     with pytest.raises(RuntimeError, match=r"Missing key\(s\) in state_dict: \"by_blocks\.0\+2\."):
         regrouped.load_state_dict(coupled.state_dict())
     data = [torch.randn(8, 4)]
-    optimizer = fl.FishLeg(model, "gaussian", lr=0.1, couple="adjacent", aux_data=data)
+    optimizer = fl.FishLeg(model, "gaussian", lr=0.1, q={"couple": "adjacent"}, aux_data=data)
     other = fl.FishLeg(model, "gaussian", lr=0.1, aux_data=data)
     with pytest.raises(ValueError, match=r"(?s)do not fit this optimizer's Q .*by_blocks"):
         other.load_state_dict(optimizer.state_dict())
@@ -105,24 +105,33 @@ def test_regrouped_state_dict_does_not_load():
 
 def test_fishleg_takes_coupled_and_a_hand_built_q():
     model = mlp()
-    optimizer = fl.FishLeg(model, "gaussian", lr=0.1, coupled=[{"blocks": ["2", "4"], "form": "tridiag_kron"}])
+    optimizer = fl.FishLeg(model, "gaussian", lr=0.1, q={"coupled": [{"blocks": ["2", "4"], "form": "tridiag_kron"}]})
     assert [type(g).__name__ for g in optimizer.q.groups] == ["BlockQ", "TridiagKronQ", "BlockQ"]
     q = fl.build_model_q(model, couple="adjacent", init_scale=0.3)
     assert fl.FishLeg(model, "gaussian", lr=0.1, q=q).q is q
 
 
 @pytest.mark.parametrize(
-    "kwargs,error,match",
+    "q,match",
     [
-        ({"forms": {"Linear": "kron"}}, ValueError, "q is given .*forms must not be"),
-        ({"sgd_lr": 0.01}, ValueError, "q is given .*sgd_lr"),
-        ({"couple": "adjacent"}, ValueError, "q is given .*couple"),
+        ({"sgd_lr": 0.01}, "q: unknown options 'sgd_lr'; it takes: forms, init_scale, coupled, couple"),
+        ({"form": "kron"}, "q: unknown options 'form'"),
     ],
 )
-def test_hand_built_q_excludes_the_arguments_that_build_q(kwargs, error, match):
+def test_a_q_spec_names_an_option_build_model_q_does_not_take(q, match):
+    with pytest.raises(ValueError, match=match):
+        fl.FishLeg(mlp(), "gaussian", lr=0.1, q=q)
+
+
+def test_a_q_spec_builds_what_build_model_q_builds():
     model = mlp()
-    with pytest.raises(error, match=match):
-        fl.FishLeg(model, "gaussian", lr=0.1, q=fl.build_model_q(model), **kwargs)
+    spec = {"forms": {"default": "kron", "2": "dense"}, "couple": None, "init_scale": 0.3}
+    torch.manual_seed(0)
+    built = fl.FishLeg(model, "gaussian", lr=0.1, q=spec).q
+    torch.manual_seed(0)
+    by_hand = fl.build_model_q(model, **spec)
+    assert built.summary() == by_hand.summary()
+    assert torch.equal(built.to_dense(), by_hand.to_dense())
 
 
 def test_hand_built_q_must_fit_the_model():

@@ -49,7 +49,7 @@ def test_without_auxiliary_updates_fishleg_is_sgd_with_momentum():
     likelihood = fl.LIKELIHOODS.build("gaussian", sigma=1.0)
     model, reference = tiny_mlp(2), tiny_mlp(2)
     sgd_lr, beta = 0.05, 0.9
-    optimizer = fl.FishLeg(model, likelihood, lr=0.7, sgd_lr=sgd_lr, momentum=beta, aux_every=0)
+    optimizer = fl.FishLeg(model, likelihood, lr=0.7, q={"init_scale": sgd_lr / 0.7}, momentum=beta, aux_every=0)
     train(model, optimizer, batches(inputs, targets, 16, 0), 25, likelihood)
 
     # Algorithm 1's convention: ḡ ← βḡ + (1 − β) g from ḡ = 0, then θ ← θ − η_SGDm ḡ.
@@ -77,8 +77,8 @@ def test_fishleg_lowers_the_training_loss(momentum_on):
         model,
         likelihood,
         lr=0.1,
-        sgd_lr=0.05,
-        aux_lr=0.01,
+        q={"init_scale": 0.05 / 0.1},
+        aux_optimizer={"name": "adam", "lr": 0.01},
         aux_every=1,
         damping=0.1,
         momentum_on=momentum_on,
@@ -101,7 +101,12 @@ def test_save_load_continue_is_identical_to_an_uninterrupted_run(method, tmp_pat
     likelihood = fl.LIKELIHOODS.build("gaussian", sigma=1.0)
     aux_inputs = [inputs[i : i + 16] for i in range(0, 64, 16)]
     options = dict(
-        lr=0.1, sgd_lr=0.05, aux_lr=0.01, aux_every=2, fisher_method=method, seed=3, forms={"Linear": "kron_sum"}
+        lr=0.1,
+        q={"init_scale": 0.05 / 0.1, "forms": {"Linear": "kron_sum"}},
+        aux_optimizer={"name": "adam", "lr": 0.01},
+        aux_every=2,
+        fisher_method=method,
+        seed=3,
     )
 
     def make():
@@ -223,11 +228,9 @@ def test_a_likelihood_that_does_not_fit_the_outputs_is_a_clear_error():
         ({"aux_every": ((1, 2),)}, "aux_every"),  # a schedule must start at step 0
         ({"aux_every": ((0, 1), (5, 2), (5, 10))}, "aux_every"),  # first steps must increase
         ({"aux_every": ((0, 1), (5, -2))}, "aux_every"),
-        ({"aux_lr": 0.0}, "aux_lr"),
-        ({"aux_betas": (0.9, 1.0)}, "aux_betas"),
         ({"fisher_method": "empirical-ish"}, "fisher_method"),
         ({"weight_decay": -1e-4}, "weight_decay"),
-        ({"sgd_lr": 0.1, "init_scale": 2.0}, "configuration"),
+        ({"aux_optimizer": {"name": "adam", "betas": 0.9, "lr": 0.1, "eps": 1.0, "nesterov": True}}, "aux_optimizer"),
     ],
 )
 def test_invalid_hyperparameters_name_the_field(options, field):
@@ -241,10 +244,22 @@ def test_a_misspelt_argument_is_named():
         fl.FishLeg(tiny_mlp(2, dtype=torch.float32), "gaussian", lr=0.1, dampign=1.0)
 
 
-def test_signature_shows_every_hyperparameter_with_the_validated_default():
-    """help(FishLeg) and IDEs see the same arguments and defaults that FishLegConfig validates."""
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"name": "adam", "lr": -1.0}, "aux_optimizer 'adam': Invalid learning rate: -1.0"),
+        ({"name": "adam", "betas": (0.9, 1.0)}, "aux_optimizer 'adam': Invalid beta parameter at index 1: 1.0"),
+        ({"name": "multiplicative", "lr": 1.5}, "lr \\(the relative step\\) must be in \\(0, 1\\)"),
+    ],
+)
+def test_an_invalid_option_of_the_auxiliary_optimizer_is_named_by_its_factory(spec, message):
+    with pytest.raises(ValueError, match=message):
+        fl.FishLeg(tiny_mlp(2), "gaussian", lr=0.1, aux_optimizer=spec)
+
+
+def test_the_config_is_the_signature():
+    """FishLegConfig has a field per hyperparameter of the signature, with its default and its constraints."""
     parameters = inspect.signature(fl.FishLeg).parameters
-    for name, field in fl.FishLegConfig.model_fields.items():
-        assert name in parameters, name
-        if name != "lr":
-            assert parameters[name].default == field.default, name
+    hyperparameters = [name for name in parameters if name not in ("model", "likelihood", "q", "aux_data", "output_fn")]
+    assert list(fl.FishLegConfig.model_fields) == hyperparameters
+    assert fl.FishLegConfig(lr=0.5).momentum == parameters["momentum"].default

@@ -47,7 +47,15 @@ def trained(momentum_on="gradient", steps=3, **options):
     model = tiny_mlp(2)
     x = random_inputs(MLP_INPUT, 8, seed=1)
     y = torch.randn(8, 2, dtype=torch.float64)
-    optimizer = fl.FishLeg(model, LIKELIHOOD, lr=0.1, aux_every=1, aux_lr=0.01, momentum_on=momentum_on, **options)
+    optimizer = fl.FishLeg(
+        model,
+        LIKELIHOOD,
+        lr=0.1,
+        aux_every=1,
+        aux_optimizer={"name": "adam", "lr": 0.01},
+        momentum_on=momentum_on,
+        **options,
+    )
     for _ in range(steps):
         backward(model, optimizer, x, y)
         optimizer.step(aux_batch=x)
@@ -165,13 +173,12 @@ def test_resume_is_bit_identical_for_every_fisher_method(method, momentum_on, au
             model,
             LIKELIHOOD,
             lr=0.1,
-            sgd_lr=0.05,
-            aux_lr=0.01,
+            q={"init_scale": 0.05 / 0.1, "forms": {"Linear": "kron_sum"}},
+            aux_optimizer={"name": "adam", "lr": 0.01},
             aux_every=aux_every,
             seed=7,
             fisher_method=method,
             momentum_on=momentum_on,
-            forms={"Linear": "kron_sum"},
             aux_data=aux,
         )
 

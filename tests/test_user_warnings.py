@@ -33,7 +33,7 @@ def one_step(optimizer: fl.FishLeg, model: nn.Module, modify_gradient=lambda mod
 
 
 def unmatched_form_choice() -> None:
-    fl.FishLeg(tiny_mlp(2), LIKELIHOOD, lr=0.1, aux_every=0, forms={"decoder.*": "kron"})
+    fl.FishLeg(tiny_mlp(2), LIKELIHOOD, lr=0.1, aux_every=0, q={"forms": {"decoder.*": "kron"}})
 
 
 def unsupported_parameter() -> None:

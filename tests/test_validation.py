@@ -458,7 +458,7 @@ CASES = [
         TypeError,
         "unexpected keyword argument .dampign.",
     ),
-    ("FishLeg-forms", lambda e: fishleg(e, forms="kron"), TypeError, "forms must be a mapping"),
+    ("FishLeg-forms", lambda e: fishleg(e, q={"forms": "kron"}), TypeError, "forms must be a mapping"),
     ("FishLeg-aux_data", lambda e: fishleg(e, aux_data=3), TypeError, "aux_data must be an iterable"),
     ("FishLeg-frozen-model", lambda e: fishleg(e, model=e.frozen), ValueError, "no trainable parameters"),
     ("FishLeg.step-aux_batch", lambda e: fishleg_step(e, aux_batch="x"), TypeError, "given as aux_batch"),

@@ -51,7 +51,9 @@ def run(softmax: bool, steps: int, aux_every: int, aux_lr: float, width: int) ->
     model = cnn(softmax, width)
     likelihood = fl.LIKELIHOODS.build("categorical")
     aux = DataLoader(train, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(2))
-    optimizer = fl.FishLeg(model, likelihood, lr=0.1, aux_lr=aux_lr, aux_every=aux_every, aux_data=aux)
+    optimizer = fl.FishLeg(
+        model, likelihood, lr=0.1, aux_optimizer={"name": "adam", "lr": aux_lr}, aux_every=aux_every, aux_data=aux
+    )
     batches = DataLoader(train, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(1))
     stream = (batch for _ in range(steps) for batch in batches)
     with warnings.catch_warnings(record=True) as caught:

@@ -48,9 +48,10 @@ KFAC_START_BATCHES = 4
 class AutoencoderConfig:
     """Sizes, budgets and the learning-rate sweep of every contender (``sweep``: name → rates tried).
 
-    FishLeg contenders start as the best SGD with momentum (Q₀ = (sgd_lr / lr)·I, see ``FishLeg``), with
-    the other settings in ``fishleg`` and, per contender, the auxiliary-update period ``aux_every``; those
-    named in ``kfac_start`` start instead from the damped-KFAC start (``fl.kfac_warm_start`` on 4 auxiliary
+    FishLeg contenders start as the best SGD with momentum (Q₀ = (sgd_lr / lr)·I:
+    ``q={"init_scale": sgd_lr / lr}``), with the other settings in ``fishleg`` and, per contender, the
+    auxiliary-update period ``aux_every``; those named in ``kfac_start`` start instead from the damped-KFAC
+    start (``fl.kfac_warm_start`` on 4 auxiliary
     minibatches, its time counted), with their own overrides of ``fishleg``.
     """
 
@@ -71,9 +72,13 @@ class AutoencoderConfig:
             "fishleg_kfac": [0.003, 0.01],
         }
     )
-    fishleg: dict[str, Any] = field(default_factory=lambda: {"damping": 1.0, "aux_lr": 3e-3, "momentum": MOMENTUM})
+    fishleg: dict[str, Any] = field(
+        default_factory=lambda: {"damping": 1.0, "aux_optimizer": {"name": "adam", "lr": 3e-3}, "momentum": MOMENTUM}
+    )
     aux_every: dict[str, int] = field(default_factory=lambda: {"fishleg_aux10": 10, "fishleg_kfac": 10})
-    kfac_start: dict[str, dict[str, Any]] = field(default_factory=lambda: {"fishleg_kfac": {"aux_lr": 1e-4}})
+    kfac_start: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {"fishleg_kfac": {"aux_optimizer": {"name": "adam", "lr": 1e-4}}}
+    )
 
 
 def quick_config() -> AutoencoderConfig:
@@ -114,7 +119,7 @@ def make_optimizer(
         model,
         LIKELIHOOD,
         lr=lr,
-        sgd_lr=sgd_lr / (1 - MOMENTUM),
+        q={"init_scale": sgd_lr / (1 - MOMENTUM) / lr},
         aux_every=config.aux_every[name],
         aux_data=aux,
         seed=0,

@@ -57,7 +57,7 @@ class MultiplicativeFactorSteps(AuxiliaryAdam):
     def __init__(
         self,
         params: Iterable[dict[str, Any]],
-        lr: float,
+        lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         momentum: float = 0.9,

@@ -1,14 +1,16 @@
 """Optimisers of the auxiliary parameters λ, and their registry ``AUX_OPTIMIZERS``.
 
 A registered factory takes the parameters λ (or, with a ``parameter_groups(q)`` attribute, the parameter groups
-it makes of Q), the learning rate and its own keyword options, and returns a
-``torch.optim.Optimizer`` whose ``step`` bumps the parameters' version counters (the cached L and
-M = L Lᵀ of the triangular factors rely on them; see ``TriangularFactor``). ``aux_optimizer=`` arguments
-name one (``"adam"``) or give its options too (``{"name": "adam", "betas": (0.9, 0.99)}``).
+it makes of Q) and its own keyword options, ``lr`` among them, and returns a ``torch.optim.Optimizer`` whose
+``step`` bumps the parameters' version counters (the cached L and M = L Lᵀ of the triangular factors rely on
+them; see ``TriangularFactor``). Its signature is its contract: the options it declares, with their defaults,
+are the options an ``aux_optimizer=`` spec may give, nothing else. A spec names one (``"adam"``: its default
+options) or gives options too (``{"name": "adam", "lr": 1e-3, "betas": (0.9, 0.99)}``).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any
 
@@ -19,7 +21,7 @@ from torch import nn
 from fishleg_core.registry import Registry, named_options
 
 AuxOptimizerFactory = Callable[..., torch.optim.Optimizer]
-"""(params, lr, **options) -> an optimizer of λ."""
+"""(params, **options) -> an optimizer of λ; its keyword parameters are the options a spec may give."""
 
 AuxOptimizerSpec = str | Mapping[str, Any]
 """A registered name, or a mapping {"name": ..., **options}."""
@@ -39,14 +41,23 @@ class AuxiliaryAdam(torch.optim.Adam):
     def __init__(
         self,
         params: Iterable[nn.Parameter] | Iterable[dict[str, Any]],
-        lr: float,
+        lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        weight_decay: float = 0.0,
     ):
         entries: list[Any] = list(params)
         tensors = [p for entry in entries for p in (entry["params"] if isinstance(entry, dict) else [entry])]
         fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
-        super().__init__(entries, lr=lr, betas=betas, eps=eps, fused=fused or None, foreach=None if fused else True)
+        super().__init__(
+            entries,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            fused=fused or None,
+            foreach=None if fused else True,
+        )
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]  # overloads
@@ -65,27 +76,65 @@ def split_spec(spec: AuxOptimizerSpec, argument: str = "aux_optimizer") -> tuple
     if name not in AUX_OPTIMIZERS:
         known = ", ".join(AUX_OPTIMIZERS.names())
         raise ValueError(f"{argument}: unknown auxiliary optimizer {name!r}; known: {known}")
+    accepted = aux_optimizer_options(name)
+    unknown = sorted(set(options) - set(accepted))
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(AUX_OPTIMIZERS.get(name)).parameters.values())
+    if unknown and not takes_any:
+        raise ValueError(
+            f"{argument}: auxiliary optimizer {name!r} takes no option {', '.join(map(repr, unknown))}; "
+            f"it takes: {', '.join(accepted)}"
+        )
     return name, options
 
 
-def _registered(spec: str | dict[str, Any]) -> str | dict[str, Any]:
-    split_spec(spec, "aux_optimizer")
+def aux_optimizer_options(name: str) -> dict[str, Any]:
+    """The options of the registered auxiliary optimizer ``name`` with their defaults (``inspect.Parameter.empty``
+    where it has none): the keyword parameters of its factory, less ``params``."""
+    signature = inspect.signature(AUX_OPTIMIZERS.get(name))
+    return {p.name: p.default for p in signature.parameters.values() if p.name != "params" and p.kind != p.VAR_KEYWORD}
+
+
+def _complete(spec: str | dict[str, Any]) -> str | dict[str, Any]:
+    name, options = split_spec(spec, "aux_optimizer")
+    missing = [option for option, default in aux_optimizer_options(name).items() if default is inspect.Parameter.empty]
+    if [option for option in missing if option not in options]:
+        raise ValueError(f"auxiliary optimizer {name!r} has no default for {', '.join(missing)}: give them in the spec")
     return spec
 
 
-RegisteredAuxOptimizer = Annotated[str | dict[str, Any], AfterValidator(_registered)]
-"""A pydantic field type: an ``aux_optimizer`` value checked against ``AUX_OPTIMIZERS`` (``split_spec``)."""
+RegisteredAuxOptimizer = Annotated[str | dict[str, Any], AfterValidator(_complete)]
+"""A pydantic field type: an ``aux_optimizer`` spec that builds on its own: a registered name whose options the
+factory takes (``split_spec``), every option without a default given."""
 
 
 def build_aux_optimizer(
-    spec: AuxOptimizerSpec, params: nn.Module | Iterable[nn.Parameter], lr: float, **defaults: Any
+    spec: AuxOptimizerSpec, params: nn.Module | Iterable[nn.Parameter], lr: float | None = None, **defaults: Any
 ) -> torch.optim.Optimizer:
-    """The optimizer ``spec`` names on ``params`` at learning rate ``lr``; ``defaults`` are options (such as
-    Adam's ``betas``) that ``spec``'s own options override. ``params``: the module holding λ (Q), or its
-    parameters; given the module, a factory with a ``parameter_groups(module)`` attribute gets those groups
-    (e.g. one per triangular factor), any other its parameters."""
+    """The optimizer that ``spec`` names, on ``params``.
+
+    Args:
+        spec: a name in ``AUX_OPTIMIZERS`` (its default options) or ``{"name": ..., **options}``.
+        params: the module holding λ (Q), or its parameters; given the module, a factory with a
+            ``parameter_groups(module)`` attribute gets those groups (e.g. one per triangular factor), any other
+            its parameters.
+        lr: the learning rate unless ``spec`` gives one; None: the factory's default.
+        **defaults: further options (such as Adam's ``betas``) that ``spec``'s own options override.
+
+    Returns:
+        The optimizer of λ.
+
+    Raises:
+        ValueError: ``spec`` is malformed, names an unknown optimizer or an option its factory does not take
+            (the message lists the options it takes), or the factory rejects an option's value.
+    """
     name, options = split_spec(spec)
     if isinstance(params, nn.Module):
         grouping = getattr(AUX_OPTIMIZERS.get(name), "parameter_groups", None)
         params = grouping(params) if grouping is not None else params.parameters()
-    return AUX_OPTIMIZERS.build(name, params=params, lr=lr, **{**defaults, **options})
+    given = {**defaults, **({} if lr is None else {"lr": lr}), **options}
+    try:
+        return AUX_OPTIMIZERS.build(name, params=params, **given)
+    except ValueError as error:
+        if str(error).startswith("auxiliary optimizer"):
+            raise
+        raise ValueError(f"aux_optimizer {name!r}: {error}") from error

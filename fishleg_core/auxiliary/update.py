@@ -37,9 +37,6 @@ class AuxiliaryUpdate:
         q: ModelQ,
         *,
         optimizer: AuxOptimizerSpec = "adam",
-        lr: float,
-        betas: tuple[float, float],
-        eps: float,
         damping: float,
         fisher_method: str,
         generator: torch.Generator,
@@ -52,7 +49,7 @@ class AuxiliaryUpdate:
         self.damping, self.fisher_method = damping, fisher_method
         self.generator, self.guard, self.distributed, self.monitor = generator, guard, distributed, monitor
         self.output_fn = output_fn
-        self.optimizer = build_aux_optimizer(optimizer, q, lr, betas=betas, eps=eps)
+        self.optimizer = build_aux_optimizer(optimizer, q)
         self.last_loss: Tensor | None = None
 
     def step(self, u: ParamDict, u_factors: LowRankFactors, inputs: Tensor, targets: Tensor | None) -> Tensor:

@@ -134,7 +134,7 @@ class QMonitor:
         return (
             f"λ blew up: at auxiliary update {update}, Q of block {name!r} reached {scale:.3g}× its start along "
             f"the gradient (uᵀQu/‖u‖² = {scale * self.init_scale:.3g}, above {self.explode:g}/γ = "
-            f"{self._bound():.3g}), so the step θ ← θ − lr·Q·g was too large; lower aux_lr"
+            f"{self._bound():.3g}), so the step θ ← θ − lr·Q·g was too large; lower aux_optimizer lr"
         )
 
     def _bound(self) -> float:
@@ -155,7 +155,7 @@ class QMonitor:
         self._warn(
             "explosion",
             f"Q of block {name!r} grew to {above[name]:.3g}× its start along the gradients, above "
-            f"{self.explode:g}/γ where no F_γ⁻¹ reaches: lower aux_lr (λ overshoots)",
+            f"{self.explode:g}/γ where no F_γ⁻¹ reaches: lower aux_optimizer lr (λ overshoots)",
         )
 
     def _check(self) -> None:
@@ -166,7 +166,7 @@ class QMonitor:
                 self._warn(
                     "collapse",
                     f"Q of block {name!r} shrank to {scales[-1]:.3g}× its start along the "
-                    "gradients: its steps vanish; lower aux_lr (λ overshoots) or raise damping",
+                    "gradients: its steps vanish; lower aux_optimizer lr (λ overshoots) or raise damping",
                 )
         ratios = [ratio for _, ratio, _ in recent]
         if all(ratio is not None and ratio < self.vanish for ratio in ratios):
@@ -176,7 +176,7 @@ class QMonitor:
                 "SGD at lr/γ and A falls towards −1/(2γ), looking healthy. If the training loss is not moving: "
                 "the likelihood may not match the outputs (a softmax before the categorical likelihood, "
                 "which takes logits), or the outputs saturated or the units died (after too large steps: "
-                "aux_lr or lr); else damping is large for this model",
+                "aux_optimizer lr or lr); else damping is large for this model",
             )
         losses = [loss for _, _, loss in recent]
         if self.updates >= self.positive_after and all(loss is not None for loss in losses):
@@ -187,7 +187,7 @@ class QMonitor:
                     f"the auxiliary loss A is still positive (mean {mean:+.3g} over the last {len(losses)} "
                     "updates): Q has not learned F_γ⁻¹ along the gradients, where a healthy A is negative, in "
                     "[−1/(2γ), 0). A > 0 where ½(Qu)ᵀF_γ(Qu) > uᵀQu: Q is too large along the gradients. Start it "
-                    "smaller (sgd_lr or init_scale), or let λ learn faster (a larger aux_lr, a smaller aux_every)",
+                    "smaller (q's init_scale), or let λ learn faster (a larger aux_optimizer lr, a smaller aux_every)",
                 )
 
     def _warn(self, kind: str, message: str) -> None:

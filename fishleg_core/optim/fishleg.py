@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, cast
 
 import torch
@@ -13,34 +13,51 @@ from fishleg_core._vectors import ParamDict, norm, scale, trainable_parameters
 from fishleg_core._warnings import warn_user
 from fishleg_core.auxiliary.data import CyclicBatches, split_batch
 from fishleg_core.auxiliary.gradient_factors import GradientFactors
+from fishleg_core.auxiliary.optimizers import RegisteredAuxOptimizer
 from fishleg_core.auxiliary.update import AuxiliaryUpdate
-from fishleg_core.coupled import CoupledSpec
-from fishleg_core.layers.form_choice import FormChoices
 from fishleg_core.likelihoods import Likelihood, resolve_likelihood
-from fishleg_core.model_q import ModelQ, build_model_q, check_model_q
-from fishleg_core.optim.config import FishLegConfig
+from fishleg_core.model_q import ModelQ, build_model_q, check_model_q, q_options
+from fishleg_core.optim.config import (
+    Momentum,
+    NonNegativeFloat,
+    PositiveFloat,
+    RegisteredFisherMethod,
+    ValidSchedule,
+    aux_due,
+    aux_phase,
+    config_from_signature,
+)
 from fishleg_core.optim.diagnostics import QMonitor
 from fishleg_core.optim.nonfinite import NonFiniteGuard
 from fishleg_core.optim.step_health import StepHealth
 
 
 class FishLeg(torch.optim.Optimizer):
-    r"""Natural-gradient descent with a learned inverse Fisher Q(λ).
+    r"""Natural-gradient descent with a learned inverse Fisher Q(λ) (paper Algorithm 1, §4.4).
 
     .. math::
        \begin{aligned}
-       &\textbf{input}: \theta_0, \eta \text{ (lr)}, \beta \text{ (momentum)}, \gamma \text{ (damping)},
-            \alpha \text{ (aux\_lr)}, k \text{ (aux\_every)}, Q(\lambda_0) = q_0 I \\
-       &\textbf{for}\: t = 0, 1, \dots: \\
-       &\quad g_t = \nabla_\theta L(\theta_t) \;(+\; w\,\theta_t \text{ with weight\_decay } w) \\
-       &\quad \textbf{if}\: k > 0 \text{ and } (t - t_0) \bmod k = 0
-            \;(k, t_0 \text{: period and first step of } t\text{'s phase}):
-            u = g_t / \lVert g_t \rVert,\;
-            \lambda \leftarrow \mathrm{Adam}_\alpha\big(\lambda, \nabla_\lambda
-            [\tfrac12 (Qu)^\top F_\gamma (Qu) - u^\top Q u]\big)
-            \text{ with } F_\gamma \text{ on an auxiliary batch} \\
-       &\quad m_t = \beta m_{t-1} + (1 - \beta)\, Q(\lambda) g_t \quad (m_{-1} = 0) \\
-       &\quad \theta_{t+1} = \theta_t - \eta\, m_t
+            &\rule{110mm}{0.4pt} \\
+            &\textbf{input}: \theta_0 \text{ (params)}, L \text{ (loss)}, \eta \text{ (lr)},
+                \beta \text{ (momentum)}, w \text{ (weight\_decay)}, \gamma \text{ (damping)}, \\
+            &\hspace{13mm} k \text{ (aux\_every)}, \mathrm{Opt}_\lambda \text{ (aux\_optimizer)},
+                Q(\lambda_0) = c\, I \text{ (q: init\_scale } c) \\
+            &\textbf{initialize}: m_{-1} \leftarrow 0 \\[-1.ex]
+            &\rule{110mm}{0.4pt} \\
+            &\textbf{for}\: t = 0, 1, \dots \textbf{do} \\
+            &\hspace{5mm} g_t \leftarrow \nabla_\theta L(\theta_t) \\
+            &\hspace{5mm} \textbf{if}\: w \neq 0: g_t \leftarrow g_t + w\, \theta_t \\
+            &\hspace{5mm} \textbf{if}\: k > 0 \textbf{ and } (t - t_0) \bmod k = 0
+                \;(t_0 \text{: first step of } t\text{'s phase}) \\
+            &\hspace{10mm} u \leftarrow g_t / \lVert g_t \rVert \\
+            &\hspace{10mm} A(\lambda; u) \leftarrow \tfrac12 (Q u)^\top F_\gamma (Q u) - u^\top Q u
+                \quad (F_\gamma = F + \gamma I \text{ on an auxiliary batch}) \\
+            &\hspace{10mm} \lambda \leftarrow \mathrm{Opt}_\lambda\big(\lambda, \nabla_\lambda A(\lambda; u)\big) \\
+            &\hspace{5mm} m_t \leftarrow \beta m_{t-1} + (1 - \beta)\, Q(\lambda) g_t \\
+            &\hspace{5mm} \theta_{t+1} \leftarrow \theta_t - \eta\, m_t \\
+            &\rule{110mm}{0.4pt} \\[-1.ex]
+            &\textbf{return}\: \theta_t \\[-1.ex]
+            &\rule{110mm}{0.4pt}
        \end{aligned}
 
     That is ``momentum_on="update"`` (the default, paper §4.4): the minibatch gradient of a linear layer
@@ -52,16 +69,22 @@ class FishLeg(torch.optim.Optimizer):
         model: the network; a ``DistributedDataParallel`` wrapper is unwrapped, and the auxiliary
             gradients are then averaged across ranks.
         likelihood: a ``Likelihood`` or a registered name (``LIKELIHOODS``); it must match the training loss.
-        lr: η.
-        momentum: β of the exponential average (Algorithm 1's convention, from 0).
+        lr: η, the learning rate (> 0).
+        momentum: β in [0, 1) of the exponential average (Algorithm 1's convention, from 0).
         momentum_on: ``"update"`` (average Q·g) or ``"gradient"`` (average g).
-        weight_decay: adds ``weight_decay·θ`` to g.
-        damping: γ of F_γ = F + γ I.
-        sgd_lr: start Q at (sgd_lr / lr)·I, so that FishLeg starts out as SGD with momentum at ``sgd_lr``
-            (like ``torch.optim.SGD(lr=sgd_lr·(1 − β), momentum=β)``). At most one of sgd_lr, init_scale.
-        init_scale: start Q at init_scale·I (default I).
-        aux_optimizer: the optimizer of λ, a name in ``AUX_OPTIMIZERS`` or ``{"name": ..., **options}``.
-        aux_lr, aux_betas, aux_eps: its learning rate, and Adam's betas and epsilon (defaults of its options).
+        weight_decay: w >= 0; adds ``w·θ`` to g.
+        damping: γ >= 0 of F_γ = F + γ I.
+        q: Q, as a ``ModelQ`` built by hand (``build_model_q`` or your own, covering every trainable parameter),
+            or the options with which FishLeg builds it: a mapping with any of ``build_model_q``'s
+            ``forms`` (QForms per layer type, module-name pattern or ``"default"``, see ``choose_forms``),
+            ``coupled`` (blocks sharing one coupled form, e.g. ``[{"blocks": ["0", "2"], "form":
+            "tridiag_kron"}]``), ``couple`` (``"adjacent"``: a ``tridiag_kron`` group per chain of consecutive
+            linear layers) and ``init_scale`` (c of Q₀ = c·I; ``init_scale=sgd_lr / lr`` starts FishLeg out
+            as SGD with momentum at ``sgd_lr``, like ``torch.optim.SGD(lr=sgd_lr·(1 − β), momentum=β)``, see
+            ``sgd_lr_from_torch``). None: the adapters' default forms at Q₀ = I.
+        aux_optimizer: the optimizer of λ, ``Opt_λ``: a name in ``AUX_OPTIMIZERS`` (with its default options,
+            e.g. ``"adam"``: lr 1e-4) or ``{"name": ..., **options}`` with the options its factory declares,
+            e.g. ``{"name": "adam", "lr": 1e-3, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.0}``.
         aux_every: one auxiliary update every this many steps, the first step included; 0: Q stays fixed. Or
             a schedule of phases ((first step, period), ...) starting at step 0, e.g. ((0, 1), (200, 10)):
             frequent updates early, sparser later (paper §5.2).
@@ -74,53 +97,49 @@ class FishLeg(torch.optim.Optimizer):
             training has stopped when more than half of the last 20 steps are skipped) or ``"raise"``
             FloatingPointError.
         seed: seed of the optimizer's own generator (sampling Fisher methods); default torch.initial_seed().
-        forms: QForms per layer type, module-name pattern or ``"default"`` (see ``choose_forms``).
-        coupled: blocks that share one coupled form, e.g. ``[{"blocks": ["0", "2"], "form": "tridiag_kron"}]``
-            (see ``choose_coupled``); the other blocks get their QForm from ``forms``.
-        couple: ``"adjacent"``: a ``tridiag_kron`` group over every chain of consecutive linear layers.
-        q: a ``ModelQ`` built by hand, covering every trainable parameter; then forms, coupled, couple,
-            sgd_lr and init_scale must not be given.
         aux_data: an iterable of auxiliary batches (a DataLoader, a list; cycled): an input tensor or a
             tuple (inputs, targets, ...). It must differ from the minibatches that produce g. Or give
             ``step(aux_batch=...)``.
         output_fn: for a model whose forward returns a tuple or a dict, the function that selects the output
             tensor the likelihood models (``lambda out: out["logits"]``), as the training loss does.
 
+    Raises:
+        InvalidConfigError: (a ``ValueError``) an invalid hyperparameter; one line per field, naming it.
+        TypeError: ``model`` is not a module, ``output_fn`` not callable, or ``q`` neither a ``ModelQ`` nor a
+            mapping.
+        ValueError: the model has no trainable parameters, ``q`` has options ``build_model_q`` does not take,
+            or a built ``q`` does not cover the model.
+
     The per-group ``lr``, ``momentum`` and ``weight_decay`` may be changed between steps (LR schedulers
-    work). All arguments are validated by ``FishLegConfig``; errors name the argument.
+    work). The hyperparameters are validated by ``FishLegConfig``, generated from this signature.
     """
 
     def __init__(
         self,
         model: nn.Module,
         likelihood: Likelihood | str,
-        lr: float,
+        lr: PositiveFloat,
         *,
-        momentum: float = 0.9,
+        momentum: Momentum = 0.9,
         momentum_on: Literal["gradient", "update"] = "update",
-        weight_decay: float = 0.0,
-        damping: float = 1.0,
-        sgd_lr: float | None = None,
-        init_scale: float | None = None,
-        aux_optimizer: str | dict[str, Any] = "adam",
-        aux_lr: float = 1e-4,
-        aux_betas: tuple[float, float] = (0.9, 0.999),
-        aux_eps: float = 1e-8,
-        aux_every: int | tuple[tuple[int, int], ...] = 10,
-        fisher_method: str = "exact",
+        weight_decay: NonNegativeFloat = 0.0,
+        damping: NonNegativeFloat = 1.0,
+        q: ModelQ | Mapping[str, Any] | None = None,
+        aux_optimizer: RegisteredAuxOptimizer = "adam",
+        aux_every: ValidSchedule = 10,
+        fisher_method: RegisteredFisherMethod = "exact",
         low_rank: bool = True,
         strict: bool = False,
         nonfinite: Literal["skip", "raise"] = "skip",
         seed: int | None = None,
-        forms: FormChoices | None = None,
-        coupled: list[CoupledSpec] | None = None,
-        couple: str | None = None,
-        q: ModelQ | None = None,
         aux_data: Iterable[Any] | None = None,
         output_fn: Callable[[Any], Tensor] | None = None,
     ) -> None:
         arguments = dict(locals())
-        self.config = validate(FishLegConfig, "FishLeg", {name: arguments[name] for name in FishLegConfig.model_fields})
+        # FishLegConfig is made at run time, so its fields are unknown to the type checker
+        self.config: Any = cast(
+            Any, validate(FishLegConfig, "FishLeg", {name: arguments[name] for name in FishLegConfig.model_fields})
+        )
         if not isinstance(model, nn.Module):
             raise TypeError(f"FishLeg: model must be a torch.nn.Module, got {type(model).__name__}")
         check_callable("output_fn", output_fn, optional=True)
@@ -134,25 +153,13 @@ class FishLeg(torch.optim.Optimizer):
         self._names = {id(p): name for name, p in params.items()}
         defaults = {"lr": lr, "momentum": self.config.momentum, "weight_decay": self.config.weight_decay}
         super().__init__(list(params.values()), defaults)
-        if q is None:
-            q = build_model_q(
-                model, forms, self.config.q_init_scale, self.config.strict, coupled=coupled, couple=couple
-            )
-        else:
-            builders = {
-                "forms": forms,
-                "coupled": coupled,
-                "couple": couple,
-                "sgd_lr": sgd_lr,
-                "init_scale": init_scale,
-            }
-            given = [name for name, value in builders.items() if value is not None]
-            if given:
-                raise ValueError(
-                    f"FishLeg: q is given (built by hand), so {', '.join(given)} must not be: they "
-                    "describe how FishLeg builds Q"
-                )
+        init_scale = 1.0
+        if isinstance(q, ModelQ):
             check_model_q(q, params)
+        else:
+            options = q_options(q)
+            init_scale = options.get("init_scale", init_scale)
+            q = build_model_q(model, strict=self.config.strict, **options)
         self.q: ModelQ = q
         self._caching_grams: bool | None = None
         self._cache_grams_for(0)
@@ -167,16 +174,13 @@ class FishLeg(torch.optim.Optimizer):
                 "F's null space); use damping > 0"
             )
         self.nonfinite = NonFiniteGuard(self.config.nonfinite)
-        self.monitor = QMonitor(self.q, self.config.q_init_scale, self.config.damping)
+        self.monitor = QMonitor(self.q, init_scale, self.config.damping)
         self.health = StepHealth([(block.name, block.param_names) for group in self.q.groups for block in group.blocks])
         self.auxiliary = AuxiliaryUpdate(
             model,
             self.likelihood,
             self.q,
             optimizer=self.config.aux_optimizer,
-            lr=self.config.aux_lr,
-            betas=self.config.aux_betas,
-            eps=self.config.aux_eps,
             damping=self.config.damping,
             fisher_method=self.config.fisher_method,
             generator=generator,
@@ -237,9 +241,9 @@ class FishLeg(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        aux_due = self.config.aux_due(self.steps)
+        update_due = aux_due(self.config.aux_every, self.steps)
         self._cache_grams_for(self.steps)
-        aux_batch_parts = (given if given is not None else split_batch(self._next_aux_batch())) if aux_due else None
+        aux_batch_parts = (given if given is not None else split_batch(self._next_aux_batch())) if update_due else None
         gradient = self._gradient()
         blame = self.monitor.blame()
         finite = self.nonfinite.check("gradient", gradient, "the step is skipped", blame)
@@ -253,7 +257,7 @@ class FishLeg(torch.optim.Optimizer):
         on_gradient = self.config.momentum_on == "gradient"
         if on_gradient:
             gradient = self._averaged("momentum_buffer", gradient)
-        gradient_norm = norm(gradient) if aux_due else None
+        gradient_norm = norm(gradient) if update_due else None
         # a zero gradient gives no direction to learn from (gradient_norm is None exactly when no aux step is due)
         aux_step = False
         if aux_batch_parts is not None and gradient_norm is not None and gradient_norm > 0:
@@ -277,7 +281,7 @@ class FishLeg(torch.optim.Optimizer):
     def _cache_grams_for(self, step: int) -> None:
         """Gram matrices pay when λ serves several steps: cache them unless the phase of ``step`` updates λ
         at every step (a function of the step count alone, so a resumed run takes the same products)."""
-        caching = self.config.aux_phase(step)[1] != 1
+        caching = aux_phase(self.config.aux_every, step)[1] != 1
         if caching != self._caching_grams:
             self.q.cache_grams(caching)
             self._caching_grams = caching
@@ -363,3 +367,10 @@ class FishLeg(torch.optim.Optimizer):
         self.nonfinite.skipped = dict(extra["skipped"])
         if self.aux_data and extra["aux_data"]:
             self.aux_data.load_state_dict(extra["aux_data"])
+
+
+FishLegConfig = config_from_signature(
+    FishLeg.__init__, "FishLegConfig", exclude=("model", "likelihood", "q", "aux_data", "output_fn")
+)
+"""The validated hyperparameters of ``FishLeg``: one field per keyword of ``FishLeg.__init__`` (its type with
+constraints and its default), less the objects that are no hyperparameters."""

@@ -48,7 +48,7 @@ class StepHealth:
                 "non-finite gradients"
                 + (f" ({cause})" if cause else "")
                 + ". The parameters no longer change and skipping will not recover the run: restart it from a "
-                "checkpoint before the first skipped step with a lower lr or aux_lr (nonfinite='raise' stops "
+                "checkpoint before the first skipped step with a lower lr or aux_optimizer lr (nonfinite='raise' stops "
                 "at the first non-finite gradient)",
             )
 
@@ -77,7 +77,7 @@ class StepHealth:
                 f"FishLeg: the gradient of block{'s' if len(self.dead) > 1 else ''} "
                 f"{', '.join(map(repr, self.dead))} has been exactly 0 for {self.dead_after} steps or more: "
                 "their units are dead (ReLUs that no longer fire, typically after too large a step: lower lr or "
-                "aux_lr) and they no longer learn",
+                "aux_optimizer lr) and they no longer learn",
             )
 
     def state(self) -> dict[str, Any]:

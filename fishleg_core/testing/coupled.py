@@ -161,7 +161,7 @@ def check_exact_resume_in_fishleg(case: CoupledCase, steps: int = 3) -> None:
             model,
             "gaussian",
             lr=0.05,
-            aux_lr=1e-2,
+            aux_optimizer={"name": "adam", "lr": 1e-2},
             aux_every=1,
             damping=0.1,
             q=model_q_with(case, model, seed=seed),

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import io
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -36,6 +35,7 @@ from torch.func import functional_call
 
 from fishleg_core.auxiliary.optimizers import AuxiliaryAdam
 from fishleg_core.qforms import QFORMS, QForm
+from fishleg_core.testing._assertions import raises
 
 SHAPE = (3, 4)
 INIT_SCALE = 0.7
@@ -116,15 +116,6 @@ def _tensors(state: Any) -> list[Tensor]:
 
 def _close(actual: Tensor, expected: Tensor, atol: float, rtol: float = 0.0) -> None:
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
-
-
-def _raises(error: type[Exception], pattern: str, action: Callable[[], Any]) -> None:
-    try:
-        action()
-    except error as raised:
-        assert re.search(pattern, str(raised)), f"{error.__name__} {str(raised)!r} does not match {pattern!r}"
-        return
-    raise AssertionError(f"expected {error.__name__} matching {pattern!r}; nothing was raised")
 
 
 def check_multiply_matches_dense(name: str, options: dict[str, Any]) -> None:
@@ -231,12 +222,12 @@ def check_state_dict(name: str, options: dict[str, Any]) -> None:
 
 def check_wrong_block_shape(name: str, options: dict[str, Any]) -> None:
     q = build(name, options)
-    _raises(ValueError, r"blocks of shape \(\.\.\., 3, 4\); got \(4, 3\)", lambda: q(torch.randn(4, 3)))
+    raises(ValueError, r"blocks of shape \(\.\.\., 3, 4\); got \(4, 3\)", lambda: q(torch.randn(4, 3)))
 
 
 def check_bad_init_scale(name: str, options: dict[str, Any]) -> None:
     for init_scale in (0.0, -1.0, float("nan"), float("inf")):
-        _raises(
+        raises(
             ValueError,
             "init_scale must be a finite number > 0",
             functools.partial(build, name, options, init_scale=init_scale),
@@ -245,7 +236,7 @@ def check_bad_init_scale(name: str, options: dict[str, Any]) -> None:
 
 def check_bad_shape(name: str, options: dict[str, Any]) -> None:
     for shape in ((0, 3), (3,), (2.0, 3), "3x4"):
-        _raises(
+        raises(
             ValueError,
             "shape must be a pair of positive integers",
             functools.partial(build, name, options, shape=shape),
