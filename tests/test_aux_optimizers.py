@@ -3,8 +3,6 @@ FishLeg, non-finite updates skipped; and bad ``aux_optimizer=`` values named."""
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 from models import MLP_INPUT, random_inputs, tiny_mlp
@@ -12,6 +10,7 @@ from test_reliability import LIKELIHOOD, assert_resume_is_bit_identical, assert_
 
 import fishleg_core as fl
 import fishleg_core.auxiliary.update as auxiliary_update_module
+from fishleg_core.testing import AUX_OPTIMIZER_CHECKS, check_auxiliary_optimizer
 
 CASES = [
     pytest.param("adam", id="adam"),
@@ -32,25 +31,24 @@ def test_every_registered_optimizer_is_tested():
     assert names == set(fl.AUX_OPTIMIZERS.names())
 
 
-def _fit(spec):
-    model = tiny_mlp(2)
-    q = fl.build_model_q(model, {"Linear": "kron"})
-    inputs = random_inputs(MLP_INPUT, 16, seed=2)
-    targets = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    batches = [(inputs[i : i + 4], targets[i : i + 4]) for i in range(0, 16, 4)]
-    directions = fl.normalized_gradients(model, LIKELIHOOD, itertools.cycle(batches), factors_for=q)
-    curvature = itertools.cycle([inputs[8:], inputs[:8]])
-    fit = fl.fit_q(model, LIKELIHOOD, q, directions, curvature, 40, lr=0.02, damping=0.1, aux_optimizer=spec)
-    return fit.curve, [p.detach().clone() for p in q.parameters()]
-
-
 @pytest.mark.parametrize("spec", CASES)
-def test_fit_is_finite_deterministic_and_learns(spec):
-    curve, params = _fit(spec)
-    again, params_again = _fit(spec)
-    assert curve == again and all(torch.equal(a, b) for a, b in zip(params, params_again))
-    assert all(torch.isfinite(torch.tensor(curve)))
-    assert sum(curve[-5:]) < sum(curve[:5])  # A goes down
+@pytest.mark.parametrize("check", AUX_OPTIMIZER_CHECKS.values(), ids=AUX_OPTIMIZER_CHECKS.keys())
+def test_auxiliary_optimizer_contract(spec, check):
+    check(spec)
+
+
+def uphill_sgd(params, lr=0.01):
+    """Gradient ascent: A goes up."""
+    return torch.optim.SGD(params, lr=lr, maximize=True)
+
+
+def test_check_auxiliary_optimizer_names_the_failing_check():
+    fl.AUX_OPTIMIZERS.register("uphill_sgd")(uphill_sgd)
+    try:
+        with pytest.raises(AssertionError, match="'uphill_sgd': check 'fit' failed: A does not go down"):
+            check_auxiliary_optimizer("uphill_sgd")
+    finally:
+        fl.AUX_OPTIMIZERS.unregister("uphill_sgd")
 
 
 @pytest.mark.parametrize("spec", CASES)

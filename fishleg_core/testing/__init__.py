@@ -5,21 +5,23 @@ suite; each raises ``AssertionError`` naming the check that failed:
 - the coupled-form checks of ``fishleg_core.testing.coupled`` (``CoupledCase`` and its ``check_*`` functions);
 - ``check_adapter`` (a layer adapter);
 - ``check_likelihood`` (a likelihood);
-- ``check_fisher_method`` (a Fisher method of ``FISHER_METHODS``);
 - ``check_auxiliary_optimizer`` (an optimizer of λ in ``AUX_OPTIMIZERS``).
 """
 
 from fishleg_core.testing import coupled
 from fishleg_core.testing.adapters import check_adapter
+from fishleg_core.testing.aux_optimizers import AUX_OPTIMIZER_CHECKS, check_auxiliary_optimizer
 from fishleg_core.testing.coupled import CoupledCase
 from fishleg_core.testing.likelihoods import LIKELIHOOD_CHECKS, check_likelihood
 from fishleg_core.testing.qforms import QFORM_CHECKS, check_checkpoint, check_qform
 
 __all__ = [
+    "AUX_OPTIMIZER_CHECKS",
     "LIKELIHOOD_CHECKS",
     "QFORM_CHECKS",
     "CoupledCase",
     "check_adapter",
+    "check_auxiliary_optimizer",
     "check_checkpoint",
     "check_likelihood",
     "check_qform",
