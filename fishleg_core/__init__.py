@@ -1,6 +1,6 @@
 """fishleg_core: FishLeg natural-gradient optimisation with learned inverse-Fisher models (QForms)."""
 
-from fishleg_core.aux_optimizers import AUX_OPTIMIZERS, build_aux_optimizer
+from fishleg_core.aux_optimizers import AUX_OPTIMIZERS, add_weight_decay, build_aux_optimizer
 from fishleg_core.auxiliary import AuxiliaryLoss, auxiliary_loss
 from fishleg_core.checks import InvalidConfigError
 from fishleg_core.evaluation import ProbeEvaluator, QEvaluation
@@ -18,7 +18,7 @@ from fishleg_core.layers import (
     joint_block,
     map_blocks,
 )
-from fishleg_core.likelihoods import LIKELIHOODS, Likelihood
+from fishleg_core.likelihoods import LIKELIHOODS, GaussianLearnedSigma, Likelihood, ParametricLikelihood
 from fishleg_core.model_q import ModelQ, build_model_q
 from fishleg_core.multiplicative import MultiplicativeFactorSteps, triangular_factor_groups
 from fishleg_core.optim.config import FishLegConfig, sgd_lr_from_torch
@@ -36,6 +36,7 @@ __all__ = [
     "FishLeg",
     "FishLegConfig",
     "FitResult",
+    "GaussianLearnedSigma",
     "InvalidConfigError",
     "KroneckerFactors",
     "LAYER_ADAPTERS",
@@ -43,6 +44,7 @@ __all__ = [
     "LayerAdapter",
     "Likelihood",
     "ModelQ",
+    "ParametricLikelihood",
     "MultiplicativeFactorSteps",
     "ProbeEvaluator",
     "QEvaluation",
@@ -54,6 +56,7 @@ __all__ = [
     "Registry",
     "UnknownNameError",
     "UnsupportedLayerError",
+    "add_weight_decay",
     "auxiliary_loss",
     "build_aux_optimizer",
     "build_model_q",

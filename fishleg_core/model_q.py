@@ -10,8 +10,10 @@ from torch import Tensor, nn
 
 from fishleg_core.checks import check_mapping, check_number
 from fishleg_core.groups import QGROUPS, BlockQ, GroupSpec, LowRankFactors, QGroup, choose_groups
+from fishleg_core.layers.adapters import ParameterAdapter
 from fishleg_core.layers.form_choice import FormChoices, choose_forms
-from fishleg_core.layers.mapping import map_blocks
+from fishleg_core.layers.mapping import Block, map_blocks
+from fishleg_core.likelihoods import Likelihood, likelihood_parameters
 from fishleg_core.qforms.positive import TriangularFactor
 
 __all__ = ["BlockQ", "LowRankFactors", "ModelQ", "QGroup", "build_model_q", "check_model_q"]
@@ -146,11 +148,14 @@ def build_model_q(
     *,
     groups: Sequence[GroupSpec] | None = None,
     couple: str | None = None,
+    likelihood: Likelihood | None = None,
 ) -> ModelQ:
     """Map ``model`` to blocks (``map_blocks``); make the groups asked for by ``groups`` (e.g.
     ``[{"blocks": ["0", "2"], "form": "tridiag_kron"}]``) and ``couple`` (``"adjacent"``: a ``tridiag_kron``
     group per chain of consecutive linear layers; see ``choose_groups``); give every other block its QForm
-    (``choose_forms``). All start at ``init_scale · I``, with the dtype and device of their parameters."""
+    (``choose_forms``). The parameters of a ``ParametricLikelihood`` ``likelihood`` get a diagonal block
+    each, named ``"likelihood.<name>"``, after the model's. All start at ``init_scale · I``, with the dtype
+    and device of their parameters."""
     check_number("init_scale", init_scale, 0.0)
     blocks = map_blocks(model, strict=strict)
     if not blocks:
@@ -187,7 +192,19 @@ def build_model_q(
         )
     order = {name: i for i, name in enumerate(params)}
     made.sort(key=lambda group: min(order[name] for name in group.param_names))
-    return ModelQ(made, param_order=list(params))
+    own = likelihood_parameters(likelihood) if likelihood is not None else {}
+    clash = [name for name in own if name in params]
+    if clash:
+        raise ValueError(f"build_model_q: the model has parameters named like the likelihood's: {', '.join(clash)}")
+    for name, p in own.items():
+        layout = ParameterAdapter().layout(cast(nn.Module, likelihood), [p.shape])
+        block = Block(name, type(likelihood), (name,), layout, "diagonal")
+        made.append(
+            QGROUPS.build(
+                "block", blocks=[block], init_scale=init_scale, form="diagonal", device=p.device, dtype=p.dtype
+            )
+        )
+    return ModelQ(made, param_order=[*params, *own])
 
 
 def check_model_q(q: object, params: Mapping[str, Tensor]) -> None:

@@ -11,7 +11,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fishleg_core.fisher.functional import detached_parameters, model_function
 from fishleg_core.fisher.registry import FISHER_METHODS
-from fishleg_core.likelihoods import Likelihood
+from fishleg_core.likelihoods import Likelihood, ParametricLikelihood
+from fishleg_core.likelihoods.parametric import PREFIX, split_vector
 from fishleg_core.user_warnings import warn_user
 
 
@@ -98,7 +99,18 @@ def exact_fisher_vp(
 ) -> dict[str, Tensor]:
     """F v = Jᵀ (H (J v)) / B with H from the likelihood, from one forward pass carrying J v and one
     reverse pass through it. No sampling and no data targets (``targets`` and ``generator`` are unused),
-    no per-layer code."""
-    linear = linearise(model, inputs, vector)
+    no per-layer code. For a ``ParametricLikelihood`` with parameters φ and v = (v_θ, v_φ):
+    (F v)_θ = Jᵀ (H_ff J v_θ + H_fφ v_φ) / B and (F v)_φ = Σ_b (H_φf J_b v_θ + H_φφ v_φ) / B."""
+    model_vector, likelihood_vector = split_vector(likelihood, vector)
+    linear = linearise(model, inputs, model_vector)
     outputs = linear.outputs.detach()
-    return linear.transpose_product(likelihood.hessian_vp(outputs, linear.jv) / outputs.shape[0])
+    batch = outputs.shape[0]
+    if not isinstance(likelihood, ParametricLikelihood) or not likelihood_vector:
+        return linear.transpose_product(likelihood.hessian_vp(outputs, linear.jv) / batch)
+    h_outputs, h_params = likelihood.joint_hessian_vp(outputs, linear.jv, likelihood_vector)
+    product = linear.transpose_product(h_outputs / batch)
+    product.update({PREFIX + name: h / batch for name, h in h_params.items()})
+    return product
+
+
+exact_fisher_vp.supports_likelihood_parameters = True  # read by fisher_vp

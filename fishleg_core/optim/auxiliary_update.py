@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fishleg_core.aux_optimizers import AuxOptimizerSpec, build_aux_optimizer
+from fishleg_core.aux_optimizers import AuxOptimizerSpec, add_weight_decay, build_aux_optimizer
 from fishleg_core.auxiliary import auxiliary_loss
 from fishleg_core.fisher import fisher_vp
 from fishleg_core.fisher.functional import OutputFn
@@ -21,7 +21,8 @@ from fishleg_core.vectors import ParamDict
 class AuxiliaryUpdate:
     """λ ← ``optimizer`` step (Adam by default, see ``AUX_OPTIMIZERS``) on ∇_λ A(λ; u),
     A(λ; u) = ½ (Q u)ᵀ F_γ (Q u) − uᵀ Q u, with F_γ v = F v + γ v by
-    ``fisher_method`` on an auxiliary minibatch.
+    ``fisher_method`` on an auxiliary minibatch; with ``weight_decay`` w > 0 the gradient is that of
+    A + ½ w Σ ‖V‖² (``add_weight_decay``: V the factor values λ stands for; the paper's weight decay on λ).
 
     Owns the optimiser of λ and the generator of sampling Fisher methods. Under DDP
     (``distributed=True``) the gradients of λ are averaged across ranks before the step, so λ stays
@@ -41,6 +42,7 @@ class AuxiliaryUpdate:
         betas: tuple[float, float],
         eps: float,
         damping: float,
+        weight_decay: float = 0.0,
         fisher_method: str,
         generator: torch.Generator,
         guard: NonFiniteGuard,
@@ -49,7 +51,7 @@ class AuxiliaryUpdate:
         monitor: QMonitor | None = None,
     ) -> None:
         self.model, self.likelihood, self.q = model, likelihood, q
-        self.damping, self.fisher_method = damping, fisher_method
+        self.damping, self.weight_decay, self.fisher_method = damping, weight_decay, fisher_method
         self.generator, self.guard, self.distributed, self.monitor = generator, guard, distributed, monitor
         self.output_fn = output_fn
         self.optimizer = build_aux_optimizer(optimizer, q, lr, betas=betas, eps=eps)
@@ -84,6 +86,7 @@ class AuxiliaryUpdate:
             average_across_ranks(list(grads.values()))
         checked = {"auxiliary loss": loss.value, **grads}
         if self.guard.check("auxiliary update", checked, "λ and its Adam state are left unchanged"):
+            add_weight_decay(self.q, self.weight_decay)
             self.optimizer.step()
             if self.monitor is not None:
                 self.monitor.record(u, loss.qu, loss.fisher_qu)

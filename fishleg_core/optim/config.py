@@ -33,6 +33,9 @@ class FishLegConfig(BaseModel):
     aux_lr: float = Field(1e-4, gt=0, allow_inf_nan=False, description="α: learning rate of λ")
     aux_betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas of λ")
     aux_eps: float = Field(1e-8, gt=0, allow_inf_nan=False, description="Adam epsilon of λ")
+    aux_weight_decay: float = Field(
+        0.0, ge=0, allow_inf_nan=False, description="w of the penalty ½ w ‖λ's factor values‖² (pulls Q to 0)"
+    )
     aux_every: int | tuple[tuple[int, int], ...] = Field(
         10,
         description="one auxiliary update every this many steps (0: none, Q fixed), or a schedule of phases "

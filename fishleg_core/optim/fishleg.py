@@ -12,7 +12,7 @@ from fishleg_core.checks import check_callable, validate
 from fishleg_core.gradient_factors import GradientFactors
 from fishleg_core.groups import GroupSpec
 from fishleg_core.layers.form_choice import FormChoices
-from fishleg_core.likelihoods import Likelihood, resolve_likelihood
+from fishleg_core.likelihoods import Likelihood, ParametricLikelihood, likelihood_parameters, resolve_likelihood
 from fishleg_core.model_q import ModelQ, build_model_q, check_model_q
 from fishleg_core.optim.aux_data import CyclicBatches, split_batch
 from fishleg_core.optim.auxiliary_update import AuxiliaryUpdate
@@ -51,6 +51,10 @@ class FishLeg(torch.optim.Optimizer):
         model: the network; a ``DistributedDataParallel`` wrapper is unwrapped, and the auxiliary
             gradients are then averaged across ranks.
         likelihood: a ``Likelihood`` or a registered name (``LIKELIHOODS``); it must match the training loss.
+            The parameters of a ``ParametricLikelihood`` (e.g. ``GaussianLearnedSigma``'s σ) are trained
+            with the model's: each gets a diagonal Q block, F includes them (``fisher_method="exact"``), and
+            ``constrain_()`` runs after each step; the training loss must be ``likelihood.nll`` so that
+            they have gradients.
         lr: η.
         momentum: β of the exponential average (Algorithm 1's convention, from 0).
         momentum_on: ``"update"`` (average Q·g) or ``"gradient"`` (average g).
@@ -61,6 +65,9 @@ class FishLeg(torch.optim.Optimizer):
         init_scale: start Q at init_scale·I (default I).
         aux_optimizer: the optimizer of λ, a name in ``AUX_OPTIMIZERS`` or ``{"name": ..., **options}``.
         aux_lr, aux_betas, aux_eps: its learning rate, and Adam's betas and epsilon (defaults of its options).
+        aux_weight_decay: w ≥ 0: λ's gradient is that of A + ½ w Σ ‖V‖² over the factor values V of Q
+            (``add_weight_decay``), which pulls Q towards 0 and bounds it where F_γ does not (the paper: 1e-3
+            on the autoencoders, 1e-4 on the deep linear network, with ``damping=0``). Any ``aux_optimizer``.
         aux_every: one auxiliary update every this many steps, the first step included; 0: Q stays fixed. Or
             a schedule of phases ((first step, period), ...) starting at step 0, e.g. ((0, 1), (200, 10)):
             frequent updates early, sparser later (paper §5.2).
@@ -103,6 +110,7 @@ class FishLeg(torch.optim.Optimizer):
         aux_lr: float = 1e-4,
         aux_betas: tuple[float, float] = (0.9, 0.999),
         aux_eps: float = 1e-8,
+        aux_weight_decay: float = 0.0,
         aux_every: int | tuple[tuple[int, int], ...] = 10,
         fisher_method: str = "exact",
         low_rank: bool = True,
@@ -128,11 +136,20 @@ class FishLeg(torch.optim.Optimizer):
         params = trainable_parameters(model)
         if not params:
             raise ValueError("FishLeg: the model has no trainable parameters (requires_grad=True)")
+        params.update(likelihood_parameters(self.likelihood))
         self._names = {id(p): name for name, p in params.items()}
         defaults = {"lr": lr, "momentum": self.config.momentum, "weight_decay": self.config.weight_decay}
         super().__init__(list(params.values()), defaults)
         if q is None:
-            q = build_model_q(model, forms, self.config.q_init_scale, self.config.strict, groups=groups, couple=couple)
+            q = build_model_q(
+                model,
+                forms,
+                self.config.q_init_scale,
+                self.config.strict,
+                groups=groups,
+                couple=couple,
+                likelihood=self.likelihood,
+            )
         else:
             builders = {"forms": forms, "groups": groups, "couple": couple, "sgd_lr": sgd_lr, "init_scale": init_scale}
             given = [name for name, value in builders.items() if value is not None]
@@ -149,11 +166,11 @@ class FishLeg(torch.optim.Optimizer):
         generator = torch.Generator(device=device)
         seed = self.config.seed if self.config.seed is not None else torch.initial_seed()
         generator.manual_seed(seed + (torch.distributed.get_rank() if self._distributed else 0))
-        if self.config.damping == 0 and self.config.aux_every:
+        if self.config.damping == 0 and self.config.aux_every and self.config.aux_weight_decay == 0:
             warn_user(
                 "FishLeg: damping=0: F_γ = F is singular wherever the model has more parameters than the "
                 "auxiliary batch has outputs, and nothing then bounds Q (A(λ; u) is unbounded below along "
-                "F's null space); use damping > 0"
+                "F's null space); use damping > 0 or aux_weight_decay > 0 (the paper's choice)"
             )
         self.nonfinite = NonFiniteGuard(self.config.nonfinite)
         self.monitor = QMonitor(self.q, self.config.q_init_scale, self.config.damping)
@@ -166,6 +183,7 @@ class FishLeg(torch.optim.Optimizer):
             betas=self.config.aux_betas,
             eps=self.config.aux_eps,
             damping=self.config.damping,
+            weight_decay=self.config.aux_weight_decay,
             fisher_method=self.config.fisher_method,
             generator=generator,
             guard=self.nonfinite,
@@ -246,6 +264,8 @@ class FishLeg(torch.optim.Optimizer):
         for group in self.param_groups:
             params = group["params"]
             torch._foreach_add_(params, [direction[self._names[id(p)]] for p in params], alpha=-group["lr"])
+        if isinstance(self.likelihood, ParametricLikelihood):
+            self.likelihood.constrain_()
         self.steps += 1
         return loss
 
