@@ -15,6 +15,11 @@ from experiments.training import mean_and_spread
 
 COLORS = {"sgdm": "tab:blue", "adam": "tab:orange", "fishleg": "tab:green"}
 LABELS = {"sgdm": "SGD with momentum", "adam": "Adam", "fishleg": "FishLeg"}
+HEADER = (
+    "| regime | optimizer | iterations | epochs | final train loss | final test loss | test / noise floor | "
+    "final σ | seconds | × SGDm time |"
+)
+RULE = "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 
 
 def _curves(runs: list[dict], name: str) -> list[dict]:
@@ -27,7 +32,7 @@ def final(runs: list[dict], name: str, key: str) -> np.ndarray:
 
 
 def plot_figure1(path: Path, config: Any, results: dict[str, list[dict]]) -> None:
-    """Rows: A (train solid, test dashed against epochs), B (auxiliary loss), C (losses against seconds)."""
+    """Rows: A (train solid, test dashed against iterations), B (auxiliary loss), C (losses against seconds)."""
     regimes = list(results)
     fig, axes = plt.subplots(3, len(regimes), figsize=(6 * len(regimes), 12), squeeze=False)
     for column, regime in enumerate(regimes):
@@ -40,7 +45,7 @@ def plot_figure1(path: Path, config: Any, results: dict[str, list[dict]]) -> Non
                 iterations, mean, spread = mean_and_spread(curves, key)
                 seconds = mean_and_spread(curves, "seconds")[1][: len(mean)]
                 label = f"{LABELS[name]} ({key.split('_')[0]})"
-                for row, x in ((0, iterations * config.batch / n_train), (2, seconds)):
+                for row, x in ((0, iterations), (2, seconds)):
                     ax = axes[row, column]
                     ax.plot(x, mean, style, color=COLORS[name], label=label)
                     ax.fill_between(x, np.maximum(mean - spread, 1e-12), mean + spread, color=COLORS[name], alpha=0.15)
@@ -49,7 +54,9 @@ def plot_figure1(path: Path, config: Any, results: dict[str, list[dict]]) -> Non
             ax.axhline(floor, color="gray", label="noise floor (teacher's test loss)")
             ax.set_yscale("log")
             ax.set_ylabel("loss ½‖y − f(x)‖² / n")
-            ax.set_xlabel("epoch" if row == 0 else "training seconds (1 thread, loaded machine)")
+            ax.set_xlabel(
+                f"iteration ({config.batch / n_train:g} epoch each)" if row == 0 else "training seconds (1 thread)"
+            )
         axes[0, column].set_title(f"A: {regime} data ({n_train} samples), mean ± sd over {len(runs)} seeds")
         axes[2, column].set_title("C: against wall-clock")
         axes[0, column].legend(fontsize=7)
@@ -77,9 +84,8 @@ def _panel_b(ax, runs: list[dict]) -> None:
 def summary_table(config: Any, results: dict[str, list[dict]]) -> str:
     """Per regime and optimizer: final train and test loss (mean ± sd), test loss / noise floor, seconds."""
     lines = [
-        "| regime | optimizer | epochs | final train loss | final test loss | test / noise floor | "
-        "seconds | × SGDm time |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        HEADER,
+        RULE,
     ]
     for regime, runs in results.items():
         n_train, iterations = config.regimes[regime]
@@ -88,11 +94,13 @@ def summary_table(config: Any, results: dict[str, list[dict]]) -> str:
         for name in LABELS:
             train, test, seconds = (final(runs, name, key) for key in ("train_loss", "test_loss", "seconds"))
             ratio = test / floor
+            sigma = final(runs, name, "sigma") if "sigma" in runs[0][name]["curve"] else None
             lines.append(
-                f"| {regime} ({n_train}) | {LABELS[name]} | {iterations * config.batch / n_train:g} | "
+                f"| {regime} ({n_train}) | {LABELS[name]} | {iterations} | {iterations * config.batch / n_train:g} | "
                 f"{np.mean(train):.3g} ± {np.std(train):.2g} | {np.mean(test):.3g} ± {np.std(test):.2g} | "
-                f"{np.mean(ratio):.3g} ± {np.std(ratio):.2g} | {np.mean(seconds):.1f} | "
-                f"{np.mean(seconds / sgd_seconds):.2f} |"
+                f"{np.mean(ratio):.3g} ± {np.std(ratio):.2g} | "
+                f"{'-' if sigma is None else f'{np.mean(sigma):.3g} ± {np.std(sigma):.2g}'} | "
+                f"{np.mean(seconds):.1f} | {np.mean(seconds / sgd_seconds):.2f} |"
             )
         live = [run["fishleg"]["panel_b"]["live"] for run in runs]
         lines.append(
@@ -101,8 +109,5 @@ def summary_table(config: Any, results: dict[str, list[dict]]) -> str:
             f"{np.mean([v[-1] for v in live]):.4g} (mean over seeds)\n"
         )
         if regime != list(results)[-1]:
-            lines.append(
-                "| regime | optimizer | epochs | final train loss | final test loss | test / noise floor | "
-                "seconds | × SGDm time |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
-            )
+            lines.append(f"{HEADER}\n{RULE}")
     return "\n".join(lines) + "\n"
