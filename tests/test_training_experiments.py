@@ -83,7 +83,11 @@ def test_deep_linear_quick_run(deep_linear_run):
         run = report["regimes"][regime][0]
         starts = {name: run[name]["curve"]["train_loss"][0] for name in deep_linear.OPTIMIZERS}
         assert len(set(starts.values())) == 1  # the same student initialisation for every optimizer
-        assert all(run[name]["curve"]["iteration"][-1] == iterations for name in deep_linear.OPTIMIZERS)
+        # a run ends early only on a non-finite loss (SGD-m diverges from σ = 0.1 with the paper's settings)
+        for name in deep_linear.OPTIMIZERS:
+            curve = run[name]["curve"]
+            assert curve["iteration"][-1] == iterations or curve["minibatch_loss"][-1] is None
+        assert run["fishleg"]["curve"]["iteration"][-1] == iterations
         assert 0 < run["noise_floor"] < min(starts.values())
 
 
