@@ -26,7 +26,7 @@ import torch
 
 import fishleg_core as fl
 from benchmarks.common import write_json
-from experiments.deep_linear import (
+from experiments.deep_linear.experiment import (
     VARIANTS,
     configuration,
     likelihood_for,
@@ -35,7 +35,7 @@ from experiments.deep_linear import (
     minibatch_inputs,
     minibatch_pairs,
 )
-from experiments.deep_linear_task import build_deep_linear, teacher_data
+from experiments.deep_linear.task import build_deep_linear, teacher_data
 
 KFAC_START_BATCHES = 4
 

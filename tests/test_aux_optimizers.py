@@ -13,7 +13,7 @@ from models import MLP_INPUT, random_inputs, tiny_mlp
 from test_reliability import LIKELIHOOD, assert_resume_is_bit_identical, assert_same, backward, snapshot
 
 import fishleg_core as fl
-import fishleg_core.optim.auxiliary_update as auxiliary_update_module
+import fishleg_core.auxiliary.update as auxiliary_update_module
 from fishleg_core.qforms.positive import PositiveTensor, TriangularFactor
 
 CASES = [

@@ -8,8 +8,8 @@ import pytest
 import torch
 from reference import flat
 
-from experiments import deep_linear
-from experiments.deep_linear_task import build_deep_linear, half_squared_error, teacher_data
+from experiments.deep_linear import experiment as deep_linear
+from experiments.deep_linear.task import build_deep_linear, half_squared_error, teacher_data
 from fishleg_core import LIKELIHOODS, fisher_vp
 
 DEPTH, WIDTH, SIGMA, BATCH = 4, 3, 0.5, 7

@@ -9,11 +9,11 @@ import torch.autograd.forward_ad as forward_ad
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from fishleg_core._warnings import warn_user
 from fishleg_core.fisher.functional import detached_parameters, model_function
 from fishleg_core.fisher.registry import FISHER_METHODS
 from fishleg_core.likelihoods import Likelihood, ParametricLikelihood
 from fishleg_core.likelihoods.parametric import PREFIX, split_vector
-from fishleg_core.user_warnings import warn_user
 
 
 @dataclass(frozen=True)

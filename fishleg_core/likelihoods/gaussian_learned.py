@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from fishleg_core.checks import check_number
+from fishleg_core._validation import check_number
 from fishleg_core.likelihoods.parametric import ParametricLikelihood
 from fishleg_core.likelihoods.registry import LIKELIHOODS
 
