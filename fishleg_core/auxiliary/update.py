@@ -89,7 +89,7 @@ class AuxiliaryUpdate:
             add_weight_decay(self.q, self.weight_decay)
             self.optimizer.step()
             if self.monitor is not None:
-                self.monitor.record(u, loss.qu, loss.fisher_qu)
+                self.monitor.record(u, loss.qu, loss.fisher_qu, loss.value)
         self.last_loss = loss.value
         return loss.value
 
