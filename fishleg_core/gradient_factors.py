@@ -97,7 +97,10 @@ class GradientFactors:
                 inputs = torch.cat([inputs, inputs.new_ones(len(inputs), 1)], dim=1)
             probe = self._probe(name, inputs)
             pieces = torch.split(probe, block.layout.widths)  # G r = W r_W + b r_b, without packing G
-            Gr = sum(gradient[p].reshape(len(left), -1) @ piece for p, piece in zip(block.param_names, pieces))
+            Gr = sum(
+                block.layout.piece(gradient[p], i) @ piece
+                for i, (p, piece) in enumerate(zip(block.param_names, pieces))
+            )
             errors.append(torch.linalg.vector_norm(Gr - left @ (inputs @ probe)))
             # allowed: a relative error of the product, plus the round-off of summing N terms of this size
             magnitude = torch.linalg.vector_norm(left.abs() @ (inputs.abs() @ probe.abs()))
@@ -168,13 +171,14 @@ def _has_low_rank_product(form: QForm) -> bool:
 
 def _capturing_adapter(model: nn.Module, block: Block) -> LayerAdapter | None:
     """The adapter of the module named like the block, when the block is exactly that module's own
-    single block (as its adapter builds it, untied, in one band) and the adapter offers factors."""
+    single block (as its adapter builds it, untied) and the adapter offers factors (bands of rows split
+    the factors' left side: ``RowBandsQ.multiply_low_rank``)."""
     try:
         module = model.get_submodule(block.name)
     except AttributeError:  # a fallback block named after a parameter, or a block of a multi-block module
         return None
     adapter = adapter_for(module)
-    if adapter is None or block.row_parts != 1 or not adapter.captures_factors(module):
+    if adapter is None or not adapter.captures_factors(module):
         return None
     specs = adapter.blocks(module)
     if len(specs) != 1:

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from fishleg_core.checks import check_mapping, check_number
 from fishleg_core.groups import QGROUPS, BlockQ, GroupSpec, LowRankFactors, QGroup, choose_groups
 from fishleg_core.layers.form_choice import FormChoices, choose_forms
-from fishleg_core.layers.mapping import map_blocks
+from fishleg_core.layers.mapping import BandChoices, map_blocks
 from fishleg_core.qforms.positive import TriangularFactor
 
 __all__ = ["BlockQ", "LowRankFactors", "ModelQ", "QGroup", "build_model_q", "check_model_q"]
@@ -146,13 +146,15 @@ def build_model_q(
     *,
     groups: Sequence[GroupSpec] | None = None,
     couple: str | None = None,
+    bands: BandChoices | None = None,
 ) -> ModelQ:
     """Map ``model`` to blocks (``map_blocks``); make the groups asked for by ``groups`` (e.g.
     ``[{"blocks": ["0", "2"], "form": "tridiag_kron"}]``) and ``couple`` (``"adjacent"``: a ``tridiag_kron``
     group per chain of consecutive linear layers; see ``choose_groups``); give every other block its QForm
-    (``choose_forms``). All start at ``init_scale · I``, with the dtype and device of their parameters."""
+    (``choose_forms``). All start at ``init_scale · I``, with the dtype and device of their parameters.
+    ``bands`` (module-name pattern -> number) cuts blocks into row bands (``map_blocks``)."""
     check_number("init_scale", init_scale, 0.0)
-    blocks = map_blocks(model, strict=strict)
+    blocks = map_blocks(model, strict=strict, bands=bands)
     if not blocks:
         raise ValueError("build_model_q: the model has no trainable parameters (requires_grad=True)")
     params = dict(model.named_parameters())

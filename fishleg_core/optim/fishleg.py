@@ -12,6 +12,7 @@ from fishleg_core.checks import check_callable, validate
 from fishleg_core.gradient_factors import GradientFactors
 from fishleg_core.groups import GroupSpec
 from fishleg_core.layers.form_choice import FormChoices
+from fishleg_core.layers.mapping import BandChoices
 from fishleg_core.likelihoods import Likelihood, resolve_likelihood
 from fishleg_core.model_q import ModelQ, build_model_q, check_model_q
 from fishleg_core.optim.aux_data import CyclicBatches, split_batch
@@ -82,6 +83,8 @@ class FishLeg(torch.optim.Optimizer):
             ``step(aux_batch=...)``.
         output_fn: for a model whose forward returns a tuple or a dict, the function that selects the output
             tensor the likelihood models (``lambda out: out["logits"]``), as the training loss does.
+        bands: module-name patterns -> number of equal row bands, each with its own form: a fused q, k, v
+            projection ``nn.Linear`` (timm's ViT: ``bands={"*.qkv": 3}``; see ``map_blocks``).
 
     The per-group ``lr``, ``momentum`` and ``weight_decay`` may be changed between steps (LR schedulers
     work). All arguments are validated by ``FishLegConfig``; errors name the argument.
@@ -115,6 +118,7 @@ class FishLeg(torch.optim.Optimizer):
         q: ModelQ | None = None,
         aux_data: Iterable[Any] | None = None,
         output_fn: Callable[[Any], Tensor] | None = None,
+        bands: BandChoices | None = None,
     ) -> None:
         arguments = dict(locals())
         self.config = validate(FishLegConfig, "FishLeg", {name: arguments[name] for name in FishLegConfig.model_fields})
@@ -132,9 +136,18 @@ class FishLeg(torch.optim.Optimizer):
         defaults = {"lr": lr, "momentum": self.config.momentum, "weight_decay": self.config.weight_decay}
         super().__init__(list(params.values()), defaults)
         if q is None:
-            q = build_model_q(model, forms, self.config.q_init_scale, self.config.strict, groups=groups, couple=couple)
+            q = build_model_q(
+                model, forms, self.config.q_init_scale, self.config.strict, groups=groups, couple=couple, bands=bands
+            )
         else:
-            builders = {"forms": forms, "groups": groups, "couple": couple, "sgd_lr": sgd_lr, "init_scale": init_scale}
+            builders = {
+                "forms": forms,
+                "groups": groups,
+                "couple": couple,
+                "bands": bands,
+                "sgd_lr": sgd_lr,
+                "init_scale": init_scale,
+            }
             given = [name for name, value in builders.items() if value is not None]
             if given:
                 raise ValueError(
