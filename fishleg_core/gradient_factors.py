@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -29,10 +30,19 @@ RELATIVE_TOLERANCE = 1e-4
 
 
 @dataclass
+class _Pass:
+    """One forward pass of a module with autograd on: A (None when its rank made the low-rank product not
+    pay), Δ once its backward pass ran, and whether a ``zero_grad`` came between the two."""
+
+    inputs: Tensor | None
+    output_grad: Tensor | None = None
+    done: bool = False
+    stale: bool = False
+
+
+@dataclass
 class _Record:
-    inputs: list[Tensor] = field(default_factory=list)
-    output_grads: dict[int, Tensor] = field(default_factory=dict)
-    unpaid: bool = False  # a forward pass whose rank makes the low-rank product dearer than the dense one
+    passes: list[_Pass] = field(default_factory=list)
 
 
 class GradientFactors:
@@ -85,14 +95,15 @@ class GradientFactors:
         """{block name: (left, right)} with left @ rightᵀ equal to the block of ``gradient``."""
         candidates, errors, allowed = {}, [], []
         for name, record in self._records.items():
-            if not record.inputs or record.unpaid:
+            passes = [p for p in record.passes if p.done or not p.stale]  # stale and pending: never backward
+            if not passes or any(p.inputs is None for p in passes):
                 continue
-            if len(record.output_grads) != len(record.inputs):
+            if not all(p.done for p in passes):
                 self._warn(name, "a forward pass with autograd on had no backward pass")
                 continue
             block = self.blocks[name]
-            left = _joined([record.output_grads[i] for i in range(len(record.inputs))]).mT
-            inputs = _joined(record.inputs)
+            left = _joined([cast(Tensor, p.output_grad) for p in passes]).mT
+            inputs = _joined([cast(Tensor, p.inputs) for p in passes])
             if len(block.param_names) == 2:
                 inputs = torch.cat([inputs, inputs.new_ones(len(inputs), 1)], dim=1)
             probe = self._probe(name, inputs)
@@ -121,6 +132,16 @@ class GradientFactors:
         """Forget what was captured since the last ``factors`` call."""
         self._records = {name: _Record() for name in self.blocks}
 
+    def zero_grad(self) -> None:
+        """Forget the passes whose gradients were accumulated, as ``.grad`` is cleared; keep those whose
+        backward pass is still to come (a closure that calls ``zero_grad`` between the forward and the
+        backward pass, as Lightning's does). A kept pass that never gets its backward pass is dropped
+        without a warning at the next ``factors`` call."""
+        for record in self._records.values():
+            record.passes = [p for p in record.passes if not p.done]
+            for p in record.passes:
+                p.stale = True
+
     def remove(self) -> None:
         """Remove the hooks from the model."""
         for handle in self._handles:
@@ -130,20 +151,19 @@ class GradientFactors:
     def _on_forward(self, name: str, adapter: LayerAdapter, module: nn.Module, args: tuple, output: Tensor) -> None:
         if not torch.is_grad_enabled() or in_functional_view() or not isinstance(output, Tensor):
             return
-        record = self._records[name]
-        if not output.requires_grad or record.unpaid:
+        if not output.requires_grad:
             return
         pays = self._pays.get(name)
-        if pays is not None and not pays(output.numel() // self.blocks[name].shape[0]):
-            record.unpaid = True
-            return
-        index = len(record.inputs)
-        record.inputs.append(adapter.factor_columns(module, args[0].detach()))
-        output.register_hook(partial(self._on_backward, record, index, adapter, module))
+        rank_pays = pays is None or pays(output.numel() // self.blocks[name].shape[0])
+        step = _Pass(adapter.factor_columns(module, args[0].detach()) if rank_pays else None)
+        self._records[name].passes.append(step)
+        output.register_hook(partial(self._on_backward, step, adapter, module))
 
     @staticmethod
-    def _on_backward(record: _Record, index: int, adapter: LayerAdapter, module: nn.Module, grad: Tensor) -> None:
-        record.output_grads[index] = adapter.factor_rows(module, grad.detach())
+    def _on_backward(step: _Pass, adapter: LayerAdapter, module: nn.Module, grad: Tensor) -> None:
+        if step.inputs is not None:
+            step.output_grad = adapter.factor_rows(module, grad.detach())
+        step.done = True
 
     def _probe(self, name: str, inputs: Tensor) -> Tensor:
         """A fixed random vector with one entry per block column (seeded, so runs are reproducible)."""

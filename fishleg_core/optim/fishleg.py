@@ -271,9 +271,12 @@ class FishLeg(torch.optim.Optimizer):
             self._caching_grams = caching
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear ``.grad``, and the captured gradient factors of the passes already backpropagated; those of a
+        forward pass whose backward is still to come are kept (closures that zero the gradients between the
+        forward and the backward pass, as Lightning's do)."""
         super().zero_grad(set_to_none)
         if self._capture:
-            self._capture.clear()
+            self._capture.zero_grad()
 
     def _gradient(self) -> ParamDict:
         """g (+ weight_decay·θ) by parameter name; a parameter without ``.grad`` contributes zeros."""
