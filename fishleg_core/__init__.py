@@ -4,7 +4,7 @@ from fishleg_core.aux_optimizers import AUX_OPTIMIZERS, build_aux_optimizer
 from fishleg_core.auxiliary import AuxiliaryLoss, auxiliary_loss
 from fishleg_core.checks import InvalidConfigError
 from fishleg_core.evaluation import ProbeEvaluator, QEvaluation
-from fishleg_core.fisher import FISHER_METHODS, fisher_vp
+from fishleg_core.fisher import FISHER_METHODS, ModelCall, fisher_vp
 from fishleg_core.fitting import FitResult, fit_q, normalized_gradients
 from fishleg_core.groups import QGROUPS, BlockQ, QGroup, TridiagKronQ
 from fishleg_core.kfac_start import KroneckerFactors, kfac_start, kfac_warm_start, kronecker_factors
@@ -42,6 +42,7 @@ __all__ = [
     "LIKELIHOODS",
     "LayerAdapter",
     "Likelihood",
+    "ModelCall",
     "ModelQ",
     "MultiplicativeFactorSteps",
     "ProbeEvaluator",

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from fishleg_core.fisher.exact import linearise
+from fishleg_core.fisher.functional import Inputs
 from fishleg_core.fisher.registry import FISHER_METHODS
 from fishleg_core.likelihoods import Likelihood
 
@@ -20,7 +21,7 @@ from fishleg_core.likelihoods import Likelihood
 def empirical_fisher_vp(
     model: nn.Module,
     likelihood: Likelihood,
-    inputs: Tensor,
+    inputs: Inputs,
     targets: Tensor | None,
     vector: dict[str, Tensor],
     generator: torch.Generator | None,

@@ -15,7 +15,7 @@ from fishleg_core.layers.form_choice import FormChoices
 from fishleg_core.layers.mapping import BandChoices
 from fishleg_core.likelihoods import Likelihood, resolve_likelihood
 from fishleg_core.model_q import ModelQ, build_model_q, check_model_q
-from fishleg_core.optim.aux_data import CyclicBatches, split_batch
+from fishleg_core.optim.aux_data import BatchFn, CyclicBatches, split_batch
 from fishleg_core.optim.auxiliary_update import AuxiliaryUpdate
 from fishleg_core.optim.config import FishLegConfig
 from fishleg_core.optim.diagnostics import QMonitor
@@ -78,13 +78,18 @@ class FishLeg(torch.optim.Optimizer):
         couple: ``"adjacent"``: a ``tridiag_kron`` group over every chain of consecutive linear layers.
         q: a ``ModelQ`` built by hand, covering every trainable parameter; then forms, groups, couple,
             sgd_lr and init_scale must not be given.
-        aux_data: an iterable of auxiliary batches (a DataLoader, a list; cycled): an input tensor or a
-            tuple (inputs, targets, ...). It must differ from the minibatches that produce g. Or give
+        aux_data: an iterable of auxiliary batches (a DataLoader, a list; cycled): an input tensor, a
+            tuple (inputs, targets, ...) or a mapping of keyword inputs (see batch_fn). It must differ from the
+            minibatches that produce g. Or give
             ``step(aux_batch=...)``.
         output_fn: for a model whose forward returns a tuple or a dict, the function that selects the output
             tensor the likelihood models (``lambda out: out["logits"]``), as the training loss does.
         bands: module-name patterns -> number of equal row bands, each with its own form: a fused q, k, v
             projection ``nn.Linear`` (timm's ViT: ``bands={"*.qkv": 3}``; see ``map_blocks``).
+        batch_fn: maps an auxiliary batch to (model call, targets): the call a tensor, a tuple of positional
+            inputs, a mapping of keyword inputs or a ``ModelCall``. Without it a mapping batch (Hugging Face's
+            ``input_ids``, ``attention_mask``, ``labels``) calls the model with its entries as keywords, all but
+            ``labels``, which are the targets (see ``split_batch``).
 
     The per-group ``lr``, ``momentum`` and ``weight_decay`` may be changed between steps (LR schedulers
     work). All arguments are validated by ``FishLegConfig``; errors name the argument.
@@ -119,12 +124,15 @@ class FishLeg(torch.optim.Optimizer):
         aux_data: Iterable[Any] | None = None,
         output_fn: Callable[[Any], Tensor] | None = None,
         bands: BandChoices | None = None,
+        batch_fn: BatchFn | None = None,
     ) -> None:
         arguments = dict(locals())
         self.config = validate(FishLegConfig, "FishLeg", {name: arguments[name] for name in FishLegConfig.model_fields})
         if not isinstance(model, nn.Module):
             raise TypeError(f"FishLeg: model must be a torch.nn.Module, got {type(model).__name__}")
         check_callable("output_fn", output_fn, optional=True)
+        check_callable("batch_fn", batch_fn, optional=True)
+        self._batch_fn = batch_fn
         self._distributed = isinstance(model, nn.parallel.DistributedDataParallel)
         model = cast(nn.Module, model.module) if self._distributed else model
         self.model = model
@@ -228,14 +236,16 @@ class FishLeg(torch.optim.Optimizer):
         an auxiliary update meeting them skips only that update, leaving λ and its Adam state as they were.
         """
         check_callable("closure", closure, optional=True)
-        given = split_batch(aux_batch) if aux_batch is not None else None
+        given = split_batch(aux_batch, batch_fn=self._batch_fn) if aux_batch is not None else None
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         aux_due = self.config.aux_due(self.steps)
         self._cache_grams_for(self.steps)
-        aux_batch_parts = (given if given is not None else split_batch(self._next_aux_batch())) if aux_due else None
+        aux_batch_parts = None
+        if aux_due:
+            aux_batch_parts = given or split_batch(self._next_aux_batch(), batch_fn=self._batch_fn)
         gradient = self._gradient()
         if not self.nonfinite.check("gradient", gradient, "the step is skipped"):
             if self._capture:
