@@ -90,6 +90,9 @@ class FishLeg(torch.optim.Optimizer):
             inputs, a mapping of keyword inputs or a ``ModelCall``. Without it a mapping batch (Hugging Face's
             ``input_ids``, ``attention_mask``, ``labels``) calls the model with its entries as keywords, all but
             ``labels``, which are the targets (see ``split_batch``).
+        aux_budget: at most this many auxiliary parameters per model parameter: the largest Kronecker factors
+            become diagonal until Q fits (see ``build_model_q``). Without it, ``kron`` sides above 2048 are
+            diagonal (``forms={"default": {"form": "kron", "max_size": None}}`` keeps every factor full).
 
     The per-group ``lr``, ``momentum`` and ``weight_decay`` may be changed between steps (LR schedulers
     work). All arguments are validated by ``FishLegConfig``; errors name the argument.
@@ -125,6 +128,7 @@ class FishLeg(torch.optim.Optimizer):
         output_fn: Callable[[Any], Tensor] | None = None,
         bands: BandChoices | None = None,
         batch_fn: BatchFn | None = None,
+        aux_budget: float | None = None,
     ) -> None:
         arguments = dict(locals())
         self.config = validate(FishLegConfig, "FishLeg", {name: arguments[name] for name in FishLegConfig.model_fields})
@@ -145,7 +149,14 @@ class FishLeg(torch.optim.Optimizer):
         super().__init__(list(params.values()), defaults)
         if q is None:
             q = build_model_q(
-                model, forms, self.config.q_init_scale, self.config.strict, groups=groups, couple=couple, bands=bands
+                model,
+                forms,
+                self.config.q_init_scale,
+                self.config.strict,
+                groups=groups,
+                couple=couple,
+                bands=bands,
+                aux_budget=aux_budget,
             )
         else:
             builders = {
@@ -153,6 +164,7 @@ class FishLeg(torch.optim.Optimizer):
                 "groups": groups,
                 "couple": couple,
                 "bands": bands,
+                "aux_budget": aux_budget,
                 "sgd_lr": sgd_lr,
                 "init_scale": init_scale,
             }

@@ -1,0 +1,69 @@
+"""FishLeg on torchvision's ResNet-18 (or, where torchvision cannot be imported, a torch.nn ResNet-18 with
+torchvision's layout and module names), from random initialisation on synthetic images.
+
+Run from the repository root: ``python docs/examples/torchvision_resnet.py [--steps 100]``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class TorchvisionLayoutResNet(nn.Module):
+    """torchvision's ``resnet18`` (conv1, bn1, layer1-4 of two BasicBlocks, fc), with ``width`` channels in
+    the first stage (64 in ResNet-18)."""
+
+    def __init__(self, num_classes: int = 1000, width: int = 64) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        widths = [width, 2 * width, 4 * width, 8 * width]
+        inplanes = width
+        for index, planes in enumerate(widths):
+            stride = 1 if index == 0 else 2
+            setattr(
+                self,
+                f"layer{index + 1}",
+                nn.Sequential(BasicBlock(inplanes, planes, stride), BasicBlock(planes, planes)),
+            )
+            inplanes = planes
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(inplanes, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def resnet18(num_classes: int = 1000, width: int = 64) -> nn.Module:
+    """torchvision's ``resnet18`` (at width 64), or the torch.nn stand-in."""
+    if width == 64:
+        try:
+            from torchvision.models import resnet18 as torchvision_resnet18
+        except Exception:  # PyPI's torchvision is a CUDA build, which fails to import next to a CPU torch
+            pass
+        else:
+            return torchvision_resnet18(num_classes=num_classes)
+    return TorchvisionLayoutResNet(num_classes, width)
