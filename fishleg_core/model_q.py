@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import cast
 
 import torch
@@ -168,12 +168,14 @@ def build_model_q(
     couple: str | None = None,
     bands: BandChoices | None = None,
     aux_budget: float | None = None,
+    exclude: Collection[str] = (),
 ) -> ModelQ:
     """Map ``model`` to blocks (``map_blocks``); make the groups asked for by ``groups`` (e.g.
     ``[{"blocks": ["0", "2"], "form": "tridiag_kron"}]``) and ``couple`` (``"adjacent"``: a ``tridiag_kron``
     group per chain of consecutive linear layers; see ``choose_groups``); give every other block its QForm
     (``choose_forms``). All start at ``init_scale · I``, with the dtype and device of their parameters.
-    ``bands`` (module-name pattern -> number) cuts blocks into row bands (``map_blocks``).
+    ``bands`` (module-name pattern -> number) cuts blocks into row bands (``map_blocks``); the parameters
+    named in ``exclude`` are left out of Q (another optimizer steps them).
 
     ``aux_budget``: at most this many auxiliary parameters per trainable model parameter. Where the chosen
     forms hold more, the largest full Kronecker factors of ``kron`` blocks become diagonal, largest first
@@ -183,10 +185,10 @@ def build_model_q(
     check_number("init_scale", init_scale, 0.0)
     if aux_budget is not None:
         check_number("aux_budget", aux_budget, 0.0)
-    blocks = map_blocks(model, strict=strict, bands=bands)
+    blocks = map_blocks(model, strict=strict, bands=bands, exclude=exclude)
     if not blocks:
         raise ValueError("build_model_q: the model has no trainable parameters (requires_grad=True)")
-    params = dict(model.named_parameters())
+    params = {name: p for name, p in model.named_parameters() if name not in exclude}
     chosen = choose_groups(blocks, groups, couple)
     grouped = {block.name for choice in chosen for block in choice.blocks}
     single = [block for block in blocks if block.name not in grouped]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 
@@ -45,7 +45,9 @@ BandChoices = Mapping[str, int]
 """Module-name patterns (``fnmatch``, e.g. ``"*.qkv"``) -> how many equal row bands their blocks fall into."""
 
 
-def map_blocks(model: nn.Module, strict: bool = False, *, bands: BandChoices | None = None) -> list[Block]:
+def map_blocks(
+    model: nn.Module, strict: bool = False, *, bands: BandChoices | None = None, exclude: Collection[str] = ()
+) -> list[Block]:
     """Blocks covering every trainable parameter of ``model`` exactly once, in parameter order.
 
     Each module with a registered adapter forms its blocks from its own parameters. A tied parameter is
@@ -58,9 +60,10 @@ def map_blocks(model: nn.Module, strict: bool = False, *, bands: BandChoices | N
     ``bands`` cuts the blocks whose name matches a pattern into that many equal row bands, each with a form
     of its own, overriding the adapter's ``row_parts``: a fused q, k, v projection ``nn.Linear`` (timm's
     ``qkv``: ``bands={"*.qkv": 3}``), which cannot be told from any other linear layer by its type.
+    Parameters named in ``exclude`` are left out, as if frozen (another optimizer steps them).
     """
     check_type("strict", strict, bool, "True or False")
-    params = trainable_parameters(model)
+    params = {name: p for name, p in trainable_parameters(model).items() if name not in exclude}
     name_of = {id(p): name for name, p in params.items()}
     blocks: list[Block] = []
     owner: dict[str, int] = {}  # parameter name -> index of its block

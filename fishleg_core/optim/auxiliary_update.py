@@ -15,7 +15,7 @@ from fishleg_core.likelihoods import Likelihood
 from fishleg_core.model_q import LowRankFactors, ModelQ
 from fishleg_core.optim.diagnostics import QMonitor
 from fishleg_core.optim.nonfinite import NonFiniteGuard
-from fishleg_core.vectors import ParamDict
+from fishleg_core.vectors import ParamDict, trainable_parameters
 
 
 class AuxiliaryUpdate:
@@ -60,17 +60,22 @@ class AuxiliaryUpdate:
         the batch (``inputs``, ``targets``); returns A(λ; u) before the step."""
 
         def damped_fisher(v: ParamDict) -> ParamDict:
-            return fisher_vp(
+            # parameters outside Q (a fallback optimizer's) stay fixed: the Fisher's block on Q's parameters
+            others = {
+                name: torch.zeros_like(p) for name, p in trainable_parameters(self.model).items() if name not in v
+            }
+            product = fisher_vp(
                 self.model,
                 self.likelihood,
                 inputs,
-                v,
+                {**v, **others},
                 method=self.fisher_method,
                 damping=self.damping,
                 generator=self.generator,
                 targets=targets,
                 output_fn=self.output_fn,
             )
+            return {name: product[name] for name in v} if others else product
 
         self.optimizer.zero_grad(set_to_none=True)
         with torch.enable_grad():

@@ -8,7 +8,7 @@ from typing import Any, Literal, cast
 import torch
 from torch import Tensor, nn
 
-from fishleg_core.checks import check_callable, validate
+from fishleg_core.checks import check_callable, check_number, validate
 from fishleg_core.gradient_factors import GradientFactors
 from fishleg_core.groups import GroupSpec
 from fishleg_core.layers.form_choice import FormChoices
@@ -19,6 +19,7 @@ from fishleg_core.optim.aux_data import BatchFn, CyclicBatches, split_batch
 from fishleg_core.optim.auxiliary_update import AuxiliaryUpdate
 from fishleg_core.optim.config import FishLegConfig
 from fishleg_core.optim.diagnostics import QMonitor
+from fishleg_core.optim.mixed import fallback_optimizer, option_groups
 from fishleg_core.optim.nonfinite import NonFiniteGuard
 from fishleg_core.user_warnings import warn_user
 from fishleg_core.vectors import ParamDict, norm, scale, trainable_parameters
@@ -90,6 +91,15 @@ class FishLeg(torch.optim.Optimizer):
             inputs, a mapping of keyword inputs or a ``ModelCall``. Without it a mapping batch (Hugging Face's
             ``input_ids``, ``attention_mask``, ``labels``) calls the model with its entries as keywords, all but
             ``labels``, which are the targets (see ``split_batch``).
+        fallback: a torch optimizer for the parameters Q does not precondition (embeddings, norms, ...):
+            ``{"optimizer": "adam" | "adamw" | "sgd" | an Optimizer class, "params": [name patterns], "lr": ...,
+            **its options}``; patterns match parameter or module names (``"*.wte"``, ``"*norm*"``). Its group
+            joins ``param_groups`` (marked ``"fallback"``), so LR schedulers and checkpoints cover it.
+        group_options: parameter groups with their own ``lr``, ``momentum``, ``weight_decay`` or
+            ``decoupled_weight_decay``: ``[{"params": ["encoder.*"], "lr": 0.01}]``; the other parameters form
+            the first group with the defaults.
+        decoupled_weight_decay: θ ← (1 − η w) θ at each step, outside Q (as AdamW); unlike ``weight_decay``
+            it keeps the low-rank product.
         aux_budget: at most this many auxiliary parameters per model parameter: the largest Kronecker factors
             become diagonal until Q fits (see ``build_model_q``). Without it, ``kron`` sides above 2048 are
             diagonal (``forms={"default": {"form": "kron", "max_size": None}}`` keeps every factor full).
@@ -129,6 +139,9 @@ class FishLeg(torch.optim.Optimizer):
         bands: BandChoices | None = None,
         batch_fn: BatchFn | None = None,
         aux_budget: float | None = None,
+        fallback: dict[str, Any] | None = None,
+        group_options: list[dict[str, Any]] | None = None,
+        decoupled_weight_decay: float = 0.0,
     ) -> None:
         arguments = dict(locals())
         self.config = validate(FishLegConfig, "FishLeg", {name: arguments[name] for name in FishLegConfig.model_fields})
@@ -145,8 +158,26 @@ class FishLeg(torch.optim.Optimizer):
         if not params:
             raise ValueError("FishLeg: the model has no trainable parameters (requires_grad=True)")
         self._names = {id(p): name for name, p in params.items()}
-        defaults = {"lr": lr, "momentum": self.config.momentum, "weight_decay": self.config.weight_decay}
-        super().__init__(list(params.values()), defaults)
+        check_number("decoupled_weight_decay", decoupled_weight_decay, 0.0, inclusive=True)
+        defaults = {
+            "lr": lr,
+            "momentum": self.config.momentum,
+            "weight_decay": self.config.weight_decay,
+            "decoupled_weight_decay": decoupled_weight_decay,
+        }
+        excluded: list[str] = []
+        self._fallback: torch.optim.Optimizer | None = None
+        if fallback is not None:
+            excluded, self._fallback = fallback_optimizer(params, fallback)
+        preconditioned = {name: p for name, p in params.items() if name not in excluded}
+        if not preconditioned:
+            raise ValueError("FishLeg: the fallback takes every trainable parameter, leaving none to precondition")
+        chosen, taken = option_groups(preconditioned, group_options)
+        rest = [p for name, p in preconditioned.items() if name not in taken]
+        fallback_groups = self._fallback.param_groups if self._fallback is not None else []
+        super().__init__(([{"params": rest}] if rest else []) + chosen + fallback_groups, defaults)
+        if self._fallback is not None:  # one state and one group dict: checkpoints and LR schedulers see both
+            self._fallback.state = self.state
         if q is None:
             q = build_model_q(
                 model,
@@ -157,6 +188,7 @@ class FishLeg(torch.optim.Optimizer):
                 couple=couple,
                 bands=bands,
                 aux_budget=aux_budget,
+                exclude=excluded,
             )
         else:
             builders = {
@@ -174,7 +206,7 @@ class FishLeg(torch.optim.Optimizer):
                     f"FishLeg: q is given (built by hand), so {', '.join(given)} must not be: they "
                     "describe how FishLeg builds Q"
                 )
-            check_model_q(q, params)
+            check_model_q(q, preconditioned)
         self.q: ModelQ = q
         self._caching_grams: bool | None = None
         self._cache_grams_for(0)
@@ -214,7 +246,7 @@ class FishLeg(torch.optim.Optimizer):
         low_rank = (
             self.config.low_rank
             and self.config.momentum_on == "update"
-            and self.config.weight_decay == 0
+            and all(group["weight_decay"] == 0 for group in self._groups())
             and not self._distributed
         )
         self._capture = GradientFactors.for_q(model, self.q) if low_rank else None
@@ -278,11 +310,19 @@ class FishLeg(torch.optim.Optimizer):
             direction = self._averaged("momentum_buffer", direction)
         # Only now, with nothing left that can fail, does the optimizer state change.
         self._store("momentum_buffer", gradient if on_gradient else direction)
-        for group in self.param_groups:
+        for group in self._groups():
             params = group["params"]
+            if group["decoupled_weight_decay"]:  # θ ← (1 − η w) θ, outside Q (as AdamW)
+                torch._foreach_mul_(params, 1 - group["lr"] * group["decoupled_weight_decay"])
             torch._foreach_add_(params, [direction[self._names[id(p)]] for p in params], alpha=-group["lr"])
+        if self._fallback is not None:
+            self._fallback.step()
         self.steps += 1
         return loss
+
+    def _groups(self) -> list[dict[str, Any]]:
+        """The parameter groups that Q preconditions (not the fallback optimizer's)."""
+        return [group for group in self.param_groups if "fallback" not in group]
 
     def _cache_grams_for(self, step: int) -> None:
         """Gram matrices pay when λ serves several steps: cache them unless the phase of ``step`` updates λ
@@ -303,7 +343,7 @@ class FishLeg(torch.optim.Optimizer):
     def _gradient(self) -> ParamDict:
         """g (+ weight_decay·θ) by parameter name; a parameter without ``.grad`` contributes zeros."""
         gradient = {}
-        for group in self.param_groups:
+        for group in self._groups():
             for p in group["params"]:
                 g = p.grad if p.grad is not None else torch.zeros_like(p)
                 gradient[self._names[id(p)]] = g + group["weight_decay"] * p if group["weight_decay"] else g
@@ -313,7 +353,7 @@ class FishLeg(torch.optim.Optimizer):
         """The exponential average β b + (1 − β) x of the buffers b = ``self.state[p][key]`` (from b = 0),
         as new tensors: the buffers change only in ``_store``."""
         averaged: ParamDict = {}
-        for group in self.param_groups:
+        for group in self._groups():
             names = [self._names[id(p)] for p in group["params"]]
             buffers = [self.state[p].get(key, torch.zeros_like(p)) for p in group["params"]]
             new = torch._foreach_lerp(buffers, [values[name] for name in names], 1 - group["momentum"])
@@ -321,7 +361,7 @@ class FishLeg(torch.optim.Optimizer):
         return averaged
 
     def _store(self, key: str, values: ParamDict) -> None:
-        for group in self.param_groups:
+        for group in self._groups():
             for p in group["params"]:
                 self.state[p][key] = values[self._names[id(p)]]
 
@@ -371,6 +411,9 @@ class FishLeg(torch.optim.Optimizer):
                 + more
             )
         super().load_state_dict(state_dict)  # checks the parameter groups before changing anything
+        if self._fallback is not None:  # torch made new group dicts and a new state: share them again
+            self._fallback.state = self.state
+            self._fallback.param_groups = [group for group in self.param_groups if "fallback" in group]
         self.auxiliary.load_state_dict(extra)
         self.steps = extra["steps"]
         self.nonfinite.skipped = dict(extra["skipped"])
