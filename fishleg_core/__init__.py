@@ -23,6 +23,7 @@ from fishleg_core.model_q import ModelQ, build_model_q
 from fishleg_core.multiplicative import MultiplicativeFactorSteps, triangular_factor_groups
 from fishleg_core.optim.config import FishLegConfig, sgd_lr_from_torch
 from fishleg_core.optim.fishleg import FishLeg
+from fishleg_core.optim.log import diagnostic_scalars, log_diagnostics
 from fishleg_core.qforms import QFORMS, QForm
 from fishleg_core.registry import Registry, UnknownNameError
 
@@ -59,12 +60,14 @@ __all__ = [
     "build_aux_optimizer",
     "build_model_q",
     "choose_forms",
+    "diagnostic_scalars",
     "fisher_vp",
     "fit_q",
     "joint_block",
     "kfac_start",
     "kfac_warm_start",
     "kronecker_factors",
+    "log_diagnostics",
     "map_blocks",
     "normalized_gradients",
     "sgd_lr_from_torch",
