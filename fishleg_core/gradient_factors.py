@@ -53,7 +53,9 @@ class GradientFactors:
     records Δ. ``pays`` (block name -> whether rank r pays) skips the capture of passes whose rank is too
     high for the low-rank product to pay. ``factors(gradient)`` returns the factors of every block whose
     capture reproduces its entry in ``gradient`` (checked along a fixed random probe vector r:
-    ‖Gr − left(rightᵀr)‖ within 1e-4 ‖Gr‖ plus 100 ε ‖|left|(|right|ᵀ|r|)‖, the round-off of the sums), then
+    ‖Gr − left(rightᵀr)‖ within 1e-4 ‖Gr‖ plus 100 ε ‖|left|(|right|ᵀ|r|)‖, the round-off of the sums, plus
+    4 ε_low ‖|left|(|right|ᵀ|r|)‖ for factors captured in a lower precision ε_low under ``torch.autocast``,
+    which are cast to the gradient's dtype), then
     starts a new capture. Blocks whose ``.grad`` was changed after backward (clipping, weight decay,
     accumulation across ``zero_grad``), or forward passes without a backward, fall back to the dense
     product, with one warning per block.
@@ -104,6 +106,11 @@ class GradientFactors:
             block = self.blocks[name]
             left = _joined([cast(Tensor, p.output_grad) for p in passes]).mT
             inputs = _joined([cast(Tensor, p.inputs) for p in passes])
+            dtype = gradient[block.param_names[0]].dtype
+            # under autocast the layer ran in a lower precision: its round-off bounds the agreement
+            low = min((left.dtype, inputs.dtype), key=lambda t: torch.finfo(t).bits)
+            mixed = 4 * torch.finfo(low).eps if torch.finfo(low).bits < torch.finfo(dtype).bits else 0.0
+            left, inputs = left.to(dtype), inputs.to(dtype)
             if len(block.param_names) == 2:
                 inputs = torch.cat([inputs, inputs.new_ones(len(inputs), 1)], dim=1)
             probe = self._probe(name, inputs)
@@ -115,7 +122,7 @@ class GradientFactors:
             errors.append(torch.linalg.vector_norm(Gr - left @ (inputs @ probe)))
             # allowed: a relative error of the product, plus the round-off of summing N terms of this size
             magnitude = torch.linalg.vector_norm(left.abs() @ (inputs.abs() @ probe.abs()))
-            rounding = 100 * torch.finfo(inputs.dtype).eps
+            rounding = 100 * torch.finfo(dtype).eps + mixed
             allowed.append(RELATIVE_TOLERANCE * torch.linalg.vector_norm(Gr) + rounding * magnitude)
             candidates[name] = (left, inputs.mT)
         self.clear()
