@@ -9,7 +9,7 @@ from reference import flat, trainable
 from torch import nn
 
 import fishleg_core as fl
-from fishleg_core.optim.aux_data import split_batch
+from fishleg_core.auxiliary.data import split_batch
 
 
 class MaskedEncoder(nn.Module):
