@@ -62,7 +62,10 @@ class StandInGPTBlock(nn.Module):
 
 def load_example(name: str) -> ModuleType:
     """The example ``docs/examples/<name>.py`` as a module."""
-    path = Path(__file__).resolve().parents[1] / "docs" / "examples" / f"{name}.py"
+    folder = Path(__file__).resolve().parents[1] / "docs" / "examples"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))  # the examples import example_common from their folder
+    path = folder / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"fishleg_example_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -8,8 +8,13 @@ its own Kronecker factors, as ``nn.MultiheadAttention`` gets them.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+from example_common import Comparison, arguments, compare, image_batches
 from torch import nn
+
+import fishleg_core as fl
 
 IMAGE, PATCH, EMBED, DEPTH, HEADS, CLASSES = 16, 4, 16, 2, 2, 4
 
@@ -91,3 +96,48 @@ def tiny_vit() -> nn.Module:
         num_heads=HEADS,
         num_classes=CLASSES,
     )
+
+
+# The tuning guide's settings for a ViT (docs/guide/tuning.md).
+ADAM_RATES = (3e-3, 1e-2, 3e-2)
+FISHLEG = {
+    "lr": 0.3,
+    "damping": 0.1,
+    "aux_lr": 1e-3,
+    "aux_every": 1,
+    "momentum": 0.9,
+    # norms, the class token and the position embedding: Adam at Adam's best rate, not a diagonal Q
+    "fallback": {"optimizer": "adam", "params": ["*norm*", "cls_token", "pos_embed"], "lr": 1e-2},
+}
+BATCH = 16
+
+
+def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    images, labels = batch
+    return nn.functional.cross_entropy(model(images), labels)
+
+
+def build() -> nn.Module:
+    torch.manual_seed(0)
+    return tiny_vit()
+
+
+def train_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return image_batches(8, BATCH, CLASSES, IMAGE, seed=0)
+
+
+def make_fishleg(model: nn.Module, **overrides: object) -> fl.FishLeg:
+    aux = [images for images, _ in image_batches(4, BATCH, CLASSES, IMAGE, seed=1)]
+    with warnings.catch_warnings():  # cls_token and pos_embed get their own diagonal blocks, as they should
+        warnings.filterwarnings("ignore", message="each of these trainable parameters gets its own diagonal block")
+        return fl.FishLeg(model, "categorical", aux_data=aux, bands={"*.qkv": 3}, **{**FISHLEG, **overrides})
+
+
+def main(steps: int = 100) -> Comparison:
+    comparison = compare(build, make_fishleg, train_batches(), loss_fn, steps, ADAM_RATES)
+    print(comparison.report(f"ViT ({type(build()).__module__.split('.')[0]}), {IMAGE}x{IMAGE} images", steps))
+    return comparison
+
+
+if __name__ == "__main__":
+    main(arguments(__doc__ or "").steps)

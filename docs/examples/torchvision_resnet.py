@@ -7,7 +7,10 @@ Run from the repository root: ``python docs/examples/torchvision_resnet.py [--st
 from __future__ import annotations
 
 import torch
+from example_common import Comparison, arguments, compare, image_batches
 from torch import nn
+
+import fishleg_core as fl
 
 
 class BasicBlock(nn.Module):
@@ -67,3 +70,38 @@ def resnet18(num_classes: int = 1000, width: int = 64) -> nn.Module:
         else:
             return torchvision_resnet18(num_classes=num_classes)
     return TorchvisionLayoutResNet(num_classes, width)
+
+
+# The tuning guide's settings for a ResNet with BatchNorm (docs/guide/tuning.md).
+FISHLEG = {"lr": 0.05, "damping": 0.1, "aux_lr": 1e-3, "aux_every": 1, "momentum": 0.9}
+ADAM_RATES = (3e-4, 1e-3, 3e-3)
+WIDTH, CLASSES, SIZE, BATCH = 8, 4, 16, 16
+
+
+def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    images, labels = batch
+    return nn.functional.cross_entropy(model(images), labels)
+
+
+def build() -> nn.Module:
+    torch.manual_seed(0)
+    return resnet18(num_classes=CLASSES, width=WIDTH)
+
+
+def make_fishleg(model: nn.Module, **overrides: object) -> fl.FishLeg:
+    aux = [images for images, _ in image_batches(4, BATCH, CLASSES, SIZE, seed=1)]
+    return fl.FishLeg(model, "categorical", aux_data=aux, **{**FISHLEG, **overrides})
+
+
+def train_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return image_batches(8, BATCH, CLASSES, SIZE, seed=0)
+
+
+def main(steps: int = 100) -> Comparison:
+    comparison = compare(build, make_fishleg, train_batches(), loss_fn, steps, ADAM_RATES)
+    print(comparison.report(f"ResNet-18 layout, width {WIDTH}, {SIZE}x{SIZE} images", steps))
+    return comparison
+
+
+if __name__ == "__main__":
+    main(arguments(__doc__ or "").steps)
