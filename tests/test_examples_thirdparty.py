@@ -50,3 +50,7 @@ def test_the_lightning_example_runs_with_the_low_rank_product_on_every_step():
     example.fit(module, steps=4)
     assert used == [1] * 4  # Lightning's closure zeroes the gradients after the forward pass
     run("lightning_mlp", steps=2)
+
+
+def test_the_small_cnn_example_runs():
+    run("small_cnn")

@@ -1,7 +1,7 @@
 """FishLeg on a tiny ViT from timm (or, where timm cannot be imported, a torch.nn ViT with timm's layout and
 module names), from random initialisation on synthetic images.
 
-Run from the repository root: ``python docs/examples/timm_vit.py [--steps 100]``.
+Run from the repository root: ``PYTHONPATH=. python docs/examples/timm_vit.py [--steps 100]``.
 timm's fused q, k, v projection ``attn.qkv`` is one nn.Linear; ``bands={"*.qkv": 3}`` gives each projection
 its own Kronecker factors, as ``nn.MultiheadAttention`` gets them.
 """
@@ -135,7 +135,8 @@ def make_fishleg(model: nn.Module, **overrides: object) -> fl.FishLeg:
 
 def main(steps: int = 100) -> Comparison:
     comparison = compare(build, make_fishleg, train_batches(), loss_fn, steps, ADAM_RATES)
-    print(comparison.report(f"ViT ({type(build()).__module__.split('.')[0]}), {IMAGE}x{IMAGE} images", steps))
+    source = "timm" if type(build()).__module__.startswith("timm") else "torch.nn with timm's layout"
+    print(comparison.report(f"ViT ({source}), {IMAGE}x{IMAGE} images", steps))
     return comparison
 
 

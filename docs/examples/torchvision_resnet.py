@@ -1,10 +1,14 @@
 """FishLeg on torchvision's ResNet-18 (or, where torchvision cannot be imported, a torch.nn ResNet-18 with
 torchvision's layout and module names), from random initialisation on synthetic images.
 
-Run from the repository root: ``python docs/examples/torchvision_resnet.py [--steps 100]``.
+Run from the repository root: ``PYTHONPATH=. python docs/examples/torchvision_resnet.py [--steps 100]``;
+``--memory``: Q's size and the checkpoint's on the full-size ResNet-18 under the default and full factors.
 """
 
 from __future__ import annotations
+
+import io
+import sys
 
 import torch
 from example_common import Comparison, arguments, compare, image_batches
@@ -103,5 +107,36 @@ def main(steps: int = 100) -> Comparison:
     return comparison
 
 
+def memory_report() -> list[tuple[str, int, float, float, float]]:
+    """(Q, auxiliary parameters, ÷ model parameters, optimizer state_dict MB, ÷ model state_dict) of the
+    full-size ResNet-18 (1000 classes) after one step, with the default Q and with every factor full."""
+
+    def saved_bytes(state: object) -> int:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        return buffer.tell()
+
+    rows = []
+    for label, forms in [("default", None), ("full factors", {"default": {"form": "kron", "max_size": None}})]:
+        torch.manual_seed(0)
+        model = resnet18()
+        optimizer = fl.FishLeg(model, "categorical", lr=0.01, aux_every=1, forms=forms)
+        images, labels = torch.randn(2, 3, 32, 32), torch.randint(0, 1000, (2,))
+        nn.functional.cross_entropy(model(images), labels).backward()
+        optimizer.step(aux_batch=images)
+        aux = sum(p.numel() for p in optimizer.q.parameters())
+        params = sum(p.numel() for p in model.parameters())
+        checkpoint = saved_bytes(optimizer.state_dict())
+        rows.append((label, aux, aux / params, checkpoint / 2**20, checkpoint / saved_bytes(model.state_dict())))
+        print(
+            f"{label}: {aux:,} auxiliary parameters ({aux / params:.2f}× the model's {params:,}), optimizer "
+            f"state_dict {checkpoint / 2**20:.1f} MB ({rows[-1][-1]:.2f}× the model's state_dict)"
+        )
+    return rows
+
+
 if __name__ == "__main__":
-    main(arguments(__doc__ or "").steps)
+    if "--memory" in sys.argv:
+        memory_report()
+    else:
+        main(arguments(__doc__ or "").steps)
