@@ -79,7 +79,7 @@ class Comparison:
 
 def compare(
     build: Callable[[], nn.Module],
-    make_fishleg: Callable[[nn.Module], torch.optim.Optimizer],
+    make_fishleg: Callable[..., torch.optim.Optimizer],
     batches: Sequence[Batch],
     loss_fn: LossFn,
     steps: int,
@@ -101,4 +101,5 @@ def compare(
 def arguments(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--steps", type=int, default=100, help="training steps per run (default 100)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the data (default 0)")
     return parser.parse_args()

@@ -8,6 +8,8 @@ Run from the repository root: ``PYTHONPATH=. python docs/examples/hf_causal_lm.p
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from example_common import Comparison, arguments, compare
 from torch import nn
@@ -42,8 +44,8 @@ def markov_batches(count: int, seed: int) -> list[dict[str, torch.Tensor]]:
     return batches
 
 
-def build() -> nn.Module:
-    torch.manual_seed(0)
+def build(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
     config = GPT2Config(
         vocab_size=VOCAB, n_positions=LENGTH, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0
     )
@@ -54,12 +56,12 @@ def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(**batch).loss
 
 
-def train_batches() -> list[dict[str, torch.Tensor]]:
-    return markov_batches(8, seed=1)
+def train_batches(seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    return markov_batches(8, seed=10 * seed + 1)
 
 
-def make_fishleg(model: nn.Module, **overrides: object) -> fl.FishLeg:
-    aux = [{key: batch[key] for key in ("input_ids", "attention_mask")} for batch in markov_batches(4, seed=2)]
+def make_fishleg(model: nn.Module, seed: int = 0, **overrides: object) -> fl.FishLeg:
+    aux = [{key: batch[key] for key in ("input_ids", "attention_mask")} for batch in markov_batches(4, 10 * seed + 2)]
     return fl.FishLeg(
         model,
         "categorical",
@@ -69,11 +71,12 @@ def make_fishleg(model: nn.Module, **overrides: object) -> fl.FishLeg:
     )
 
 
-def main(steps: int = 100) -> Comparison:
-    comparison = compare(build, make_fishleg, train_batches(), loss_fn, steps, ADAM_RATES)
+def main(steps: int = 100, seed: int = 0) -> Comparison:
+    fishleg = functools.partial(make_fishleg, seed=seed)
+    comparison = compare(functools.partial(build, seed), fishleg, train_batches(seed), loss_fn, steps, ADAM_RATES)
     print(comparison.report("GPT-2 (transformers), 2 layers, width 32", steps))
     return comparison
 
 
 if __name__ == "__main__":
-    main(arguments(__doc__ or "").steps)
+    main(**vars(arguments(__doc__ or "")))

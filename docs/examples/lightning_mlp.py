@@ -33,11 +33,11 @@ def data(seed: int, count: int = BATCHES) -> TensorDataset:
 
 
 class Classifier(lightning.LightningModule):
-    def __init__(self, optimizer: str, lr: float) -> None:
+    def __init__(self, optimizer: str, lr: float, seed: int = 0) -> None:
         super().__init__()
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         self.net = nn.Sequential(nn.Linear(FEATURES, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, CLASSES))
-        self.optimizer_name, self.lr = optimizer, lr
+        self.optimizer_name, self.lr, self.seed = optimizer, lr, seed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -49,21 +49,21 @@ class Classifier(lightning.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.optimizer_name == "adam":
             return torch.optim.Adam(self.parameters(), lr=self.lr)
-        return make_fishleg(self.net)
+        return make_fishleg(self.net, self.seed)
 
 
-def make_fishleg(net: nn.Module, **overrides: object) -> fl.FishLeg:
-    aux = [x for x, _ in DataLoader(data(seed=2, count=4), batch_size=BATCH)]
+def make_fishleg(net: nn.Module, seed: int = 0, **overrides: object) -> fl.FishLeg:
+    aux = [x for x, _ in DataLoader(data(seed=10 * seed + 2, count=4), batch_size=BATCH)]
     return fl.FishLeg(net, "categorical", aux_data=aux, **{**FISHLEG, **overrides})
 
 
-def build() -> nn.Module:
-    return Classifier("fishleg", FISHLEG["lr"]).net
+def build(seed: int = 0) -> nn.Module:
+    return Classifier("fishleg", FISHLEG["lr"], seed).net
 
 
-def train_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+def train_batches(seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The minibatches the Trainer takes, in its order (no shuffling)."""
-    return list(DataLoader(data(seed=1), batch_size=BATCH))
+    return list(DataLoader(data(seed=10 * seed + 1), batch_size=BATCH))
 
 
 def fit(module: Classifier, steps: int) -> Classifier:
@@ -76,7 +76,7 @@ def fit(module: Classifier, steps: int) -> Classifier:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(module, DataLoader(data(seed=1), batch_size=BATCH))
+    trainer.fit(module, DataLoader(data(seed=10 * module.seed + 1), batch_size=BATCH))
     return module
 
 
@@ -85,15 +85,15 @@ def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch
     return nn.functional.cross_entropy(model(x), y)
 
 
-def main(steps: int = 100) -> Comparison:
+def main(steps: int = 100, seed: int = 0) -> Comparison:
     logging.getLogger("lightning").setLevel(logging.ERROR)
-    batches = train_batches()
-    adam = {lr: training_loss(fit(Classifier("adam", lr), steps).net, batches, loss_fn) for lr in ADAM_RATES}
-    fishleg = training_loss(fit(Classifier("fishleg", FISHLEG["lr"]), steps).net, batches, loss_fn)
+    batches = train_batches(seed)
+    adam = {lr: training_loss(fit(Classifier("adam", lr, seed), steps).net, batches, loss_fn) for lr in ADAM_RATES}
+    fishleg = training_loss(fit(Classifier("fishleg", FISHLEG["lr"], seed), steps).net, batches, loss_fn)
     comparison = Comparison(adam, fishleg)
     print(comparison.report("MLP in a LightningModule (lightning.Trainer)", steps))
     return comparison
 
 
 if __name__ == "__main__":
-    main(arguments(__doc__ or "").steps)
+    main(**vars(arguments(__doc__ or "")))

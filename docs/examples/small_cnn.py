@@ -6,6 +6,8 @@ Run from the repository root: ``PYTHONPATH=. python docs/examples/small_cnn.py [
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from example_common import Comparison, arguments, compare, image_batches
 from torch import nn
@@ -18,8 +20,8 @@ ADAM_RATES = (3e-3, 1e-2, 3e-2)
 FISHLEG = {"lr": 0.5, "damping": 0.1, "aux_lr": 1e-3, "aux_every": 1, "momentum": 0.9}
 
 
-def build() -> nn.Module:
-    torch.manual_seed(0)
+def build(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
     return nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1),
         nn.ReLU(),
@@ -36,20 +38,21 @@ def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch
     return nn.functional.cross_entropy(model(images), labels)
 
 
-def train_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return image_batches(8, BATCH, CLASSES, SIZE, seed=0)
+def train_batches(seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return image_batches(8, BATCH, CLASSES, SIZE, seed=10 * seed)
 
 
-def make_fishleg(model: nn.Module, **overrides: object) -> fl.FishLeg:
-    aux = [images for images, _ in image_batches(4, BATCH, CLASSES, SIZE, seed=1)]
+def make_fishleg(model: nn.Module, seed: int = 0, **overrides: object) -> fl.FishLeg:
+    aux = [images for images, _ in image_batches(4, BATCH, CLASSES, SIZE, seed=10 * seed + 1)]
     return fl.FishLeg(model, "categorical", aux_data=aux, **{**FISHLEG, **overrides})
 
 
-def main(steps: int = 100) -> Comparison:
-    comparison = compare(build, make_fishleg, train_batches(), loss_fn, steps, ADAM_RATES)
+def main(steps: int = 100, seed: int = 0) -> Comparison:
+    fishleg = functools.partial(make_fishleg, seed=seed)
+    comparison = compare(functools.partial(build, seed), fishleg, train_batches(seed), loss_fn, steps, ADAM_RATES)
     print(comparison.report("small CNN (two convolutions), 16x16 images", steps))
     return comparison
 
 
 if __name__ == "__main__":
-    main(arguments(__doc__ or "").steps)
+    main(**vars(arguments(__doc__ or "")))

@@ -8,6 +8,7 @@ its own Kronecker factors, as ``nn.MultiheadAttention`` gets them.
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -117,28 +118,29 @@ def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch
     return nn.functional.cross_entropy(model(images), labels)
 
 
-def build() -> nn.Module:
-    torch.manual_seed(0)
+def build(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
     return tiny_vit()
 
 
-def train_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return image_batches(8, BATCH, CLASSES, IMAGE, seed=0)
+def train_batches(seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return image_batches(8, BATCH, CLASSES, IMAGE, seed=10 * seed)
 
 
-def make_fishleg(model: nn.Module, **overrides: object) -> fl.FishLeg:
-    aux = [images for images, _ in image_batches(4, BATCH, CLASSES, IMAGE, seed=1)]
+def make_fishleg(model: nn.Module, seed: int = 0, **overrides: object) -> fl.FishLeg:
+    aux = [images for images, _ in image_batches(4, BATCH, CLASSES, IMAGE, seed=10 * seed + 1)]
     with warnings.catch_warnings():  # cls_token and pos_embed get their own diagonal blocks, as they should
         warnings.filterwarnings("ignore", message="each of these trainable parameters gets its own diagonal block")
         return fl.FishLeg(model, "categorical", aux_data=aux, bands={"*.qkv": 3}, **{**FISHLEG, **overrides})
 
 
-def main(steps: int = 100) -> Comparison:
-    comparison = compare(build, make_fishleg, train_batches(), loss_fn, steps, ADAM_RATES)
+def main(steps: int = 100, seed: int = 0) -> Comparison:
+    fishleg = functools.partial(make_fishleg, seed=seed)
+    comparison = compare(functools.partial(build, seed), fishleg, train_batches(seed), loss_fn, steps, ADAM_RATES)
     source = "timm" if type(build()).__module__.startswith("timm") else "torch.nn with timm's layout"
     print(comparison.report(f"ViT ({source}), {IMAGE}x{IMAGE} images", steps))
     return comparison
 
 
 if __name__ == "__main__":
-    main(arguments(__doc__ or "").steps)
+    main(**vars(arguments(__doc__ or "")))

@@ -7,6 +7,7 @@ Run from the repository root: ``PYTHONPATH=. python docs/examples/torchvision_re
 
 from __future__ import annotations
 
+import functools
 import io
 import sys
 
@@ -87,22 +88,23 @@ def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch
     return nn.functional.cross_entropy(model(images), labels)
 
 
-def build() -> nn.Module:
-    torch.manual_seed(0)
+def build(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
     return resnet18(num_classes=CLASSES, width=WIDTH)
 
 
-def make_fishleg(model: nn.Module, **overrides: object) -> fl.FishLeg:
-    aux = [images for images, _ in image_batches(4, BATCH, CLASSES, SIZE, seed=1)]
+def make_fishleg(model: nn.Module, seed: int = 0, **overrides: object) -> fl.FishLeg:
+    aux = [images for images, _ in image_batches(4, BATCH, CLASSES, SIZE, seed=10 * seed + 1)]
     return fl.FishLeg(model, "categorical", aux_data=aux, **{**FISHLEG, **overrides})
 
 
-def train_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return image_batches(8, BATCH, CLASSES, SIZE, seed=0)
+def train_batches(seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return image_batches(8, BATCH, CLASSES, SIZE, seed=10 * seed)
 
 
-def main(steps: int = 100) -> Comparison:
-    comparison = compare(build, make_fishleg, train_batches(), loss_fn, steps, ADAM_RATES)
+def main(steps: int = 100, seed: int = 0) -> Comparison:
+    fishleg = functools.partial(make_fishleg, seed=seed)
+    comparison = compare(functools.partial(build, seed), fishleg, train_batches(seed), loss_fn, steps, ADAM_RATES)
     print(comparison.report(f"ResNet-18 layout, width {WIDTH}, {SIZE}x{SIZE} images", steps))
     return comparison
 
@@ -139,4 +141,4 @@ if __name__ == "__main__":
     if "--memory" in sys.argv:
         memory_report()
     else:
-        main(arguments(__doc__ or "").steps)
+        main(**vars(arguments(__doc__ or "")))
