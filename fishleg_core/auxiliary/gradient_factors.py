@@ -162,15 +162,15 @@ class GradientFactors:
             return
         pays = self._pays.get(name)
         rank_pays = pays is None or pays(output.numel() // self.blocks[name].shape[0])
-        step = _Pass(adapter.factor_columns(module, args[0].detach()) if rank_pays else None)
-        self._records[name].passes.append(step)
-        output.register_hook(partial(self._on_backward, step, adapter, module))
+        capture = _Pass(adapter.factor_columns(module, args[0].detach()) if rank_pays else None)
+        self._records[name].passes.append(capture)
+        output.register_hook(partial(self._on_backward, capture, adapter, module))
 
     @staticmethod
-    def _on_backward(step: _Pass, adapter: LayerAdapter, module: nn.Module, grad: Tensor) -> None:
-        if step.inputs is not None:
-            step.output_grad = adapter.factor_rows(module, grad.detach())
-        step.done = True
+    def _on_backward(capture: _Pass, adapter: LayerAdapter, module: nn.Module, grad: Tensor) -> None:
+        if capture.inputs is not None:
+            capture.output_grad = adapter.factor_rows(module, grad.detach())
+        capture.done = True
 
     def _probe(self, name: str, inputs: Tensor) -> Tensor:
         """A fixed random vector with one entry per block column (seeded, so runs are reproducible)."""
