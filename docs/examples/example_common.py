@@ -8,6 +8,7 @@ and reports the training loss on the whole training set after each run.
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -66,8 +67,10 @@ class Comparison:
         return min(self.adam.items(), key=lambda item: item[1])
 
     def report(self, name: str, steps: int) -> str:
-        rate, loss = self.best_adam
         lines = [f"{name}: training loss after {steps} steps (same start, same minibatches)"]
+        if not self.adam:
+            return "\n".join([*lines, f"  FishLeg: {self.fishleg:.4f}"])
+        rate, loss = self.best_adam
         lines += [
             f"  Adam lr={lr:g}: {value:.4f}" + ("  (best)" if lr == rate else "") for lr, value in self.adam.items()
         ]
@@ -102,4 +105,14 @@ def arguments(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--steps", type=int, default=100, help="training steps per run (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the data (default 0)")
-    return parser.parse_args()
+    parser.add_argument(
+        "--fishleg",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="FishLeg settings overriding the example's, as Python literals: --fishleg lr=0.1 damping=1.0",
+    )
+    parser.add_argument("--no-adam", dest="adam", action="store_false", help="run FishLeg only")
+    args = parser.parse_args()
+    args.fishleg = {key: ast.literal_eval(value) for key, value in (item.split("=", 1) for item in args.fishleg)}
+    return args

@@ -71,9 +71,11 @@ def make_fishleg(model: nn.Module, seed: int = 0, **overrides: object) -> fl.Fis
     )
 
 
-def main(steps: int = 100, seed: int = 0) -> Comparison:
-    fishleg = functools.partial(make_fishleg, seed=seed)
-    comparison = compare(functools.partial(build, seed), fishleg, train_batches(seed), loss_fn, steps, ADAM_RATES)
+def main(steps: int = 100, seed: int = 0, fishleg: dict | None = None, adam: bool = True) -> Comparison:
+    """Adam at each of ``ADAM_RATES`` (unless not ``adam``) and FishLeg at ``FISHLEG`` updated by ``fishleg``."""
+    optimizer = functools.partial(make_fishleg, seed=seed, **(fishleg or {}))
+    rates = ADAM_RATES if adam else ()
+    comparison = compare(functools.partial(build, seed), optimizer, train_batches(seed), loss_fn, steps, rates)
     print(comparison.report("GPT-2 (transformers), 2 layers, width 32", steps))
     return comparison
 

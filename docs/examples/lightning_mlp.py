@@ -33,11 +33,11 @@ def data(seed: int, count: int = BATCHES) -> TensorDataset:
 
 
 class Classifier(lightning.LightningModule):
-    def __init__(self, optimizer: str, lr: float, seed: int = 0) -> None:
+    def __init__(self, optimizer: str, lr: float, seed: int = 0, fishleg: dict | None = None) -> None:
         super().__init__()
         torch.manual_seed(seed)
         self.net = nn.Sequential(nn.Linear(FEATURES, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, CLASSES))
-        self.optimizer_name, self.lr, self.seed = optimizer, lr, seed
+        self.optimizer_name, self.lr, self.seed, self.fishleg = optimizer, lr, seed, fishleg or {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -49,7 +49,7 @@ class Classifier(lightning.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.optimizer_name == "adam":
             return torch.optim.Adam(self.parameters(), lr=self.lr)
-        return make_fishleg(self.net, self.seed)
+        return make_fishleg(self.net, self.seed, **self.fishleg)
 
 
 def make_fishleg(net: nn.Module, seed: int = 0, **overrides: object) -> fl.FishLeg:
@@ -85,12 +85,14 @@ def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch
     return nn.functional.cross_entropy(model(x), y)
 
 
-def main(steps: int = 100, seed: int = 0) -> Comparison:
+def main(steps: int = 100, seed: int = 0, fishleg: dict | None = None, adam: bool = True) -> Comparison:
+    """Adam at each of ``ADAM_RATES`` (unless not ``adam``) and FishLeg at ``FISHLEG`` updated by ``fishleg``."""
     logging.getLogger("lightning").setLevel(logging.ERROR)
     batches = train_batches(seed)
-    adam = {lr: training_loss(fit(Classifier("adam", lr, seed), steps).net, batches, loss_fn) for lr in ADAM_RATES}
-    fishleg = training_loss(fit(Classifier("fishleg", FISHLEG["lr"], seed), steps).net, batches, loss_fn)
-    comparison = Comparison(adam, fishleg)
+    rates = ADAM_RATES if adam else ()
+    losses = {lr: training_loss(fit(Classifier("adam", lr, seed), steps).net, batches, loss_fn) for lr in rates}
+    module = fit(Classifier("fishleg", FISHLEG["lr"], seed, fishleg), steps)
+    comparison = Comparison(losses, training_loss(module.net, batches, loss_fn))
     print(comparison.report("MLP in a LightningModule (lightning.Trainer)", steps))
     return comparison
 

@@ -134,9 +134,11 @@ def make_fishleg(model: nn.Module, seed: int = 0, **overrides: object) -> fl.Fis
         return fl.FishLeg(model, "categorical", aux_data=aux, bands={"*.qkv": 3}, **{**FISHLEG, **overrides})
 
 
-def main(steps: int = 100, seed: int = 0) -> Comparison:
-    fishleg = functools.partial(make_fishleg, seed=seed)
-    comparison = compare(functools.partial(build, seed), fishleg, train_batches(seed), loss_fn, steps, ADAM_RATES)
+def main(steps: int = 100, seed: int = 0, fishleg: dict | None = None, adam: bool = True) -> Comparison:
+    """Adam at each of ``ADAM_RATES`` (unless not ``adam``) and FishLeg at ``FISHLEG`` updated by ``fishleg``."""
+    optimizer = functools.partial(make_fishleg, seed=seed, **(fishleg or {}))
+    rates = ADAM_RATES if adam else ()
+    comparison = compare(functools.partial(build, seed), optimizer, train_batches(seed), loss_fn, steps, rates)
     source = "timm" if type(build()).__module__.startswith("timm") else "torch.nn with timm's layout"
     print(comparison.report(f"ViT ({source}), {IMAGE}x{IMAGE} images", steps))
     return comparison

@@ -102,9 +102,11 @@ def train_batches(seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return image_batches(8, BATCH, CLASSES, SIZE, seed=10 * seed)
 
 
-def main(steps: int = 100, seed: int = 0) -> Comparison:
-    fishleg = functools.partial(make_fishleg, seed=seed)
-    comparison = compare(functools.partial(build, seed), fishleg, train_batches(seed), loss_fn, steps, ADAM_RATES)
+def main(steps: int = 100, seed: int = 0, fishleg: dict | None = None, adam: bool = True) -> Comparison:
+    """Adam at each of ``ADAM_RATES`` (unless not ``adam``) and FishLeg at ``FISHLEG`` updated by ``fishleg``."""
+    optimizer = functools.partial(make_fishleg, seed=seed, **(fishleg or {}))
+    rates = ADAM_RATES if adam else ()
+    comparison = compare(functools.partial(build, seed), optimizer, train_batches(seed), loss_fn, steps, rates)
     print(comparison.report(f"ResNet-18 layout, width {WIDTH}, {SIZE}x{SIZE} images", steps))
     return comparison
 

@@ -312,8 +312,9 @@ class FishLeg(torch.optim.Optimizer):
         self._store("momentum_buffer", gradient if on_gradient else direction)
         for group in self._groups():
             params = group["params"]
-            if group["decoupled_weight_decay"]:  # θ ← (1 − η w) θ, outside Q (as AdamW)
-                torch._foreach_mul_(params, 1 - group["lr"] * group["decoupled_weight_decay"])
+            decay = group.get("decoupled_weight_decay", 0.0)  # absent from checkpoints made before it existed
+            if decay:  # θ ← (1 − η w) θ, outside Q (as AdamW)
+                torch._foreach_mul_(params, 1 - group["lr"] * decay)
             torch._foreach_add_(params, [direction[self._names[id(p)]] for p in params], alpha=-group["lr"])
         if self._fallback is not None:
             self._fallback.step()
