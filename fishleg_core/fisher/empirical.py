@@ -12,7 +12,6 @@ import torch
 from torch import Tensor, nn
 
 from fishleg_core.fisher.exact import linearise
-from fishleg_core.fisher.functional import Inputs
 from fishleg_core.fisher.registry import FISHER_METHODS
 from fishleg_core.likelihoods import Likelihood
 
@@ -21,7 +20,7 @@ from fishleg_core.likelihoods import Likelihood
 def empirical_fisher_vp(
     model: nn.Module,
     likelihood: Likelihood,
-    inputs: Inputs,
+    inputs: Tensor,
     targets: Tensor | None,
     vector: dict[str, Tensor],
     generator: torch.Generator | None,
