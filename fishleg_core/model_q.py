@@ -107,11 +107,7 @@ class ModelQ(nn.Module):
         auxiliary parameters per layer parameter are flagged ("!"). Above ``warn_multiple`` times the model's
         parameters in all, a last line warns (an optimizer checkpoint holds λ and Adam's two moments of it: about
         3× Q's bytes, plus the momentum) and names the remedies: ``aux_budget=``, ``kron``'s ``max_size``."""
-        header = (
-            f"{'block':<24} {'layer':<12} {'shape':<12} {'form':<20} {'params':>10} {'aux params':>11} "
-            f"{'aux bytes':>10} {'ratio':>7}"
-        )
-        lines, flagged, total_params, total_aux, total_bytes = [header], [], 0, 0, 0
+        rows, flagged, total_params, total_aux, total_bytes = [], [], 0, 0, 0
         for group in self.groups:
             name, layer, shape, form, covered = group.describe()
             aux = sum(p.numel() for p in group.parameters())
@@ -123,15 +119,14 @@ class ModelQ(nn.Module):
             total_params += covered or 0
             total_aux += aux
             total_bytes += size
-            lines.append(
-                f"{name:<24} {layer:<12} {shape:<12} {form:<20} {_count(covered):>10} {aux:>11,} "
-                f"{_bytes(size):>10} {_ratio(ratio):>7} {flag}".rstrip()
-            )
+            rows.append((name, layer, shape, form, _count(covered), f"{aux:,}", _bytes(size), _ratio(ratio), flag))
         overall = total_aux / total_params if total_params else None
-        lines.append(
-            f"{'total':<24} {'':<12} {'':<12} {'':<20} {total_params:>10,} {total_aux:>11,} "
-            f"{_bytes(total_bytes):>10} {_ratio(overall):>7}"
+        rows.append(
+            ("total", "", "", "", f"{total_params:,}", f"{total_aux:,}", _bytes(total_bytes), _ratio(overall), "")
         )
+        header = ("block", "layer", "shape", "form", "params", "aux params", "aux bytes", "ratio", "")
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(8)]
+        lines = [_table_line(row, widths) for row in [header, *rows]]
         if flagged:
             lines.append(
                 f"! more than {flag_ratio:g} auxiliary parameters per layer parameter ({', '.join(flagged)}): "
@@ -150,6 +145,14 @@ def _bytes(value: int) -> str:
         if value >= scale:
             return f"{value / scale:.1f} {unit}"
     return f"{value} B"
+
+
+def _table_line(row: tuple[str, ...], widths: list[int]) -> str:
+    """The row's text columns left-aligned and its number columns right-aligned, each as wide as its widest
+    entry, then the flag."""
+    left = [f"{cell:<{width}}" for cell, width in zip(row[:4], widths)]
+    right = [f"{cell:>{width}}" for cell, width in zip(row[4:8], widths[4:])]
+    return "  ".join([*left, *right, row[8]]).rstrip()
 
 
 def _count(value: int | None) -> str:

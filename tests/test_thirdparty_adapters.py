@@ -15,6 +15,7 @@ import fishleg_core as fl
 from fishleg_core.layers import adapter_for
 from fishleg_core.layers.adapters import TransposedLinearAdapter
 from fishleg_core.qforms import RowBandsQ
+from fishleg_core.testing import check_adapter
 
 
 class StandInGPT(nn.Module):
@@ -166,3 +167,9 @@ def test_a_timm_layout_vit_gets_kronecker_q_everywhere_and_bands_on_qkv():
     assert labels["blocks.0.attn.qkv"] == ("Linear", "3×kron")
     assert labels["blocks.1.mlp.fc1"] == ("Linear", "kron")
     assert labels["patch_embed.proj"] == ("Conv2d", "kron")
+
+
+@pytest.mark.parametrize(("nf", "nx"), [(5, 3), (6, 2)], ids=["conv1d", "conv1d_fused_qkv"])
+def test_the_conv1d_adapter_keeps_the_layer_adapter_contract(nf, nx):
+    check_adapter(StandInConv1D(nf, nx), torch.randn(4, 3, nx, generator=torch.Generator().manual_seed(0)))
+
