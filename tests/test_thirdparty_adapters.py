@@ -172,4 +172,3 @@ def test_a_timm_layout_vit_gets_kronecker_q_everywhere_and_bands_on_qkv():
 @pytest.mark.parametrize(("nf", "nx"), [(5, 3), (6, 2)], ids=["conv1d", "conv1d_fused_qkv"])
 def test_the_conv1d_adapter_keeps_the_layer_adapter_contract(nf, nx):
     check_adapter(StandInConv1D(nf, nx), torch.randn(4, 3, nx, generator=torch.Generator().manual_seed(0)))
-
