@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 from tiny_study import TINY_STUDY
 
-from experiments import a6_study
-from experiments.plugins import unload_plugin
+from experiments.a6 import study as a6_study
+from fishleg_core.plugins import unload_plugin
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -256,7 +256,7 @@ def test_compare_your_own_form(tmp_path, monkeypatch):
     assert 0 < float(printed["diag_kron"]) < 1.5
 
     words = shlex.split(command.replace("\\\n", " "))
-    assert words[:3] == ["python", "-m", "experiments.a6_study"]
+    assert words[:3] == ["python", "-m", "experiments.a6"]
     monkeypatch.chdir(tmp_path)
     try:
         assert a6_study.main([*words[3:], "--no-progress", "--threads", "1"]) == 0
