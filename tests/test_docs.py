@@ -13,6 +13,8 @@ Conventions for pages (checked here):
 
 from __future__ import annotations
 
+import ast
+import inspect
 import json
 import os
 import re
@@ -25,6 +27,7 @@ import pytest
 from tiny_study import TINY_STUDY
 
 from experiments.a6 import study as a6_study
+from fishleg_core import FishLeg
 from fishleg_core.plugins import unload_plugin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,3 +267,25 @@ def test_compare_your_own_form(tmp_path, monkeypatch):
         unload_plugin("my_forms")
     rows = json.loads((tmp_path / "results" / "my-forms" / "results.json").read_text())["forms"]
     assert [row["name"] for row in rows] == ["diagonal", "kron", "diag_kron"] and rows[2]["lr"] == 0.1
+
+
+def test_fishlegs_defaults_are_the_codes():
+    """The defaults table of the project guide states every argument of FishLeg with its default."""
+    page = (ROOT / "docs/guide/using_in_your_project.md").read_text()
+    section = page.split("## FishLeg's defaults", 1)[1].split("\n## ", 1)[0]
+    ((header, rows),) = tables(section)
+    assert header[:2] == ["argument", "default"]
+    stated = {}
+    for row in rows:
+        names = re.findall(r"`(\w+)`", row[0])
+        values = [value.strip().strip("`") for value in row[1].split(" / ")]
+        assert len(names) == len(values), f"row {row[0]!r}: one default per argument, separated by ' / '"
+        stated.update(zip(names, values))
+    parameters = inspect.signature(FishLeg.__init__).parameters
+    assert set(stated) == set(parameters) - {"self", "model", "likelihood"}
+    for name, value in stated.items():
+        default = parameters[name].default
+        if default is inspect.Parameter.empty:
+            assert value == "required", f"{name} has no default"
+        else:
+            assert ast.literal_eval(value) == default, f"{name}: the guide says {value}, the code {default!r}"
