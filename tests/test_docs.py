@@ -4,9 +4,10 @@ text about the machine's load.
 
 Conventions for pages (checked here):
 
-- every fenced ```python block is run as a program of its own, from the repository root, unless the line
-  just before its fence is an HTML comment ``<!-- skip: reason -->``; a comment line ``# [...]`` in a block
-  is printed output that the run must show;
+- a fenced ```python block that begins with an import or a docstring is a program: it is run, in a namespace
+  of its own, from the repository root, unless the line just before its fence is an HTML comment
+  ``<!-- skip: reason -->``; a comment line ``# [...]`` in it is printed output that the run must show. A block
+  that begins otherwise is a fragment (a call, a function to paste into one's own code) and is not run;
 - a table right after a line ``<!-- table from PATH -->`` (blank lines between allowed) quotes the result
   file PATH: each of its rows must match a row of a table in PATH on every column the two tables share.
 """
@@ -58,8 +59,12 @@ def blocks(page: Path, language: str) -> list[tuple[int, str, bool]]:
     return found
 
 
+PROGRAM_START = re.compile(r'^(import |from \S+ import |""")')
 PROGRAMS = {
-    f"{rel(page)}:{line}": code for page in PAGES for line, code, skipped in blocks(page, "python") if not skipped
+    f"{rel(page)}:{line}": code
+    for page in PAGES
+    for line, code, skipped in blocks(page, "python")
+    if PROGRAM_START.match(code) and not skipped
 }
 
 RUNNER = """
