@@ -86,7 +86,7 @@ def iterations_to_reach(curve: Curve, target: float, key: str = "minibatch_loss"
     """The first evaluated iteration at which ``curve[key]`` ≤ ``target``; None if never."""
     for iteration, value in zip(curve["iteration"][1:], curve[key][1:]):
         if value is not None and value <= target:
-            return iteration
+            return int(iteration)
     return None
 
 

@@ -43,7 +43,7 @@ class KLClipped(torch.optim.Optimizer):
         params = self.param_groups[0]["params"]
         before = [p.detach().clone() for p in params]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        loss = self.inner.step(closure)
+        loss = self.inner.step(closure)  # type: ignore[arg-type]  # Optimizer.step's overloads
         lr = self.param_groups[0]["lr"]
         steps = torch._foreach_sub([p.detach() for p in params], before)
         predicted = -lr * sum(float((g * s).sum()) for g, s in zip(grads, steps))
