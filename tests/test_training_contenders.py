@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 import fishleg_core as fl
-from experiments.kfac_optimizer import KFAC
-from experiments.step_control import KLClipped, psgd_schedule
-from fishleg_core.kfac_start import kronecker_factors
+from experiments.common.kfac_optimizer import KFAC
+from experiments.common.step_control import KLClipped, psgd_schedule
+from fishleg_core.kfac.start import kronecker_factors
 
 LIKELIHOOD = fl.LIKELIHOODS.build("bernoulli")
 

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor, nn
 
-from fishleg_core.checks import check_number
+from fishleg_core._validation import check_number
 
 
 class QForm(nn.Module, ABC):
