@@ -132,6 +132,19 @@ def test_autoencoder_quick_run(autoencoder_run):
     assert reach_ratios(runs, "adam", 20)["adam"][0] == (1.0, 1.0)  # Adam reaches its own loss at its own time
 
 
+def test_autoencoder_resumes_the_runs_of_a_report(autoencoder_run, tmp_path):
+    out, report = autoencoder_run
+    again = autoencoder_training.main(
+        ["--quick", "--contenders", "fishleg", "--resume", str(out / "results.json"), "--out", str(tmp_path)]
+    )
+    assert set(again["runs"]) == {"adam", "fishleg"}  # the chosen contender and the target
+    assert again["runs"]["fishleg"] == json.loads(json.dumps(report["runs"]["fishleg"]))  # taken over, not re-run
+    with pytest.raises(SystemExit):
+        autoencoder_training.main(
+            ["--quick", "--preset", "a6", "--resume", str(out / "results.json"), "--out", str(tmp_path)]
+        )
+
+
 def test_autoencoder_variants_quick_run(tmp_path):
     report = autoencoder_training.main(["--quick", "--preset", "variants", "--out", str(tmp_path)])
     assert set(report["runs"]) == set(autoencoder_training.variants_config().contenders)

@@ -288,10 +288,40 @@ class Experiment:
     def __init__(self, config: AutoencoderConfig, pixels: Any) -> None:
         self.config = config
         self.data = split(pixels, config.n_train, config.n_heldout, seed=0)
+        self.done: dict[tuple, dict[str, Any]] = {}
+
+    def reuse(self, report: dict[str, Any]) -> int:
+        """Take the runs of an earlier report (``results.json`` or ``partial.json``) of the same sizes, data,
+        budgets and contender settings instead of running them again; returns how many were taken.
+
+        Raises:
+            ValueError: the report's configuration differs in anything but its list of contenders."""
+        theirs, mine = report["config"], json.loads(json.dumps(asdict(self.config)))
+        different = [
+            key for key in mine if key not in ("sweep", "contenders", "seeds") and theirs.get(key) != mine[key]
+        ]
+        if different:
+            raise ValueError(f"--resume: the report's configuration differs in {different}")
+        taken = 0
+        for kind, iterations, seconds in (
+            ("sweeps", mine["sweep_iterations"], 0.0),
+            ("runs", mine["iterations"], mine["seconds"]),
+        ):
+            for name, runs in report[kind].items():
+                if theirs["contenders"].get(name) != mine["contenders"].get(name):
+                    continue
+                for run in runs:
+                    self.done[(name, run["lr"], run["seed"], iterations, seconds)] = run
+                    taken += 1
+        return taken
 
     def run(self, name: str, lr: float, seed: int, iterations: int, sgd_lr: float, seconds: float) -> dict[str, Any]:
         """One contender on one seed, ``iterations`` steps and on to ``seconds`` of training: the curve of
-        training and held-out losses against iterations and training seconds (``CLOCK``)."""
+        training and held-out losses against iterations and training seconds (``CLOCK``); a run taken over
+        from an earlier report (``reuse``) is not run again."""
+        earlier = self.done.get((name, lr, seed, iterations, seconds))
+        if earlier is not None:
+            return earlier
         config, data = self.config, self.data
         model = build_autoencoder(config.sizes, seed=seed)
         start = CLOCK()
@@ -390,6 +420,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default="results/autoencoder_training", help="output folder")
     parser.add_argument("--data-dir", help="a folder with the MNIST IDX files (default: the embedded digits)")
     parser.add_argument("--config", help="JSON file overriding fields of AutoencoderConfig")
+    parser.add_argument("--contenders", help="comma-separated names: run only these (and the target)")
+    parser.add_argument(
+        "--resume", action="append", default=[], help="a results.json or partial.json whose runs are taken over"
+    )
     args = parser.parse_args(argv)
     config = quick_config(args.preset) if args.quick else PRESETS[args.preset]()
     if args.config:
@@ -402,13 +436,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             setattr(config, option, value)
     if args.seconds is not None:
         config.seconds = args.seconds
+    if args.contenders:
+        chosen = set(args.contenders.split(",")) | {config.target}
+        unknown = sorted(chosen - set(config.sweep))
+        if unknown:
+            parser.error(f"--contenders: {unknown} are not contenders of this preset ({', '.join(config.sweep)})")
+        config.sweep = {name: rates for name, rates in config.sweep.items() if name in chosen}
+        config.contenders = {name: spec for name, spec in config.contenders.items() if name in chosen}
     problems = _problems(config)
     if problems:
         parser.error("; ".join(problems))
     try:
         pixels = load_pixels(args.data_dir)
         experiment = Experiment(config, pixels)
-    except DataError as error:
+        for path in args.resume:
+            print(f"{path}: {experiment.reuse(json.loads(Path(path).read_text()))} runs taken over")
+    except (DataError, ValueError, OSError) as error:
         parser.error(str(error))
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -422,7 +465,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         def checkpoint(results: dict[str, Any]) -> None:
             save_json(out / "partial.json", {"config": asdict(config), **results})
 
-        results = sweep_and_train(experiment, progress, extensions=0 if args.quick else 2, checkpoint=checkpoint)
+        results = sweep_and_train(experiment, progress, extensions=0 if args.quick else 3, checkpoint=checkpoint)
     report = {"config": asdict(config), **results}
     write_report(
         out,
