@@ -96,3 +96,15 @@ def test_psgd_schedule_phases_follow_the_update_probability():
     assert psgd_schedule(10, flat_start=2, decay=math.log(2), min_prob=0.25) == ((0, 1), (3, 2), (4, 4))
     config = fl.FishLegConfig(lr=0.1, aux_every=psgd_schedule(10, flat_start=2, decay=math.log(2), min_prob=0.25))
     assert [step for step in range(10) if config.aux_due(step)] == [0, 1, 2, 3, 4, 8]
+
+
+def test_kfac_keeps_its_inverses_when_the_factors_break():
+    model = tiny_model()
+    optimizer = KFAC(model, LIKELIHOOD, 1e-3, curvature_data=constant(torch.rand(5, 3, dtype=torch.float64)))
+    LIKELIHOOD.nll(model(torch.rand(6, 3, dtype=torch.float64)), torch.zeros(6, 3, dtype=torch.float64)).backward()
+    optimizer.step()
+    kept = optimizer.inverses["0"]
+    factors = optimizer.factors["0"]
+    optimizer.factors["0"] = type(factors)(G=factors.G * float("nan"), A=factors.A)
+    optimizer._invert()
+    assert optimizer.inverses["0"] is kept and optimizer.failed_inversions == 1

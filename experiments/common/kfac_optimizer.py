@@ -87,6 +87,7 @@ class KFAC(torch.optim.Optimizer):
         self.factors: dict[str, KroneckerFactors] = {}
         self.inverses: dict[str, tuple[Tensor, Tensor]] = {}
         self.steps = 0
+        self.failed_inversions = 0
 
     def _refresh_factors(self) -> None:
         batch = next(self.curvature_data)
@@ -102,8 +103,18 @@ class KFAC(torch.optim.Optimizer):
             )
 
     def _invert(self) -> None:
+        """The damped inverses of the factors; a block whose factors are not finite or not positive definite
+        (a diverged run) keeps its previous inverses (counted in ``failed_inversions``)."""
         for name, factors in self.factors.items():
-            left, right = damped_inverse_cholesky(factors, self.damping)
+            try:
+                if not (torch.isfinite(factors.G).all() and torch.isfinite(factors.A).all()):
+                    raise torch.linalg.LinAlgError("non-finite Kronecker factors")
+                left, right = damped_inverse_cholesky(factors, self.damping)
+            except torch.linalg.LinAlgError:
+                if name not in self.inverses:
+                    raise
+                self.failed_inversions += 1
+                continue
             self.inverses[name] = (left @ left.mT, right @ right.mT)
 
     def preconditioned(self) -> dict[Tensor, Tensor]:
