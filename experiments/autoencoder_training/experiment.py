@@ -408,6 +408,30 @@ def sweep_and_train(
     return results
 
 
+def taken_over(experiment: Experiment) -> dict[str, Any]:
+    """The results of the runs taken over (``Experiment.reuse``): every contender's sweep on seed 0 and its
+    best rate, and the seeds run at that rate; contenders without a seed run are left out of ``runs``."""
+    config = experiment.config
+    sweeps: dict[str, list] = {}
+    best: dict[str, float] = {}
+    runs: dict[str, list] = {}
+    for name in config.sweep:
+        sweeps[name] = [
+            run
+            for (who, _, _, iterations, _), run in experiment.done.items()
+            if who == name and iterations == config.sweep_iterations and run["seed"] == 0
+        ]
+        if not sweeps[name]:
+            continue
+        best[name] = best_rate(sweeps[name])
+        key = (name, best[name])
+        seeds = [experiment.done.get((*key, seed, config.iterations, config.seconds)) for seed in range(config.seeds)]
+        found = list(itertools.takewhile(lambda run: run is not None, seeds))
+        if found:
+            runs[name] = found
+    return {"best_lr": best, "sweeps": sweeps, "runs": runs}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.autoencoder_training", description=__doc__.splitlines()[0]
@@ -421,6 +445,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data-dir", help="a folder with the MNIST IDX files (default: the embedded digits)")
     parser.add_argument("--config", help="JSON file overriding fields of AutoencoderConfig")
     parser.add_argument("--contenders", help="comma-separated names: run only these (and the target)")
+    parser.add_argument(
+        "--report-only", action="store_true", help="run nothing: report the runs taken over with --resume"
+    )
     parser.add_argument(
         "--resume", action="append", default=[], help="a results.json or partial.json whose runs are taken over"
     )
@@ -456,6 +483,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(1)
     out = Path(args.out)
     total = sum(len(rates) for rates in config.sweep.values()) + config.seeds * len(config.sweep)
+    if args.report_only:
+        results = taken_over(experiment)
+        config.sweep = {name: rates for name, rates in config.sweep.items() if name in results["runs"]}
+        report = {"config": asdict(config), **results}
+        table = summary_table(config, results)
+        write_report(out, report, "figure2_3.png", lambda path: plot_figures(path, config, results["runs"]), table)
+        return report
     with tqdm(total=total, desc="autoencoder runs") as bar:
 
         def progress(label: str) -> None:

@@ -152,7 +152,7 @@ def targets_table(config: Any, results: dict[str, Any]) -> list[str]:
     every evaluation after iteration 100; its final loss within half its iterations; its final loss in less
     time; the gap to the best second-order peer (KFAC, SOAP, PSGD-Kron) after ``iterations``."""
     runs, n, target = results["runs"], config.iterations, config.target
-    peers = [name for name in PEERS if name in runs]
+    peers = [name for name in PEERS if runs.get(name)]
     ratios = reach_ratios(runs, target, n)
     lines = [
         f"| FishLeg contender | ≤ {target} at every evaluation after 100 | {target}'s loss at {n} within {n // 2} "
@@ -163,6 +163,7 @@ def targets_table(config: Any, results: dict[str, Any]) -> list[str]:
         if not name.startswith("fishleg") or name == target:
             continue
         below, half, faster, gaps = [], [], [], []
+        seeds = seeds[: len(runs[target])]  # seeds the target ran too
         for seed, run in enumerate(seeds):
             mine, theirs = run["curve"], runs[target][seed]["curve"]
             points = [i for i in theirs["iteration"] if 100 < i <= n]
@@ -170,8 +171,9 @@ def targets_table(config: Any, results: dict[str, Any]) -> list[str]:
             steps, seconds = ratios[name][seed]
             half.append(steps is not None and steps <= 0.5)
             faster.append(seconds is not None and seconds < 1.0)
-            if peers:
-                best = min(at_iteration(runs[peer][seed]["curve"], n) for peer in peers)
+            ran = [peer for peer in peers if len(runs[peer]) > seed]
+            if ran:
+                best = min(at_iteration(runs[peer][seed]["curve"], n) for peer in ran)
                 gaps.append(100 * (at_iteration(mine, n) / best - 1))
         gap = f"{_mean_sd(gaps, '.1f')} %" if gaps else "–"
         lines.append(
