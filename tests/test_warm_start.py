@@ -15,8 +15,8 @@ from experiments.a6.certificate import continuation_certificate
 from experiments.a6.config import StudyConfig
 from experiments.a6.fit_schedule import training_streams
 from experiments.a6.initial_q import supports_kfac_start
-from fishleg_core._vectors import dot
 from fishleg_core.kfac.start import KRONECKER_STARTS, damped_inverse_cholesky, kfac_start, kronecker_factors
+from fishleg_core.param_vectors import dot
 from fishleg_core.qforms.positive import TriangularFactor
 
 DAMPING = 0.3
