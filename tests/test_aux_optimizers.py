@@ -3,6 +3,9 @@ FishLeg, non-finite updates skipped; and bad ``aux_optimizer=`` values named."""
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import pytest
 import torch
 from models import MLP_INPUT, random_inputs, tiny_mlp
@@ -10,6 +13,7 @@ from test_reliability import LIKELIHOOD, assert_resume_is_bit_identical, assert_
 
 import fishleg_core as fl
 import fishleg_core.auxiliary.update as auxiliary_update_module
+from fishleg_core.qforms.positive import PositiveTensor, TriangularFactor
 from fishleg_core.testing import AUX_OPTIMIZER_CHECKS, check_auxiliary_optimizer
 
 CASES = [
@@ -148,3 +152,83 @@ def test_adam_weight_decay_is_an_option_of_the_spec():
     optimizer = fl.FishLeg(tiny_mlp(2), LIKELIHOOD, lr=0.1, aux_optimizer={"name": "adam", "weight_decay": 1e-3})
     group = optimizer.auxiliary.optimizer.param_groups[0]
     assert (group["weight_decay"], group["lr"], group["betas"], group["eps"]) == (1e-3, 1e-4, (0.9, 0.999), 1e-8)
+
+
+def test_weight_decay_adds_the_gradient_of_half_w_times_the_squared_factor_values():
+    """add_weight_decay's gradient is ∇_λ ½ w Σ ‖V‖² by autograd, V = the factor values (L, softplus(raw), p)."""
+    model = tiny_mlp(2)
+    q = fl.build_model_q(model, {"0": "kron", "2": "ekfac"})
+    q.add_module("extra", fl.build_model_q(tiny_mlp(3), {"default": "diagonal"}))
+    for p in q.parameters():
+        p.grad = torch.zeros_like(p)
+    fl.add_weight_decay(q, 0.3)
+    values = []
+    for module in q.modules():
+        if isinstance(module, (TriangularFactor, PositiveTensor)):
+            values.append(module())
+    penalty = 0.15 * sum((v**2).sum() for v in values)
+    expected = torch.autograd.grad(penalty, list(q.parameters()), allow_unused=True)
+    for p, g in zip(q.parameters(), expected):
+        torch.testing.assert_close(p.grad, torch.zeros_like(p) if g is None else g)
+
+
+def test_weight_decay_skips_parameters_without_a_gradient():
+    q = fl.build_model_q(tiny_mlp(2), {"default": "kron"})
+    fl.add_weight_decay(q, 1.0)
+    assert all(p.grad is None for p in q.parameters())
+
+
+def _trained_q_trace(spec, weight_decay, init_scale=0.01):
+    model = tiny_mlp(2)
+    x = random_inputs(MLP_INPUT, 8, seed=1)
+    y = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    optimizer = fl.FishLeg(
+        model,
+        LIKELIHOOD,
+        lr=1e-9,  # θ stays put: only λ moves
+        q={"init_scale": init_scale},
+        damping=0.1,
+        aux_every=1,
+        aux_weight_decay=weight_decay,
+        aux_optimizer=with_lr(spec, 0.01),
+    )
+    for _ in range(30):
+        backward(model, optimizer, x, y)
+        optimizer.step(aux_batch=x)
+    assert all(torch.isfinite(p).all() for p in optimizer.q.parameters())
+    return optimizer.q.to_dense().trace().item()
+
+
+@pytest.mark.parametrize("spec", CASES)
+def test_weight_decay_on_lambda_pulls_q_towards_zero(spec):
+    """With a strong decay Q ends smaller than without, from a small start (0.01·I) where a decay of the
+    softplus pre-images towards 0 would instead grow the diagonals towards log 2."""
+    assert _trained_q_trace(spec, 50.0) < 0.5 * _trained_q_trace(spec, 0.0)
+
+
+@pytest.mark.parametrize("spec", CASES)
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-3])
+def test_damping_zero_gives_finite_steps(spec, weight_decay):
+    """γ = 0 (the paper's setting) on a model with more parameters than the auxiliary batch has outputs."""
+    model = tiny_mlp(2)
+    x = random_inputs(MLP_INPUT, 3, seed=1)
+    y = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore" if weight_decay == 0 else "error")  # the warning is for no decay only
+        optimizer = fl.FishLeg(
+            model,
+            LIKELIHOOD,
+            lr=0.05,
+            damping=0.0,
+            aux_every=1,
+            aux_weight_decay=weight_decay,
+            aux_optimizer=with_lr(spec, 0.01),
+            nonfinite="raise",
+        )
+    for _ in range(20):
+        backward(model, optimizer, x, y)
+        optimizer.step(aux_batch=x)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(torch.isfinite(p).all() for p in optimizer.q.parameters())
+    diagnostics = optimizer.diagnostics()
+    assert diagnostics["aux_loss_floor"] is None and math.isfinite(diagnostics["last_aux_loss"])

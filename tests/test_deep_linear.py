@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from reference import flat
 
+from experiments.deep_linear import experiment as deep_linear
 from experiments.deep_linear.task import build_deep_linear, half_squared_error, teacher_data
 from fishleg_core import LIKELIHOODS, fisher_vp
 
@@ -55,3 +58,53 @@ def test_the_teacher_sits_at_the_noise_floor():
     assert data.noise_floor == pytest.approx(0.5 * 0.01**2, rel=0.05)  # E ½‖σ₀ε‖²/n = ½ σ₀²
     student = build_deep_linear(3, 5, seed=0)
     assert half_squared_error(student, data.test_inputs, data.test_targets).item() > 100 * data.noise_floor
+
+
+def test_the_default_configuration_is_the_papers_and_the_earlier_one_is_named():
+    paper = deep_linear.configuration()
+    assert (paper.sigma, paper.sigma_bounds, paper.damping, paper.aux_weight_decay) == (0.1, (1e-4, 1.0), 0.0, 1e-4)
+    assert (paper.aux_optimizer, paper.aux_lr, paper.aux_eps, paper.sgd_ref_lr / paper.lr) == (
+        "adam",
+        1e-3,
+        1e-4,
+        0.025,
+    )
+    earlier = deep_linear.configuration("multiplicative-damped")
+    assert (earlier.sigma, earlier.damping, earlier.aux_optimizer, earlier.sgd_ref_lr / earlier.lr) == (
+        None,
+        1e-3,
+        "multiplicative",
+        1.0,
+    )
+    with pytest.raises(ValueError, match="unknown deep-linear variant 'nope'"):
+        deep_linear.configuration("nope")
+
+
+@pytest.mark.parametrize("name", deep_linear.OPTIMIZERS)
+def test_every_optimizer_trains_the_learned_sigma_and_keeps_it_in_its_bounds(name):
+    """The residuals are of order 1 ≫ σ = 0.1, so the NLL drives σ up: above 0.1 within [1e-4, 1], and held
+    at an upper bound of 0.1."""
+    finals = []
+    for bounds in ((1e-4, 1.0), (1e-4, 0.1)):
+        config = replace(deep_linear.configuration(quick=True), sigma_bounds=bounds)
+        data = teacher_data(config.depth, config.width, 40, 20, config.noise, seed=0)
+        model = build_deep_linear(config.depth, config.width, seed=0)
+        likelihood = deep_linear.likelihood_for(config)
+        optimizer = deep_linear.contender(name, model, likelihood, config, deep_linear.minibatch_inputs(data, 40, 1))
+        loss_fn = deep_linear.loss_for(likelihood)
+        for _ in range(3):
+            optimizer.zero_grad()
+            loss_fn(model, data.train_inputs, data.train_targets).backward()
+            optimizer.step()
+        finals.append(likelihood.sigma.item())
+    assert 0.1 < finals[0] <= 1.0 and finals[1] == pytest.approx(0.1, rel=1e-6)
+
+
+def test_both_configurations_run_a_seed():
+    for variant in deep_linear.VARIANTS:
+        config = deep_linear.configuration(variant, quick=True)
+        result = deep_linear.run_seed(config, n_train=40, iterations=4, seed=0)
+        for name in deep_linear.OPTIMIZERS:
+            curve = result[name]["curve"]
+            assert curve["iteration"][-1] == 4 and all(v is not None for v in curve["test_loss"])
+            assert ("sigma" in curve) == (config.sigma is not None)

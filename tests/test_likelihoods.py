@@ -23,6 +23,7 @@ LIKELIHOOD_CASES = [
     pytest.param("bernoulli", {}, id="bernoulli"),
     pytest.param("categorical", {}, id="categorical"),
     pytest.param("poisson", {}, id="poisson"),
+    pytest.param("gaussian_learned_sigma", {"sigma": 0.7, "dtype": torch.float64}, id="gaussian_learned_sigma"),
 ]
 
 # Outputs (B, 4) and (B, 3, 2): the second has an extra dim after the class dim for categorical.

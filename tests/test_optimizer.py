@@ -11,6 +11,7 @@ from models import MLP_INPUT, random_inputs, tiny_mlp
 from torch import nn
 
 import fishleg_core as fl
+from fishleg_core.optim.fishleg import NOT_HYPERPARAMETERS
 from fishleg_core.qforms.positive import TriangularFactor
 
 
@@ -260,6 +261,6 @@ def test_an_invalid_option_of_the_auxiliary_optimizer_is_named_by_its_factory(sp
 def test_the_config_is_the_signature():
     """FishLegConfig has a field per hyperparameter of the signature, with its default and its constraints."""
     parameters = inspect.signature(fl.FishLeg).parameters
-    hyperparameters = [name for name in parameters if name not in ("model", "likelihood", "q", "aux_data", "output_fn")]
+    hyperparameters = [name for name in parameters if name not in NOT_HYPERPARAMETERS]
     assert list(fl.FishLegConfig.model_fields) == hyperparameters
     assert fl.FishLegConfig(lr=0.5).momentum == parameters["momentum"].default

@@ -12,8 +12,8 @@ import fishleg_core as fl
 from experiments.a6.coupling import layer_split
 from experiments.a6.kfac_reference import KFACInverse
 from experiments.a6.references import best_rescaling, curvlinops_inverse, rescaled
-from fishleg_core._vectors import dot
 from fishleg_core.kfac.start import kronecker_factors
+from fishleg_core.param_vectors import dot
 
 DAMPING = 0.1
 

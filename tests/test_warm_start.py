@@ -15,8 +15,8 @@ from experiments.a6.certificate import continuation_certificate
 from experiments.a6.config import StudyConfig
 from experiments.a6.fit_schedule import training_streams
 from experiments.a6.initial_q import supports_kfac_start
-from fishleg_core._vectors import dot
 from fishleg_core.kfac.start import KRONECKER_STARTS, damped_inverse_cholesky, kfac_start, kronecker_factors
+from fishleg_core.param_vectors import dot
 from fishleg_core.qforms.positive import TriangularFactor
 
 DAMPING = 0.3
@@ -231,3 +231,30 @@ def test_the_repeat_certificate_runs_the_fits_own_schedule_again():
     )
     assert not certificate["certified"] and certificate["relative_gain"] > 0.1
     assert evaluator.evaluate(q).mean_aux_loss == fitted  # the fitted Q itself is left as it was
+
+
+def test_kfac_warm_start_with_damping_zero_on_singular_factors_is_finite():
+    """γ = 0 (the paper's setting) with 3 inputs for layers of 5 inputs: A is singular, the jitter keeps it
+    invertible, and FishLeg then takes finite steps."""
+    model = tiny_mlp(4)
+    likelihood = fl.LIKELIHOODS.build("bernoulli")
+    batches = [(x, torch.sigmoid(x)) for x in (random_inputs(MLP_INPUT, 3, seed=s) for s in (5, 6))]
+    factors = kronecker_factors(model, likelihood, batches[0][0], 1, torch.Generator().manual_seed(0))
+    assert torch.linalg.matrix_rank(factors["2"].A).item() < factors["2"].A.shape[0]
+    for left, right in [damped_inverse_cholesky(f, 0.0) for f in factors.values()]:
+        assert torch.isfinite(left).all() and torch.isfinite(right).all()
+    q = fl.build_model_q(model, {"default": "kron"})
+    s, _ = fl.kfac_warm_start(q, model, likelihood, batches, damping=0.0)
+    assert s > 0 and all(torch.isfinite(p).all() for p in q.parameters())
+    optimizer = fl.FishLeg(model, likelihood, lr=0.01, damping=0.0, aux_weight_decay=1e-3, q=q, aux_data=batches)
+    model.zero_grad()
+    likelihood.nll(model(batches[0][0]), batches[0][1]).backward()
+    optimizer.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_damped_inverse_cholesky_of_zero_factors_is_finite():
+    zero = fl.KroneckerFactors(G=torch.zeros(3, 3, dtype=torch.float64), A=torch.eye(2, dtype=torch.float64))
+    for damping in (0.0, 0.3):
+        left, right = damped_inverse_cholesky(zero, damping)
+        assert torch.isfinite(left).all() and torch.isfinite(right).all()

@@ -1,30 +1,40 @@
 """The paper's Figure 1: FishLeg against SGD with momentum and Adam on a deep linear network.
 
-A network of ``depth`` bias-free linear layers of ``width`` units, Gaussian likelihood (σ² = width: the loss
-is L = mean ½‖y − f(x)‖²/width, the NLL without its constant), learns from a noisy teacher of the same class
-(weights N(0, 1/width), noise σ₀, inputs N(0, I)) in a large-data and a small-data regime, minibatches of
-40. Each seed draws its own teacher, data and student initialisation; within a seed every optimizer starts
-from the same student and sees the same minibatches, FishLeg's auxiliary batches (training inputs, the
-exact Fisher of the Gaussian likelihood) coming from a stream of its own. Panel B follows A(Q; u) of the
-live Q and of copies frozen every ``freeze_every`` iterations on common directions u. Timings: training
-steps only (evaluations excluded), one thread, the optimizers run back to back in one process. FishLeg
-learns λ with the auxiliary optimizer "multiplicative" at 0.03 (``MultiplicativeFactorSteps``); the paper's
-Adam at α = 0.001 is ``{"aux_optimizer": "adam", "aux_lr": 0.001}`` in ``--config``.
+A network of ``depth`` bias-free linear layers of ``width`` units learns from a noisy teacher of the same
+class (weights N(0, 1/width), noise σ₀, inputs N(0, I)) in a large-data and a small-data regime, minibatches
+of 40. Each seed draws its own teacher, data and student initialisation; within a seed every optimizer starts
+from the same student and sees the same minibatches, FishLeg's auxiliary batches (40 training inputs, the
+exact Fisher through autograd over all layers) coming from a stream of its own.
 
-    python -m experiments.deep_linear [--quick] [--seeds N] [--out DIR]
+Configurations (``--variant``; ``docs/results/paper_settings.md`` lists the paper's settings):
+
+- ``paper`` (default), the settings of the paper's code (``dln_exact.ml``): a Gaussian likelihood with a
+  learned σ (0.1, kept in [1e-4, 1]) trained by every optimizer on the NLL, σ with its own Q block in
+  FishLeg; no damping; λ by Adam at 1e-3 with ε = 1e-4 and weight decay 1e-4; Q₀ = (1e-3/0.04)·I, block
+  Kronecker per layer; Adam as the contender with β₂ = 0.9, ε = 1e-4.
+- ``multiplicative-damped``, this repository's earlier setting: σ² = width fixed (the loss ½‖y − f‖²/n),
+  damping 1e-3, Q₀ = I, λ by the "multiplicative" optimizer at 0.03, torch's Adam defaults.
+
+Whatever the likelihood, the losses reported are L = mean ½‖y − f(x)‖²/n, against the noise floor: the
+teacher's own test L (≈ ½σ₀²). Panel B follows A(Q; u) of the live Q and of copies frozen every
+``freeze_every`` iterations on common directions u. Timings: training steps only (evaluations excluded), one
+thread, the optimizers run back to back in one process.
+
+    python -m experiments.deep_linear [--quick] [--variant paper|multiplicative-damped] [--seeds N]
+        [--out DIR] [--config FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import fishleg_core as fl
@@ -34,13 +44,17 @@ from experiments.common.training import jsonable, train
 from experiments.deep_linear.figure import plot_figure1, summary_table
 from experiments.deep_linear.frozen_q import FrozenQMonitor
 from experiments.deep_linear.task import TeacherData, build_deep_linear, half_squared_error, likelihood, teacher_data
+from fishleg_core.likelihoods import likelihood_parameters
 
 OPTIMIZERS = ("sgdm", "adam", "fishleg")
+
+LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 
 @dataclass
 class DeepLinearConfig:
-    """The paper's settings (section 5.1, Figure 1) unless stated; ``regimes``: training samples → iterations."""
+    """The paper's settings (section 5.1, Figure 1, ``dln_exact.ml``) unless stated; ``regimes``: training
+    samples → iterations."""
 
     depth: int = 20
     width: int = 20
@@ -48,49 +62,113 @@ class DeepLinearConfig:
     regimes: dict[str, tuple[int, int]] = field(default_factory=lambda: {"large": (4000, 2000), "small": (40, 2000)})
     n_test: int = 2000
     batch: int = 40
-    seeds: int = 2
+    seeds: int = 3
+    sigma: float | None = 0.1  # the learned σ's start; None: σ² = width, fixed
+    sigma_bounds: tuple[float, float] = (1e-4, 1.0)
     sgd_lr: float = 0.002  # torch.optim.SGD, momentum 0.9
     adam_lr: float = 0.0002
+    adam_betas: tuple[float, float] = (0.9, 0.9)  # the paper's Adam (Goldfarb et al.'s best)
+    adam_eps: float = 1e-4
     lr: float = 0.04  # FishLeg η
-    aux_optimizer: str = "multiplicative"  # the paper's: "adam" (with aux_lr 0.001)
-    aux_lr: float = 0.03  # FishLeg α (the paper's 0.001 with Adam)
+    sgd_ref_lr: float = 1e-3  # Q₀ = (sgd_ref_lr / lr)·I: FishLeg starts as SGD at this rate
+    aux_optimizer: str = "adam"
+    aux_lr: float = 1e-3  # FishLeg α
+    aux_eps: float = 1e-4
+    aux_weight_decay: float = 1e-4
     momentum: float = 0.9  # FishLeg β
     momentum_on: str = "gradient"  # Algorithm 1 as written, as in the paper's Figure 1
-    damping: float = 0.001
+    damping: float = 0.0
     aux_every: int = 1
     every: int = 50  # iterations between evaluations
     freeze_every: int = 500  # panel B
 
 
+VARIANTS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "multiplicative-damped": {
+        "seeds": 2,
+        "sigma": None,
+        "adam_betas": (0.9, 0.999),
+        "adam_eps": 1e-8,
+        "sgd_ref_lr": 0.04,
+        "aux_optimizer": "multiplicative",
+        "aux_lr": 0.03,
+        "aux_eps": 1e-8,
+        "aux_weight_decay": 0.0,
+        "damping": 0.001,
+    },
+}
+"""Named configurations: overrides of ``DeepLinearConfig``'s defaults (see the module docstring)."""
+
+
+def configuration(variant: str = "paper", quick: bool = False) -> DeepLinearConfig:
+    """The named configuration ``variant``; ``quick``: on a tiny network for a few iterations (seconds)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown deep-linear variant {variant!r}; known: {', '.join(VARIANTS)}")
+    config = DeepLinearConfig(**VARIANTS[variant])
+    if quick:
+        config = replace(
+            config,
+            depth=5,
+            width=6,
+            regimes={"large": (400, 60), "small": (40, 60)},
+            n_test=200,
+            seeds=1,
+            every=20,
+            freeze_every=40,
+        )
+    return config
+
+
 def quick_config() -> DeepLinearConfig:
-    return DeepLinearConfig(
-        depth=5,
-        width=6,
-        regimes={"large": (400, 60), "small": (40, 60)},
-        n_test=200,
-        seeds=1,
-        every=20,
-        freeze_every=40,
-    )
+    return configuration("paper", quick=True)
 
 
-def contender(name: str, model: torch.nn.Module, config: DeepLinearConfig, aux: Any) -> torch.optim.Optimizer:
+def likelihood_for(config: DeepLinearConfig) -> fl.Likelihood:
+    """A fresh likelihood per optimizer: the learned-σ Gaussian, or the fixed σ² = width one."""
+    if config.sigma is None:
+        return likelihood(config.width)
+    low, high = config.sigma_bounds
+    return fl.GaussianLearnedSigma(config.sigma, min_sigma=low, max_sigma=high)
+
+
+def loss_for(lik: fl.Likelihood) -> LossFn:
+    """The training loss: the NLL of a learned-σ likelihood, else ½‖y − f‖²/n (the fixed NLL less constants)."""
+    if isinstance(lik, fl.ParametricLikelihood):
+        return lambda model, inputs, targets: lik.nll(model(inputs), targets)
+    return half_squared_error
+
+
+def contender(
+    name: str, model: nn.Module, lik: fl.Likelihood, config: DeepLinearConfig, aux: Any
+) -> torch.optim.Optimizer:
+    """The optimizer ``name`` on the model's parameters and the likelihood's (σ, clamped after each step)."""
+    if name == "fishleg":
+        return fl.FishLeg(
+            model,
+            lik,
+            lr=config.lr,
+            momentum=config.momentum,
+            momentum_on=cast(Literal["gradient", "update"], config.momentum_on),
+            damping=config.damping,
+            q={"init_scale": config.sgd_ref_lr / config.lr},
+            aux_optimizer={"name": config.aux_optimizer, "lr": config.aux_lr, "eps": config.aux_eps},
+            aux_weight_decay=config.aux_weight_decay,
+            aux_every=config.aux_every,
+            aux_data=aux,
+            seed=0,
+        )
+    params = [*model.parameters(), *likelihood_parameters(lik).values()]
+    optimizer: torch.optim.Optimizer
     if name == "sgdm":
-        return torch.optim.SGD(model.parameters(), lr=config.sgd_lr, momentum=0.9)
-    if name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.adam_lr)
-    return fl.FishLeg(
-        model,
-        likelihood(config.width),
-        lr=config.lr,
-        momentum=config.momentum,
-        momentum_on=cast(Literal["gradient", "update"], config.momentum_on),
-        damping=config.damping,
-        aux_optimizer={"name": config.aux_optimizer, "lr": config.aux_lr},
-        aux_every=config.aux_every,
-        aux_data=aux,
-        seed=0,
-    )
+        optimizer = torch.optim.SGD(params, lr=config.sgd_lr, momentum=0.9)
+    else:
+        optimizer = torch.optim.Adam(
+            params, lr=config.adam_lr, betas=(config.adam_betas[0], config.adam_betas[1]), eps=config.adam_eps
+        )
+    if isinstance(lik, fl.ParametricLikelihood):
+        optimizer.register_step_post_hook(lambda *_: cast(fl.ParametricLikelihood, lik).constrain_())
+    return optimizer
 
 
 def run_seed(config: DeepLinearConfig, n_train: int, iterations: int, seed: int) -> dict[str, Any]:
@@ -99,20 +177,24 @@ def run_seed(config: DeepLinearConfig, n_train: int, iterations: int, seed: int)
     result: dict[str, Any] = {"noise_floor": data.noise_floor}
     for name in OPTIMIZERS:
         model = build_deep_linear(config.depth, config.width, seed=seed)
+        lik = likelihood_for(config)
+        loss_fn = loss_for(lik)
         aux = minibatch_inputs(data, config.batch, seed=3 * seed + 1)
-        optimizer = contender(name, model, config, aux)
+        optimizer = contender(name, model, lik, config, aux)
         monitor = None
         if name == "fishleg":
             monitor = FrozenQMonitor(
                 cast(fl.FishLeg, optimizer),
-                half_squared_error,
+                loss_fn,
                 minibatch_pairs(data, config.batch, seed=3 * seed + 2),
                 data.test_inputs[:200],
                 config.freeze_every,
             )
 
-        def evaluate(iteration: int, model=model, optimizer=optimizer, monitor=monitor) -> dict[str, float]:
+        def evaluate(iteration: int, model=model, optimizer=optimizer, monitor=monitor, lik=lik) -> dict[str, float]:
             values = losses(model, data)
+            if isinstance(lik, fl.GaussianLearnedSigma):
+                values["sigma"] = lik.sigma.item()
             if monitor is not None:
                 monitor(iteration)
                 last = optimizer.last_aux_loss
@@ -122,7 +204,7 @@ def run_seed(config: DeepLinearConfig, n_train: int, iterations: int, seed: int)
         curve = train(
             model,
             optimizer,
-            half_squared_error,
+            loss_fn,
             minibatch_pairs(data, config.batch, seed=3 * seed),
             iterations,
             config.every,
@@ -158,9 +240,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="a tiny network and a few iterations (seconds)")
     parser.add_argument("--seeds", type=int, help="independent repetitions (teacher, data, initialisation)")
     parser.add_argument("--out", default="results/deep_linear", help="output folder")
-    parser.add_argument("--config", help="JSON file overriding fields of DeepLinearConfig")
+    parser.add_argument("--variant", default="paper", choices=list(VARIANTS), help="a named configuration")
+    parser.add_argument("--config", help="JSON file overriding fields of the configuration")
     args = parser.parse_args(argv)
-    config = quick_config() if args.quick else DeepLinearConfig()
+    config = configuration(args.variant, quick=args.quick)
     if args.config:
         config = DeepLinearConfig(**{**asdict(config), **json.loads(Path(args.config).read_text())})
     if args.seeds is not None:
@@ -181,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, list] = {regime: [] for regime in config.regimes}
     for regime, n_train, iterations, seed in tqdm(runs, desc="deep linear (regime, seed)"):
         results[regime].append(run_seed(config, n_train, iterations, seed))
-    report = {"config": asdict(config), "regimes": results}
+    report = {"variant": args.variant, "config": asdict(config), "regimes": results}
     write_report(
         Path(args.out),
         report,

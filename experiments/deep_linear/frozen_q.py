@@ -9,12 +9,14 @@ import torch
 from torch import Tensor, nn
 
 import fishleg_core as fl
+from fishleg_core.likelihoods import likelihood_parameters
 from fishleg_core.param_vectors import norm, scale
 
 
 class FrozenQMonitor:
     """At each call, A(Q; u) = ½ (Qu)ᵀ F_γ (Qu) − uᵀ Q u for the optimizer's live Q and for every frozen copy,
-    on one direction u = g/‖g‖ (g: the gradient of a fresh training minibatch from ``probes``) and the exact
+    on one direction u = g/‖g‖ (g: the gradient of a fresh training minibatch from ``probes``, in the model's
+    parameters and those of a ``ParametricLikelihood``) and the exact
     F_γ on the fixed ``fisher_inputs``; a copy of Q is frozen at every multiple of ``freeze_every``.
 
     ``records``: ``{"iteration": [...], "live": [...], "frozen": {freeze iteration: [[iteration, A], ...]}}``.
@@ -54,7 +56,7 @@ class FrozenQMonitor:
     def _direction(self) -> dict[str, Tensor]:
         model = self.optimizer.model
         inputs, targets = next(self.probes)
-        parameters = dict(model.named_parameters())
+        parameters = {**dict(model.named_parameters()), **likelihood_parameters(self.optimizer.likelihood)}
         with torch.enable_grad():
             gradient = torch.autograd.grad(self.loss_fn(model, inputs, targets), list(parameters.values()))
         g = dict(zip(parameters, gradient))

@@ -6,7 +6,13 @@ from fishleg_core.auxiliary.data import CyclicBatches, split_batch
 from fishleg_core.auxiliary.gradient_factors import GradientFactors
 from fishleg_core.auxiliary.loss import AuxiliaryLoss, DampedFisher, auxiliary_loss
 from fishleg_core.auxiliary.multiplicative import MultiplicativeFactorSteps, triangular_factor_groups
-from fishleg_core.auxiliary.optimizers import AUX_OPTIMIZERS, AuxiliaryAdam, build_aux_optimizer, split_spec
+from fishleg_core.auxiliary.optimizers import (
+    AUX_OPTIMIZERS,
+    AuxiliaryAdam,
+    add_weight_decay,
+    build_aux_optimizer,
+    split_spec,
+)
 from fishleg_core.auxiliary.update import AuxiliaryUpdate
 
 __all__ = [
@@ -18,6 +24,7 @@ __all__ = [
     "DampedFisher",
     "GradientFactors",
     "MultiplicativeFactorSteps",
+    "add_weight_decay",
     "auxiliary_loss",
     "build_aux_optimizer",
     "split_batch",

@@ -10,9 +10,10 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fishleg_core._warnings import warn_user
-from fishleg_core.fisher.functional import detached_parameters, model_function
+from fishleg_core.fisher.functional import Inputs, detached_parameters, model_function
 from fishleg_core.fisher.registry import FISHER_METHODS
-from fishleg_core.likelihoods import Likelihood
+from fishleg_core.likelihoods import Likelihood, ParametricLikelihood
+from fishleg_core.likelihoods.parametric import PREFIX, split_vector
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class Linearisation:
         return {name: torch.zeros_like(leaf) if g is None else g for (name, leaf), g in zip(self.leaves.items(), grads)}
 
 
-def linearise(model: nn.Module, inputs: Tensor, vector: dict[str, Tensor]) -> Linearisation:
+def linearise(model: nn.Module, inputs: Inputs, vector: dict[str, Tensor]) -> Linearisation:
     """One forward pass on dual parameters (θ, v): the outputs, on the autograd tape, and their tangent J v
     (forward-mode AD).
 
@@ -54,7 +55,7 @@ def linearise(model: nn.Module, inputs: Tensor, vector: dict[str, Tensor]) -> Li
 
 
 def _forward_mode(
-    model: nn.Module, inputs: Tensor, vector: dict[str, Tensor], leaves: dict[str, Tensor]
+    model: nn.Module, inputs: Inputs, vector: dict[str, Tensor], leaves: dict[str, Tensor]
 ) -> Linearisation:
     with torch.enable_grad(), model_function(model, inputs) as f, forward_ad.dual_level():
         dual_outputs = f({name: forward_ad.make_dual(leaf, vector[name]) for name, leaf in leaves.items()})
@@ -64,7 +65,7 @@ def _forward_mode(
 
 
 def _reverse_mode(
-    model: nn.Module, inputs: Tensor, vector: dict[str, Tensor], leaves: dict[str, Tensor]
+    model: nn.Module, inputs: Inputs, vector: dict[str, Tensor], leaves: dict[str, Tensor]
 ) -> Linearisation:
     """J v = ∂/∂w (Jᵀ w)ᵀ v: Jᵀ w is linear in w, built with a graph (create_graph), then differentiated in w."""
     with torch.enable_grad(), model_function(model, inputs) as f:
@@ -91,14 +92,25 @@ _ANNOUNCED: set[str] = set()
 def exact_fisher_vp(
     model: nn.Module,
     likelihood: Likelihood,
-    inputs: Tensor,
+    inputs: Inputs,
     targets: Tensor | None,
     vector: dict[str, Tensor],
     generator: torch.Generator | None,
 ) -> dict[str, Tensor]:
     """F v = Jᵀ (H (J v)) / B with H from the likelihood, from one forward pass carrying J v and one
     reverse pass through it. No sampling and no data targets (``targets`` and ``generator`` are unused),
-    no per-layer code."""
-    linear = linearise(model, inputs, vector)
+    no per-layer code. For a ``ParametricLikelihood`` with parameters φ and v = (v_θ, v_φ):
+    (F v)_θ = Jᵀ (H_ff J v_θ + H_fφ v_φ) / B and (F v)_φ = Σ_b (H_φf J_b v_θ + H_φφ v_φ) / B."""
+    model_vector, likelihood_vector = split_vector(likelihood, vector)
+    linear = linearise(model, inputs, model_vector)
     outputs = linear.outputs.detach()
-    return linear.transpose_product(likelihood.hessian_vp(outputs, linear.jv) / outputs.shape[0])
+    batch = outputs.shape[0]
+    if not isinstance(likelihood, ParametricLikelihood) or not likelihood_vector:
+        return linear.transpose_product(likelihood.hessian_vp(outputs, linear.jv) / batch)
+    h_outputs, h_params = likelihood.joint_hessian_vp(outputs, linear.jv, likelihood_vector)
+    product = linear.transpose_product(h_outputs / batch)
+    product.update({PREFIX + name: h / batch for name, h in h_params.items()})
+    return product
+
+
+exact_fisher_vp.supports_likelihood_parameters = True  # read by fisher_vp

@@ -12,6 +12,10 @@ them, such as ``empirical``, raise then). The contract of a method:
 - it returns detached tensors, one per entry of ``vector``, shaped like the parameters;
 - it draws any randomness from ``generator`` (a fresh OS-seeded one when None), never the global RNG.
 
+A method that also handles the parameters of a ``ParametricLikelihood`` (entries ``"likelihood.<name>"``
+of ``vector``) says so with the attribute ``supports_likelihood_parameters = True`` ("exact" does);
+``fisher_vp`` refuses the others for such likelihoods.
+
 Register one with ``@FISHER_METHODS.register("name")``; ``tests/test_fisher.py`` runs every registered
 method through the shared checks.
 """

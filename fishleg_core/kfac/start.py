@@ -89,14 +89,27 @@ def kronecker_factors(
 
 
 def damped_inverse_cholesky(factors: KroneckerFactors, damping: float) -> tuple[Tensor, Tensor]:
-    """(C_G, C_A): lower Cholesky factors of (G + √γ·π·I)⁻¹ and (A + √γ/π·I)⁻¹ (factored damping)."""
+    """(C_G, C_A): lower Cholesky factors of (G + √γ·π·I)⁻¹ and (A + √γ/π·I)⁻¹ (factored damping).
+
+    Each shift is at least ``_jitter`` (n·ε of the dtype times the factor's mean diagonal), so that a factor
+    estimated from fewer samples than its size stays invertible with γ = 0 (the paper's setting); for
+    γ > 0 the jitter is far below √γ·π and changes nothing. π = 1 when either factor is zero."""
     G, A = factors.G, factors.A
-    pi = math.sqrt((G.trace().item() / G.shape[0]) / max(A.trace().item() / A.shape[0], 1e-30))
+    mean_g, mean_a = G.trace().item() / G.shape[0], A.trace().item() / A.shape[0]
+    pi = math.sqrt(mean_g / mean_a) if mean_g > 0 and mean_a > 0 else 1.0
     root = math.sqrt(damping)
     return (
-        _inverse_cholesky(G + root * pi * torch.eye(len(G), dtype=G.dtype, device=G.device)),
-        _inverse_cholesky(A + root / pi * torch.eye(len(A), dtype=A.dtype, device=A.device)),
+        _inverse_cholesky(G + max(root * pi, _jitter(G)) * torch.eye(len(G), dtype=G.dtype, device=G.device)),
+        _inverse_cholesky(A + max(root / pi, _jitter(A)) * torch.eye(len(A), dtype=A.dtype, device=A.device)),
     )
+
+
+def _jitter(M: Tensor) -> float:
+    """n·ε·(mean diagonal of M), ε the dtype's machine epsilon; n·ε for M = 0 (no curvature: a finite,
+    arbitrary scale that the start's rescaling then sets)."""
+    n = M.shape[0]
+    mean = M.trace().item() / n
+    return n * torch.finfo(M.dtype).eps * (mean if mean > 0 else 1.0)
 
 
 KroneckerStart = Callable[[QForm, Tensor, Tensor], None]
