@@ -5,21 +5,25 @@ the same study on a small CNN or transformer classifying the digits (``--model``
                                    [--forms diagonal,kron,...] [--steps N]
                                    [--aux-optimizer NAME] [--init kfac|identity]
                                    [--damping G] [--seed S] [--seeds N] [--data-dir DIR] [--config FILE]
-                                   [--plugins MODULE_OR_FILE,...] [--force]
+                                   [--plugins MODULE_OR_FILE,...] [--force] [--long-run]
 
 Pre-trains the model (``experiments.study_models``: the autoencoder on (pixels, pixels) with a Bernoulli
 likelihood, or a classifier on (pixels, labels) with a Categorical one), then for each form fits Q (from the
 rescaled damped-KFAC start, by the multiplicative optimizer by default, Adam for kron_sum and tridiag_kron) on the
 auxiliary loss, measures it on held-out probes, certifies it by a constant-rate continuation, next to references
 (best identity multiple, inverse damped KFAC by hand and by curvlinops); writes ``results.json``, ``figure4.png``
-and ``summary.md`` in DIR (default ``results/a6``, or ``results/a6-<model>`` for the CNN and the transformer). What
-needs a model of nn.Linear layers only degrades with a note rather than failing: on other models every form starts
-from c·I (``init: identity`` with ``init_note`` in its row), and the hand-written KFAC reference, like any
-curvlinops reference that cannot handle the model's layers, is skipped (``skipped_references`` in ``results.json``,
+and ``summary.md`` in DIR (default ``results/a6``, or ``results/a6-<model>`` for the CNN and the transformer). The
+damped-KFAC start covers every layer whose adapter gives KFAC factors (Linear, convolutions, embeddings,
+attention); blocks without (normalisation layers) keep c·I, listed in the row's ``kfac_not_started``. The
+hand-written KFAC reference needs nn.Linear layers only and, like any curvlinops reference that cannot handle the
+model's layers, is skipped elsewhere (``skipped_references`` in ``results.json``,
 a line in ``summary.md``). Results are cached under a hash of the settings they depend on:
 ``DIR/pretrained-<key>.pt``, ``DIR/cg-<key>.pt`` (the probes' F_γ⁻¹u), ``DIR/forms/<form>-<key>.json`` (written as
 each form finishes) and ``DIR/references/<name>-<key>.json``, so a re-run reuses them, a changed configuration
-computes its own (and keeps the others'), and ``--force`` recomputes. Bad input gives one ``a6_study: error: ...``
+computes its own (and keeps the others'), and ``--force`` recomputes. ``--long-run`` fits every form with
+``LONG_RUN_FACTOR`` (8) × the steps: its rows, cached like any other, are the references of the default run,
+whose rows then carry ``long_run`` (the long run's held-out A and e, and how far the default's A is from it)
+and whose summary compares the two rankings. Bad input gives one ``a6_study: error: ...``
 line per problem and exit status 2, before anything is written. In Python: ``run_study(config)`` returns the
 results.
 """
@@ -70,6 +74,12 @@ from fishleg_core.groups import adjacent_linear_chains
 from fishleg_core.kfac_start import kronecker_factors
 from fishleg_core.vectors import ParamDict, scale
 
+LONG_RUN_FACTOR = 8
+"""``--long-run``: the fits of the reference run have this many times the steps of the default run."""
+
+CONVERGED_WITHIN = 0.01
+"""A form is within reach of its long run when its held-out A is above the long run's by at most this × |A|."""
+
 MONITOR_SEED_OFFSET, PROBE_SEED_OFFSET, KFAC_SEED_OFFSET = 1, 2, 3  # the certificate's stream: 4
 """Seeds of the other random streams: seed + offset (the data, model and fit streams use the seed itself)."""
 
@@ -103,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--init",
-        help="Q₀: kfac (default; c·I for forms without a Kronecker start and on models with other layers "
-        "than nn.Linear) or identity",
+        help="Q₀: kfac (default; c·I for forms without a Kronecker start and on blocks without KFAC factors) "
+        "or identity",
     )
     parser.add_argument("--damping", type=float, help="γ of F_γ = F + γI (> 0)")
     parser.add_argument("--seed", type=int, help="seed of every random stream")
@@ -121,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
         "QForms, likelihoods, layer adapters, ...)",
     )
     parser.add_argument("--force", action="store_true", help="recompute everything, ignoring saved results")
+    parser.add_argument(
+        "--long-run",
+        action="store_true",
+        help=f"fit every form with {LONG_RUN_FACTOR}× the steps: the references that the default run's rows "
+        "are compared with (cached in the same folder)",
+    )
     parser.add_argument("--threads", type=_positive_int, default=2, help="torch CPU threads (default: 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
@@ -150,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "data_dir": args.data_dir,
         }
         config = resolve(args.config, args.quick, overrides)
+        if args.long_run:
+            config = long_run_config(config)
         data = prepare(config)
     except fl.InvalidConfigError as error:
         print(error, file=sys.stderr)
@@ -160,6 +178,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     run_study(config, args.out, args.force, progress=not args.no_progress, data=data)
     return 0
+
+
+def long_run_config(config: StudyConfig) -> StudyConfig:
+    """The configuration of the long run of ``config``: ``LONG_RUN_FACTOR`` × the steps, all else alike."""
+    return config.model_copy(update={"steps": LONG_RUN_FACTOR * config.steps})
+
+
+def long_run_comparison(config: StudyConfig, label: str, row: Row, out: Path) -> dict[str, Any] | None:
+    """How the form's row compares with the row of its long run (``long_run_config``), when that is in
+    ``out``'s cache: the long run's steps, held-out A and e, and gap = (A − A_long) / |A_long| (within
+    ``CONVERGED_WITHIN``: converged at the default budget); None without a long run."""
+    long_config = long_run_config(config)
+    key = long_config.form_key(label)
+    path = out / f"{file_name('forms/' + label)}-{key}.json"
+    if not path.exists():
+        return None
+    long_row = load_keyed(path, key, f"long run of {label}")
+    if long_row is None:
+        return None
+    A, A_long = row["mean_probe_aux_loss"], long_row["mean_probe_aux_loss"]
+    gap = (A - A_long) / abs(A_long)
+    return {
+        "steps": long_config.steps,
+        "mean_probe_aux_loss": A_long,
+        "mean_normalized_error": long_row["mean_normalized_error"],
+        "relative_gap": gap,
+        "within": gap <= CONVERGED_WITHIN,
+    }
 
 
 def default_out(model: str) -> Path:
@@ -199,8 +245,8 @@ def check_forms(forms: Sequence[str], model_name: str = "autoencoder") -> None:
 
 
 def linear_only_reason(model: nn.Module) -> str | None:
-    """Why the damped-KFAC start and the hand-written KFAC reference (nn.Linear layers only) cannot be used
-    on ``model``, or None when they can."""
+    """Why the hand-written KFAC reference (nn.Linear layers only) cannot be used on ``model``, or None when
+    it can."""
     try:
         others = non_linear(fl.map_blocks(model, strict=True))
     except ValueError as error:  # a block no layer adapter covers
@@ -253,9 +299,6 @@ def run_seed(config: StudyConfig, data: Split, out: Path, force: bool, progress:
     if pending:
         evaluator = probe_evaluator(config, model, likelihood, data, out, force)
         monitor_set = fixed_directions(config, model, likelihood, train)
-        reason = linear_only_reason(model)
-        if config.init == "kfac" and reason is not None and any(name.startswith("forms/") for name in pending):
-            _note(f"every form starts from c·I: the damped-KFAC start needs nn.Linear layers only ({reason})")
         for name in pending:
             kind, _, short = name.partition("/")
             if kind == "references":
@@ -265,6 +308,10 @@ def run_seed(config: StudyConfig, data: Split, out: Path, force: bool, progress:
             save_keyed(paths[name], keys[name], rows[name])
     names = list(keys)
     filled = cast(dict[str, dict[str, Any]], rows)  # every row is loaded or computed by now
+    for label in config.forms:
+        comparison = long_run_comparison(config, label, filled[f"forms/{label}"], out)
+        if comparison is not None:
+            filled[f"forms/{label}"] = {**filled[f"forms/{label}"], "long_run": comparison}
     references = [filled[name] for name in names[len(config.forms) :]]
     return StudyResults(
         config,
@@ -389,25 +436,21 @@ def fit_form(
     progress: bool,
 ) -> Row:
     """Q of the form labelled ``name`` (``kron_sum:K=3``) on every block, started at Q₀ (``initial_q``: the
-    rescaled damped-KFAC start where the form and the model take it, else the best identity multiple c·I on
-    the monitor's directions; on a model with other layers than nn.Linear, c·I with ``init_note`` saying
-    why), fitted for ``steps`` steps of ``aux_optimizer`` on the same seeded stream of (u, curvature
-    batch) pairs as every other form, evaluated in float64, then certified by a constant-rate continuation
+    rescaled damped-KFAC start where the form and the block take it, else the best identity multiple c·I on
+    the monitor's directions), fitted for ``steps`` steps of ``aux_optimizer`` on the same seeded stream of
+    (u, curvature batch) pairs as every other form, evaluated in float64, then certified by a constant-rate continuation
     (``continuation_certificate``)."""
     directions, curvature = monitor_set
     start = time.perf_counter()
-    reason = linear_only_reason(model) if config.init == "kfac" else None
     q, initial = initial_q(
         lambda init_scale: build_form(model, name, init_scale),
-        config if reason is None else config.model_copy(update={"init": "identity"}),
+        config,
         model,
         likelihood,
         inputs_of(train),
         monitor_set,
         config.seed + KFAC_SEED_OFFSET,
     )
-    if reason is not None:
-        initial["init_note"] = f"c·I: the damped-KFAC start needs nn.Linear layers only ({reason})"
     start_seconds = time.perf_counter() - start
     monitor = Monitor(model, likelihood, q, directions, curvature, config.damping, config.steps)
     stream, batches = training_streams(

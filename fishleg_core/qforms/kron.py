@@ -33,6 +33,14 @@ class KronQ(QForm):
         self.L = TriangularFactor.scaled_identity(self.rows, root, device=device, dtype=dtype)
         self.R = TriangularFactor.scaled_identity(self.cols, root, device=device, dtype=dtype)
 
+    def set_kronecker(self, left: Tensor, right: Tensor) -> bool:
+        """L = left, R = right."""
+        if not self._kronecker_shapes(left, right):
+            return False
+        self.L.assign_(left)
+        self.R.assign_(right)
+        return True
+
     def multiply(self, G: Tensor) -> Tensor:
         return self.L.gram_matmul(self.R.gram_matmul(G.mT).mT)
 
