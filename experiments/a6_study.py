@@ -104,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", help="output folder (default: results/a6 for the autoencoder, results/a6-<model> for the others)"
     )
-    parser.add_argument("--forms", help="comma-separated QForm names (default: diagonal,kron,ekfac,kron_sum)")
+    parser.add_argument(
+        "--forms", help="comma-separated QForm names (default: diagonal,kron,ekfac,kron_sum,tridiag_kron,tridiag_ekfac)"
+    )
     parser.add_argument("--steps", type=int, help="optimizer steps per form")
     parser.add_argument(
         "--aux-optimizer",

@@ -7,6 +7,9 @@ from fishleg_core.groups.low_rank import LowRank
 from fishleg_core.groups.registry import QGROUPS
 from fishleg_core.groups.tridiag_kron import TridiagKronQ
 
+# after tridiag_kron: registration order is the order of QGROUPS.names()
+from fishleg_core.groups.tridiag_ekfac import TridiagEKFACQ  # isort: skip
+
 __all__ = [
     "BlockQ",
     "BlockVector",
@@ -16,6 +19,7 @@ __all__ = [
     "LowRankFactors",
     "QGROUPS",
     "QGroup",
+    "TridiagEKFACQ",
     "TridiagKronQ",
     "adjacent_linear_chains",
     "block_q",
