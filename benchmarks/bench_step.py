@@ -29,7 +29,7 @@ from benchmarks.common import (
     timed,
     write_json,
 )
-from experiments.autoencoder import build_autoencoder
+from experiments.common.autoencoder import build_autoencoder
 
 LIKELIHOOD = fl.LIKELIHOODS.build("bernoulli")
 

@@ -9,8 +9,8 @@ from contextlib import redirect_stderr
 
 from tiny_study import TINY_STUDY
 
-from experiments import a6_study
-from experiments.report import ranking_check
+from experiments.a6 import study as a6_study
+from experiments.a6.report import ranking_check
 
 
 def _run(out, config, *extra):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import fishleg_core as fl
-from fishleg_core.kfac_start import kfac_start, kronecker_factors
+from fishleg_core.kfac import kfac_start, kronecker_factors
 
 DAMPING = 0.3
 SAMPLES = 2

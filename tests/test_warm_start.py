@@ -11,12 +11,12 @@ import torch
 from models import MLP_INPUT, random_inputs, tiny_mlp
 
 import fishleg_core as fl
-from experiments.certificate import continuation_certificate
-from experiments.config import StudyConfig
-from experiments.fit import training_streams
-from fishleg_core.kfac_start import NoKroneckerStart, damped_inverse_cholesky, kfac_start, kronecker_factors
+from experiments.a6.certificate import continuation_certificate
+from experiments.a6.config import StudyConfig
+from experiments.a6.fit_schedule import training_streams
+from fishleg_core._vectors import dot
+from fishleg_core.kfac.start import NoKroneckerStart, damped_inverse_cholesky, kfac_start, kronecker_factors
 from fishleg_core.qforms.positive import TriangularFactor
-from fishleg_core.vectors import dot
 
 DAMPING = 0.3
 

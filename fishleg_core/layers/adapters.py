@@ -17,7 +17,7 @@ A module may form several blocks (``blocks``: an RNN's weight matrices), and a b
 
 An adapter may also say how KFAC sees a forward pass of its module (``takes_kfac``, ``kfac_capture``): per band,
 Σ ā āᵀ over the rows of the input side (examples × positions) and the tensors whose gradients give δ, so that
-``fishleg_core.kfac_start.kronecker_factors`` builds the damped-KFAC start of any such layer.
+``fishleg_core.kfac.kronecker_factors`` builds the damped-KFAC start of any such layer.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor, nn
 
-from fishleg_core.checks import check_number
+from fishleg_core._validation import check_number
 
 
 class QForm(nn.Module, ABC):
@@ -65,7 +65,7 @@ class QForm(nn.Module, ABC):
 
     def set_kronecker(self, left: Tensor, right: Tensor) -> bool:
         """Set Q to (left leftᵀ) ⊗ (right rightᵀ) (row-major vec), or to the closest Q the form holds: the
-        damped-KFAC start (``fishleg_core.kfac_start``).
+        damped-KFAC start (``fishleg_core.kfac.start``).
 
         Args:
             left: (rows × rows) lower-triangular with a positive diagonal (a Cholesky factor).
