@@ -14,8 +14,17 @@ import fishleg_core as fl
 from experiments.a6.config import StudyConfig
 from experiments.a6.fit_schedule import best_identity_scale
 from fishleg_core import ModelQ
-from fishleg_core.kfac import NoKroneckerStart, kfac_start, kronecker_factors
+from fishleg_core.kfac import NoKroneckerStart, kfac_blocks, kfac_start, kronecker_factors, takes_kfac_start
 from fishleg_core.param_vectors import ParamDict
+
+
+def supports_kfac_start(q: ModelQ, model: nn.Module) -> bool:
+    """Whether every group of ``q`` (built on ``model``) whose blocks all have KFAC factors takes the
+    damped-KFAC start (blocks without factors, such as normalisation layers, keep c·I in every form alike)."""
+    with_factors = kfac_blocks(model)
+    return all(
+        takes_kfac_start(group) for group in q.groups if all(block.name in with_factors for block in group.blocks)
+    )
 
 
 def initial_q(

@@ -5,16 +5,20 @@ from fishleg_core.kfac.start import (
     KroneckerFactors,
     NoKroneckerStart,
     damped_inverse_cholesky,
+    kfac_blocks,
     kfac_start,
     kfac_warm_start,
     kronecker_factors,
+    takes_kfac_start,
 )
 
 __all__ = [
     "KroneckerFactors",
     "NoKroneckerStart",
     "damped_inverse_cholesky",
+    "kfac_blocks",
     "kfac_start",
     "kfac_warm_start",
     "kronecker_factors",
+    "takes_kfac_start",
 ]

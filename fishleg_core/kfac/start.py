@@ -29,6 +29,7 @@ factors (normalisation layers, parameters no adapter covers), keep the Q they ha
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -125,6 +126,37 @@ def damped_inverse_cholesky(factors: KroneckerFactors, damping: float) -> tuple[
         _inverse_cholesky(G + root * pi * torch.eye(len(G), dtype=G.dtype, device=G.device)),
         _inverse_cholesky(A + root / pi * torch.eye(len(A), dtype=A.dtype, device=A.device)),
     )
+
+
+def kfac_blocks(model: nn.Module) -> set[str]:
+    """The names of the blocks of ``model`` that ``kronecker_factors`` gives factors for, from the model's
+    structure alone: each module's own block where its adapter ``takes_kfac`` (and ``<attention>.out_proj``,
+    whose factors its attention captures)."""
+    names = set()
+    for name, (module, _) in _kfac_modules(model).items():
+        names.add(name)
+        if isinstance(module, nn.MultiheadAttention):
+            names.add(f"{name}.out_proj" if name else "out_proj")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return names & {block.name for block in map_blocks(model)}
+
+
+@torch.no_grad()
+def takes_kfac_start(group: CoupledQ) -> bool:
+    """Whether ``group`` has a KFAC start: its ``set_kronecker`` accepts identity factors of its blocks'
+    shapes (tried on a copy, so the group is left as it is)."""
+    like = next(group.parameters())
+    pairs = []
+    for block in group.blocks:
+        rows, cols = block.shape
+        band = rows // block.row_parts
+        left = torch.eye(band, dtype=like.dtype, device=like.device)
+        right = torch.eye(cols, dtype=like.dtype, device=like.device)
+        if block.row_parts > 1:
+            left, right = left.expand(block.row_parts, band, band), right.expand(block.row_parts, cols, cols)
+        pairs.append((left, right))
+    return copy.deepcopy(group).set_kronecker(pairs)
 
 
 @torch.no_grad()
