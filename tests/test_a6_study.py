@@ -81,7 +81,7 @@ def test_kfac_reference_rejects_other_layers():
     factors = kronecker_factors(
         model, fl.LIKELIHOODS.build("gaussian"), random_inputs(MLP_INPUT, 2), 1, torch.Generator()
     )
-    assert list(factors) == ["0"]  # the library's factors cover the nn.Linear layers only
+    assert list(factors) == ["0"]  # a LayerNorm has no KFAC factors
     with pytest.raises(ValueError, match="nn.Linear layers only"):
         KFACInverse(model, factors, 1.0)
 
