@@ -48,7 +48,7 @@ def contenders(
             m, LIKELIHOOD, aux_every=10, aux_lr=3e-3, aux_data=aux_stream(), **fishleg
         ),
         "fishleg_aux1": lambda m: fl.FishLeg(m, LIKELIHOOD, aux_every=1, aux_lr=3e-4, aux_data=aux_stream(), **fishleg),
-        # momentum on g diverges at lr 0.3 here (see README): a smaller step
+        # momentum on g diverges at lr 0.3 here (see docs/results/speed.md): a smaller step
         "fishleg_aux10_gmom": lambda m: fl.FishLeg(
             m,
             LIKELIHOOD,
