@@ -63,6 +63,24 @@ class QForm(nn.Module, ABC):
         and the caller multiplies the dense block."""
         return None
 
+    def set_kronecker(self, left: Tensor, right: Tensor) -> bool:
+        """Set Q to (left leftᵀ) ⊗ (right rightᵀ) (row-major vec), or to the closest Q the form holds: the
+        damped-KFAC start (``fishleg_core.kfac.start``).
+
+        Args:
+            left: (rows × rows) lower-triangular with a positive diagonal (a Cholesky factor).
+            right: (cols × cols), likewise.
+
+        Returns:
+            True when set; False, with Q unchanged, for a form without such a start (the default) or factors
+            of other shapes.
+        """
+        return False
+
+    def _kronecker_shapes(self, left: Tensor, right: Tensor) -> bool:
+        """Whether ``left`` and ``right`` are (rows × rows) and (cols × cols)."""
+        return tuple(left.shape) == (self.rows, self.rows) and tuple(right.shape) == (self.cols, self.cols)
+
     @abstractmethod
     def multiply(self, G: Tensor) -> Tensor:
         """Q·G, with ``G`` already checked to have shape ``(..., rows, cols)``."""

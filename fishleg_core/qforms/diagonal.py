@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from fishleg_core.qforms.base import QForm
-from fishleg_core.qforms.positive import PositiveTensor
+from fishleg_core.qforms.positive import PositiveTensor, inverse_softplus
 from fishleg_core.qforms.registry import QFORMS
 
 
@@ -24,6 +24,14 @@ class DiagonalQ(QForm):
     ) -> None:
         super().__init__(shape, init_scale)
         self.D = PositiveTensor(torch.full(self.shape, self.init_scale, device=device, dtype=dtype))
+
+    @torch.no_grad()
+    def set_kronecker(self, left: Tensor, right: Tensor) -> bool:
+        """The diagonal of the product: D_ij = (left leftᵀ)_ii (right rightᵀ)_jj."""
+        if not self._kronecker_shapes(left, right):
+            return False
+        self.D.raw.copy_(inverse_softplus(torch.outer(left.square().sum(1), right.square().sum(1))))
+        return True
 
     def multiply(self, G: Tensor) -> Tensor:
         return self.D() * G

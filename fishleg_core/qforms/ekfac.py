@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from fishleg_core.qforms.base import QForm
-from fishleg_core.qforms.positive import PositiveTensor, TriangularFactor
+from fishleg_core.qforms.positive import PositiveTensor, TriangularFactor, inverse_softplus
 from fishleg_core.qforms.registry import QFORMS
 
 
@@ -32,6 +32,17 @@ class EKFACQ(QForm):
         self.R = TriangularFactor.scaled_identity(self.cols, root, device=device, dtype=dtype)
         self.A = PositiveTensor(torch.ones(self.shape, device=device, dtype=dtype))
         self.B2 = PositiveTensor(torch.ones(self.shape, device=device, dtype=dtype))
+
+    @torch.no_grad()
+    def set_kronecker(self, left: Tensor, right: Tensor) -> bool:
+        """L = left, R = right, A = B² = 1: Q = (L Lᵀ) ⊗ (R Rᵀ)."""
+        if not self._kronecker_shapes(left, right):
+            return False
+        self.L.assign_(left)
+        self.R.assign_(right)
+        for scales in (self.A, self.B2):
+            scales.raw.fill_(inverse_softplus(torch.ones((), dtype=scales.raw.dtype)).item())
+        return True
 
     def multiply(self, G: Tensor) -> Tensor:
         L, R, A = self.L(), self.R(), self.A()

@@ -73,6 +73,14 @@ class KronQ(QForm):
         factor = TriangularFactor if full_factor(size, other, self.max_size, self.max_skew) else DiagonalFactor
         return factor.scaled_identity(size, root, device=device, dtype=dtype)
 
+    def set_kronecker(self, left: Tensor, right: Tensor) -> bool:
+        """L = left, R = right."""
+        if not self._kronecker_shapes(left, right):
+            return False
+        self.L.assign_(left)
+        self.R.assign_(right)
+        return True
+
     def multiply(self, G: Tensor) -> Tensor:
         return self.L.gram_matmul(self.R.gram_matmul(G.mT).mT)
 

@@ -51,6 +51,15 @@ class KronSumQ(QForm):
         """The pairs (L⁽ᵏ⁾, R⁽ᵏ⁾) of factors of all K terms (typed: a ModuleList yields plain Modules)."""
         return [(cast(TriangularFactor, L), cast(TriangularFactor, R)) for L, R in zip(self.L, self.R)]
 
+    def set_kronecker(self, left: Tensor, right: Tensor) -> bool:
+        """Term 1 takes the product; the small random terms k ≥ 2 stay as built (0.5 % of init_scale)."""
+        if not self._kronecker_shapes(left, right):
+            return False
+        L, R = self._factors()[0]
+        L.assign_(left)
+        R.assign_(right)
+        return True
+
     def grams(self) -> list[tuple[Tensor, Tensor]]:
         """The pairs (M_L⁽ᵏ⁾, M_R⁽ᵏ⁾) of all K terms."""
         return [(L.gram(), R.gram()) for L, R in self._factors()]
