@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from fishleg_core.checks import check_mapping, check_number
 from fishleg_core.groups import QGROUPS, BlockQ, GroupSpec, LowRankFactors, QGroup, choose_groups
+from fishleg_core.groups.batched import BlockBatch, plan_batches
 from fishleg_core.layers.form_choice import FormChoices, choose_forms
 from fishleg_core.layers.mapping import map_blocks
 from fishleg_core.qforms.positive import TriangularFactor
@@ -24,9 +25,16 @@ class ModelQ(nn.Module):
     read ``by_blocks.<block>+<block>.<λ>``: a state_dict from a differently grouped Q does not load.
     ``param_names`` follows ``param_order`` where given (``build_model_q`` gives the model's order), else
     the groups' order; ``to_dense`` is in ``param_names`` order.
+
+    With ``batched`` (the default), single-block groups whose forms stack (``QForm.batch_key``: equal shape
+    and form, e.g. the 20 layers of a deep linear network or the projections of a transformer's blocks)
+    multiply as one batch (``BlockBatch``): the same products, a few batched kernels instead of a few per
+    block. False: every group multiplies its own blocks.
     """
 
-    def __init__(self, groups: Iterable[QGroup], param_order: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, groups: Iterable[QGroup], param_order: Sequence[str] | None = None, *, batched: bool = True
+    ) -> None:
         super().__init__()
         groups = list(groups)
         bad = [type(group).__name__ for group in groups if not isinstance(group, QGroup)]
@@ -44,6 +52,18 @@ class ModelQ(nn.Module):
                 raise ValueError(f"ModelQ: param_order lacks {', '.join(missing)}")
             names.sort(key=rank.__getitem__)
         self.param_names: tuple[str, ...] = tuple(names)
+        self.batched = batched
+
+    @property
+    def batched(self) -> bool:
+        """Whether groups whose forms stack multiply as one batch (see the class docstring)."""
+        return bool(self._batches)
+
+    @batched.setter
+    def batched(self, enabled: bool) -> None:
+        batches, alone = plan_batches(self.groups) if enabled else ([], list(self.groups))
+        self._batches: list[BlockBatch] = batches
+        self._alone: list[QGroup] = alone
 
     @property
     def groups(self) -> tuple[QGroup, ...]:
@@ -58,8 +78,10 @@ class ModelQ(nn.Module):
         if missing:
             raise KeyError(f"ModelQ: vector needs a tensor for every parameter Q covers; missing: {', '.join(missing)}")
         result: dict[str, Tensor] = {}
-        for group in self.groups:
+        for group in self._alone:
             result.update(group(vector, factors))
+        for batch in self._batches:
+            result.update(batch(vector, factors))
         return {name: result[name] for name in self.param_names}
 
     def entry_label(self, key: str) -> str:
@@ -146,11 +168,13 @@ def build_model_q(
     *,
     groups: Sequence[GroupSpec] | None = None,
     couple: str | None = None,
+    batched: bool = True,
 ) -> ModelQ:
     """Map ``model`` to blocks (``map_blocks``); make the groups asked for by ``groups`` (e.g.
     ``[{"blocks": ["0", "2"], "form": "tridiag_kron"}]``) and ``couple`` (``"adjacent"``: a ``tridiag_kron``
     group per chain of consecutive linear layers; see ``choose_groups``); give every other block its QForm
-    (``choose_forms``). All start at ``init_scale · I``, with the dtype and device of their parameters."""
+    (``choose_forms``). All start at ``init_scale · I``, with the dtype and device of their parameters.
+    ``batched``: see ``ModelQ``."""
     check_number("init_scale", init_scale, 0.0)
     blocks = map_blocks(model, strict=strict)
     if not blocks:
@@ -187,7 +211,7 @@ def build_model_q(
         )
     order = {name: i for i, name in enumerate(params)}
     made.sort(key=lambda group: min(order[name] for name in group.param_names))
-    return ModelQ(made, param_order=list(params))
+    return ModelQ(made, param_order=list(params), batched=batched)
 
 
 def check_model_q(q: object, params: Mapping[str, Tensor]) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
+from typing import cast
+
 import torch
 from torch import Tensor
 
 from fishleg_core.qforms.base import QForm
 from fishleg_core.qforms.positive import TriangularFactor
 from fishleg_core.qforms.registry import QFORMS
+from fishleg_core.qforms.stacked import StackedFactors
 
 
 def kron_low_rank_pays(shape: tuple[int, int], rank: int) -> bool:
@@ -44,3 +48,21 @@ class KronQ(QForm):
 
     def to_dense(self) -> Tensor:
         return torch.kron(self.L.gram(), self.R.gram())
+
+    def batch_key(self) -> Hashable:
+        return ("kron", self.shape, self.L.diag.dtype, self.L.diag.device)
+
+    @classmethod
+    def stack(cls, forms: Sequence[QForm]) -> StackedKron:
+        return StackedKron([cast(KronQ, form) for form in forms])
+
+
+class StackedKron:
+    """N ``KronQ`` of one shape: Q_i G_i = M_L,i G_i M_R,i for the whole stack in four batched products."""
+
+    def __init__(self, forms: Sequence[KronQ]) -> None:
+        self.L = StackedFactors([form.L for form in forms])
+        self.R = StackedFactors([form.R for form in forms])
+
+    def multiply(self, G: Tensor) -> Tensor:
+        return self.L.gram_matmul(self.R.gram_matmul(G.mT).mT)
