@@ -54,14 +54,19 @@ class QMonitor:
         self.fisher_ratio: float | None = None
         self._recent: deque[tuple[dict[str, float], float | None]] = deque(maxlen=window)
         self.warned: set[str] = set()
+        self._segment_index: Tensor | None = None
 
     @torch.no_grad()
     def record(self, u: Mapping[str, Tensor], qu: Mapping[str, Tensor], fisher_qu: Mapping[str, Tensor]) -> None:
         """One auxiliary update's u, v = Q u and h = F_γ v."""
-        values = torch.stack(
-            [statistic for _, names in self.groups for statistic in (_dot(u, qu, names), _dot(u, u, names))]
-            + [dot(qu, fisher_qu), dot(qu, qu)]
-        ).tolist()  # one synchronisation
+        names = [name for _, group_names in self.groups for name in group_names]
+        flat_u = torch.cat([u[name].reshape(-1) for name in names])
+        flat_qu = torch.cat([qu[name].reshape(-1) for name in names])
+        segments = self._segments(names, qu)
+        per_group = torch.stack([flat_u * flat_qu, flat_u * flat_u], 1)
+        sums = flat_u.new_zeros(len(self.groups), 2).index_add_(0, segments, per_group)
+        values = torch.cat([sums.reshape(-1), torch.stack([dot(qu, fisher_qu), dot(qu, qu)])]).tolist()
+        # one synchronisation
         *pairs, vh, vv = values
         self.scales = {
             name: (uv / uu if uu > 0 else float("nan")) / self.init_scale
@@ -72,6 +77,14 @@ class QMonitor:
         self._recent.append((self.scales, self.fisher_ratio))
         if len(self._recent) == self._recent.maxlen:
             self._check()
+
+    def _segments(self, names: list[str], like: Mapping[str, Tensor]) -> Tensor:
+        """The index of the group of every entry of the flattened vector (made once per device)."""
+        device = like[names[0]].device
+        if self._segment_index is None or self._segment_index.device != device:
+            sizes = [sum(like[name].numel() for name in group_names) for _, group_names in self.groups]
+            self._segment_index = torch.repeat_interleave(torch.arange(len(sizes), device=device), torch.tensor(sizes))
+        return self._segment_index
 
     def state(self) -> dict[str, Any]:
         """The latest measurements and the warnings given so far."""
@@ -117,6 +130,3 @@ class QMonitor:
                 f"FishLeg: {message} (after {self.updates} auxiliary updates; optimizer.diagnostics())", RuntimeWarning
             )
 
-
-def _dot(a: Mapping[str, Tensor], b: Mapping[str, Tensor], names: tuple[str, ...]) -> Tensor:
-    return dot({name: a[name] for name in names}, b)
