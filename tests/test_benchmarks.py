@@ -42,6 +42,21 @@ def test_bench_step_reports_ratios_against_sgd_from_the_same_run(tmp_path, capsy
     assert "fishleg_aux10" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("model", ["deep_linear", "transformer"])
+def test_bench_step_quick_on_the_deep_stacks_with_a_profile(model, capsys):
+    result = bench_step.main(["--model", model, "--quick", "--profile"])
+    names = ("sgdm", "adam", "fishleg_aux10", "fishleg_aux1")
+    assert len({result[f"{name}_first_loss"] for name in names}) == 1
+    assert all(math.isfinite(result[f"{name}_final_loss"]) for name in names)
+    assert result["ratio_aux1"] > 0 and result["fastest_ratio_aux10"] > 0
+    profile = result["profile"]
+    # an auxiliary update runs more operators than the step without it, and FishLeg more than SGD
+    assert profile["aux_update"]["aten_ops_per_step"] > 0
+    assert profile["fishleg_aux10"]["aten_ops_per_step"] > profile["sgdm"]["aten_ops_per_step"]
+    assert profile["fishleg_aux1"]["q_blocks"] > 0
+    assert "== profile: fishleg_aux1" in capsys.readouterr().out
+
+
 def test_bench_aux_counts_the_flops_of_a_kron_fit_step(tmp_path):
     result = bench_aux.main(["--rounds", "1", "--json", str(tmp_path / "aux.json")])
     assert set(bench_aux.FORMS) <= {key.removeprefix("ratio_") for key in result}

@@ -21,14 +21,14 @@ def bands(form: QForm) -> list[QForm]:
 
 
 def stack_key(group: QGroup) -> Hashable | None:
-    """The key under which ``group`` joins a batch: its bands' common ``batch_key``, with the block layout
-    (so that the parameters pack alike); None for groups that multiply alone."""
+    """The key under which ``group`` joins a batch: its bands' common ``batch_key``; None for groups that
+    multiply alone. (Each block packs its own matrix, so blocks of different layouts batch together.)"""
     if type(group) is not BlockQ:
         return None
     keys = {form.batch_key() for form in bands(group.form)}
     if len(keys) != 1 or None in keys:
         return None
-    return keys.pop(), group.block.layout
+    return keys.pop()
 
 
 class BlockBatch:

@@ -129,4 +129,3 @@ class QMonitor:
             warn_user(
                 f"FishLeg: {message} (after {self.updates} auxiliary updates; optimizer.diagnostics())", RuntimeWarning
             )
-

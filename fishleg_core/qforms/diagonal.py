@@ -46,7 +46,7 @@ class StackedDiagonal:
     """N ``DiagonalQ`` of one shape: D_i ⊙ G_i for the stack, D from the stacked raw parameters."""
 
     def __init__(self, forms: Sequence[DiagonalQ]) -> None:
-        self.raws = [form.D.raw for form in forms]
+        self.raws: list[Tensor] = [form.D.raw for form in forms]
 
     def multiply(self, G: Tensor) -> Tensor:
         return positive(torch.stack(self.raws)) * G
