@@ -23,6 +23,7 @@ from typing import cast
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
@@ -89,10 +90,10 @@ class LinearAdapter(LayerAdapter):
         return True
 
     def factor_columns(self, module: nn.Module, inputs: Tensor) -> Tensor:
-        return inputs.reshape(-1, cast(nn.Linear, module).in_features)
+        return rearrange(inputs, "... inputs -> (...) inputs", inputs=cast(nn.Linear, module).in_features)
 
     def factor_rows(self, module: nn.Module, output_grad: Tensor) -> Tensor:
-        return output_grad.reshape(-1, cast(nn.Linear, module).out_features)
+        return rearrange(output_grad, "... outputs -> (...) outputs", outputs=cast(nn.Linear, module).out_features)
 
 
 @LAYER_ADAPTERS.register(_ConvNd)
@@ -118,7 +119,8 @@ class ConvAdapter(LayerAdapter):
         spatial = len(conv.kernel_size)
         x = inputs if inputs.dim() == spatial + 2 else inputs.unsqueeze(0)
         pad = (1,) * (2 - spatial)  # a 1-d convolution as a 2-d one of height 1
-        x = x.reshape(*x.shape[:2], *pad, *x.shape[2:])
+        if spatial == 1:
+            x = rearrange(x, "batch channels length -> batch channels 1 length")
         padding = cast(tuple[int, ...], conv.padding)  # not a string: see captures_factors
         patches = F.unfold(
             x,
@@ -127,12 +129,12 @@ class ConvAdapter(LayerAdapter):
             padding=(0,) * len(pad) + padding,
             stride=pad + conv.stride,
         )
-        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+        return rearrange(patches, "batch patch positions -> (batch positions) patch")
 
     def factor_rows(self, module: nn.Module, output_grad: Tensor) -> Tensor:
         conv = cast(_ConvNd, module)
         grad = output_grad if output_grad.dim() == len(conv.kernel_size) + 2 else output_grad.unsqueeze(0)
-        return grad.movedim(1, -1).reshape(-1, conv.out_channels)
+        return rearrange(grad, "batch channels ... -> (batch ...) channels", channels=conv.out_channels)
 
 
 @LAYER_ADAPTERS.register(_ConvTransposeNd)

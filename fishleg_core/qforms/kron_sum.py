@@ -56,10 +56,16 @@ class KronSumQ(QForm):
         return [(L.gram(), R.gram()) for L, R in self._factors()]
 
     def multiply(self, G: Tensor) -> Tensor:
-        return cast(Tensor, sum(L.gram_matmul(R.gram_matmul(G.mT).mT) for L, R in self._factors()))
+        """Σ_k M_L⁽ᵏ⁾ G M_R⁽ᵏ⁾ as one contraction over the stacked Gram matrices, in the order opt_einsum
+        chooses: G M_R⁽ᵏ⁾ for all k, then one product with [M_L⁽¹⁾ … M_L⁽ᴷ⁾] that sums over k."""
+        M_L = torch.stack([L.gram() for L, _ in self._factors()])
+        M_R = torch.stack([R.gram() for _, R in self._factors()])
+        return torch.einsum("kij,...jl,klm->...im", M_L, G, M_R)
 
     def multiply_low_rank(self, left: Tensor, right: Tensor) -> Tensor | None:
-        """Σ_k (M_L⁽ᵏ⁾ left)(M_R⁽ᵏ⁾ right)ᵀ, when it pays as for ``kron``."""
+        """Σ_k (M_L⁽ᵏ⁾ left)(M_R⁽ᵏ⁾ right)ᵀ, when it pays as for ``kron``. Hand-ordered: with λ changing at every
+        step, L(Lᵀ left) costs 4m²r and never forms M = L Lᵀ (m³), which a contraction over stacked Gram
+        matrices needs."""
         if not kron_low_rank_pays(self.shape, left.shape[-1]):
             return None
         return cast(Tensor, sum(L.gram_matmul(left) @ R.gram_matmul(right).mT for L, R in self._factors()))
