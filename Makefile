@@ -12,7 +12,7 @@ help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
 study: $(INSTALLED)  ## the Appendix A.6 study on the embedded MNIST digits -> results/a6/ (ARGS="--quick": smoke run; ARGS="--model cnn" or "--model transformer" -> results/a6-<model>/)
-	$(PY) -m experiments.a6_study $(ARGS)
+	$(PY) -m experiments.a6 $(ARGS)
 
 test: lint  ## lint, format check and type check, then the test-suite (ARGS: extra pytest arguments)
 	$(PY) -m pytest -q $(ARGS)

@@ -26,8 +26,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import fishleg_core as fl
 from benchmarks.common import median, minibatches, mnist_digits, timed, write_json
-from experiments.autoencoder import SIZES, build_autoencoder
-from experiments.coupling import build_study_q
+from experiments.a6.coupling import build_study_q
+from experiments.common.autoencoder import SIZES, build_autoencoder
 
 FORMS = ("diagonal", "kron", "ekfac", "kron_sum", "tridiag_kron")
 STEPS = 10

@@ -22,13 +22,13 @@ import torch
 
 import fishleg_core as fl
 from benchmarks.common import write_json
-from experiments.a6_study import KFAC_SEED_OFFSET, build_form, fixed_directions, pretrained_model
-from experiments.config import QUICK, StudyConfig
-from experiments.data import inputs_of, load_pixels, split
-from experiments.fit import Monitor, cosine_tail, training_streams
-from experiments.warm_start import initial_q
+from experiments.a6.config import QUICK, StudyConfig
+from experiments.a6.fit_schedule import Monitor, cosine_tail, training_streams
+from experiments.a6.initial_q import initial_q
+from experiments.a6.study import KFAC_SEED_OFFSET, build_form, fixed_directions, pretrained_model
+from experiments.common.data import inputs_of, load_pixels, split
 from fishleg_core.auxiliary import auxiliary_loss
-from fishleg_core.vectors import ParamDict
+from fishleg_core.param_vectors import ParamDict
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -20,7 +20,7 @@ from torch import nn
 
 import fishleg_core as fl
 from benchmarks.common import median, timed, write_json
-from fishleg_core.gradient_factors import GradientFactors
+from fishleg_core.auxiliary import GradientFactors
 from fishleg_core.model_q import BlockQ
 from fishleg_core.qforms import KronQ
 

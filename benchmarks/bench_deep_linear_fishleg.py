@@ -22,8 +22,8 @@ import torch
 
 import fishleg_core as fl
 from benchmarks.common import write_json
-from experiments.deep_linear import DeepLinearConfig, losses, minibatch_inputs, minibatch_pairs, quick_config
-from experiments.deep_linear_task import build_deep_linear, half_squared_error, likelihood, teacher_data
+from experiments.deep_linear.experiment import DeepLinearConfig, losses, minibatch_inputs, minibatch_pairs, quick_config
+from experiments.deep_linear.task import build_deep_linear, half_squared_error, likelihood, teacher_data
 
 KFAC_START_BATCHES = 4
 

@@ -27,18 +27,18 @@ import torch
 
 import fishleg_core as fl
 from benchmarks.common import write_json
-from experiments.a6_study import KFAC_SEED_OFFSET, build_form, fixed_directions, pretrained_model, probe_evaluator
-from experiments.config import QUICK, StudyConfig
-from experiments.data import load_pixels, split
-from experiments.evaluation import float64_copy
-from experiments.fit import training_streams
-from experiments.warm_start import initial_q
+from experiments.a6.config import QUICK, StudyConfig
+from experiments.a6.fit_schedule import training_streams
+from experiments.a6.heldout import float64_copy
+from experiments.a6.initial_q import initial_q
+from experiments.a6.study import KFAC_SEED_OFFSET, build_form, fixed_directions, pretrained_model, probe_evaluator
+from experiments.common.data import load_pixels, split
 
 LRS = (3e-4, 1e-3, 3e-3, 1e-2)
 STARTS = ("identity", "kfac")
 KRON_ASYMPTOTE = -0.013610
 """The lowest held-out A of kron measured on these probes: 4,000 Adam steps from the damped-KFAC start
-(``python -m experiments.a6_study --steps 4000 --forms kron``; docs/a6/summary-4000-steps.md)."""
+(``python -m experiments.a6 --steps 4000 --forms kron``; docs/a6/summary-4000-steps.md)."""
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -39,10 +39,10 @@ from torch import Tensor, nn
 
 import fishleg_core as fl
 from benchmarks.common import DEEP_AUTOENCODER, median, minibatches, mnist_digits, timed, write_json
-from experiments.autoencoder import build_autoencoder
-from experiments.deep_linear import DeepLinearConfig
-from experiments.deep_linear_task import build_deep_linear
-from experiments.deep_linear_task import likelihood as deep_linear_likelihood
+from experiments.common.autoencoder import build_autoencoder
+from experiments.deep_linear.experiment import DeepLinearConfig
+from experiments.deep_linear.task import build_deep_linear
+from experiments.deep_linear.task import likelihood as deep_linear_likelihood
 from fishleg_core.qforms import QForm, RowBandsQ
 
 CYCLE = 10

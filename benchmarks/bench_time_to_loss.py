@@ -25,7 +25,7 @@ from torch import nn
 
 import fishleg_core as fl
 from benchmarks.common import DEEP_AUTOENCODER, minibatches, mnist_digits, write_json
-from experiments.autoencoder import build_autoencoder
+from experiments.common.autoencoder import build_autoencoder
 
 LIKELIHOOD = fl.LIKELIHOODS.build("bernoulli")
 SGD_RATES = (0.001, 0.002, 0.003, 0.005, 0.01)

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from experiments.data import load_pixels
-from experiments.data import minibatches as data_minibatches
+from experiments.common.data import load_pixels
+from experiments.common.data import minibatches as data_minibatches
 
 DEEP_AUTOENCODER = (784, 1000, 500, 250, 30, 250, 500, 1000, 784)
 """The deep MNIST autoencoder of bench_step and bench_time_to_loss (the A.6 one: ``experiments.autoencoder.SIZES``)."""

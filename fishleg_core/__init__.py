@@ -1,13 +1,19 @@
 """fishleg_core: FishLeg natural-gradient optimisation with learned inverse-Fisher models (QForms)."""
 
-from fishleg_core.aux_optimizers import AUX_OPTIMIZERS, build_aux_optimizer
-from fishleg_core.auxiliary import AuxiliaryLoss, auxiliary_loss
-from fishleg_core.checks import InvalidConfigError
-from fishleg_core.evaluation import ProbeEvaluator, QEvaluation
+from fishleg_core._validation import InvalidConfigError
+from fishleg_core._validation import validate as validate_config
+from fishleg_core.auxiliary import (
+    AUX_OPTIMIZERS,
+    AuxiliaryLoss,
+    MultiplicativeFactorSteps,
+    auxiliary_loss,
+    build_aux_optimizer,
+    triangular_factor_groups,
+)
+from fishleg_core.coupled import COUPLED_FORMS, BlockQ, CoupledQ, TridiagKronQ
 from fishleg_core.fisher import FISHER_METHODS, fisher_vp
-from fishleg_core.fitting import FitResult, fit_q, normalized_gradients
-from fishleg_core.groups import QGROUPS, BlockQ, QGroup, TridiagKronQ
-from fishleg_core.kfac_start import KroneckerFactors, kfac_start, kfac_warm_start, kronecker_factors
+from fishleg_core.frozen import FitResult, ProbeEvaluator, QEvaluation, fit_q, normalized_gradients
+from fishleg_core.kfac import KroneckerFactors, kfac_start, kfac_warm_start, kronecker_factors
 from fishleg_core.layers import (
     LAYER_ADAPTERS,
     Block,
@@ -20,52 +26,67 @@ from fishleg_core.layers import (
 )
 from fishleg_core.likelihoods import LIKELIHOODS, Likelihood
 from fishleg_core.model_q import ModelQ, build_model_q
-from fishleg_core.multiplicative import MultiplicativeFactorSteps, triangular_factor_groups
 from fishleg_core.optim.config import FishLegConfig, sgd_lr_from_torch
 from fishleg_core.optim.fishleg import FishLeg
+from fishleg_core.param_vectors import ParamDict
+from fishleg_core.plugins import PluginError, load_plugins
 from fishleg_core.qforms import QFORMS, QForm
 from fishleg_core.registry import Registry, UnknownNameError
 
 __all__ = [
-    "AUX_OPTIMIZERS",
-    "AuxiliaryLoss",
-    "Block",
-    "BlockLayout",
-    "BlockQ",
-    "FISHER_METHODS",
+    # The optimizer
     "FishLeg",
     "FishLegConfig",
-    "FitResult",
-    "InvalidConfigError",
-    "KroneckerFactors",
-    "LAYER_ADAPTERS",
-    "LIKELIHOODS",
-    "LayerAdapter",
-    "Likelihood",
-    "ModelQ",
-    "MultiplicativeFactorSteps",
-    "ProbeEvaluator",
-    "QEvaluation",
-    "QFORMS",
+    "sgd_lr_from_torch",
+    # Q over one block: QForms and their registry
     "QForm",
-    "QGROUPS",
-    "QGroup",
-    "TridiagKronQ",
-    "Registry",
-    "UnknownNameError",
-    "UnsupportedLayerError",
-    "auxiliary_loss",
-    "build_aux_optimizer",
+    "QFORMS",
+    # Q over the whole model, and coupled forms (Q over several blocks together)
+    "ModelQ",
     "build_model_q",
-    "choose_forms",
+    "ParamDict",
+    "CoupledQ",
+    "COUPLED_FORMS",
+    "BlockQ",
+    "TridiagKronQ",
+    # Likelihoods
+    "Likelihood",
+    "LIKELIHOODS",
+    # Fisher-vector products
     "fisher_vp",
-    "fit_q",
+    "FISHER_METHODS",
+    # Layers and parameter blocks
+    "Block",
+    "BlockLayout",
+    "LayerAdapter",
+    "LAYER_ADAPTERS",
+    "UnsupportedLayerError",
+    "choose_forms",
     "joint_block",
+    "map_blocks",
+    # KFAC: Kronecker factors and the damped-KFAC start of Q
+    "KroneckerFactors",
+    "kronecker_factors",
     "kfac_start",
     "kfac_warm_start",
-    "kronecker_factors",
-    "map_blocks",
-    "normalized_gradients",
-    "sgd_lr_from_torch",
+    # The auxiliary side: the auxiliary loss and λ's optimizers
+    "AuxiliaryLoss",
+    "auxiliary_loss",
+    "AUX_OPTIMIZERS",
+    "build_aux_optimizer",
+    "MultiplicativeFactorSteps",
     "triangular_factor_groups",
+    # Fitting and evaluating Q on a frozen model
+    "fit_q",
+    "FitResult",
+    "normalized_gradients",
+    "ProbeEvaluator",
+    "QEvaluation",
+    # Registries, plugins and errors
+    "Registry",
+    "UnknownNameError",
+    "load_plugins",
+    "PluginError",
+    "InvalidConfigError",
+    "validate_config",
 ]

@@ -1,4 +1,4 @@
-"""Q over a whole model: a composition of group forms (``QGroup``) over disjoint groups of parameter blocks."""
+"""Q over a whole model: a composition of coupled forms (``CoupledQ``) over disjoint groups of parameter blocks."""
 
 from __future__ import annotations
 
@@ -8,20 +8,20 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from fishleg_core.checks import check_mapping, check_number
-from fishleg_core.groups import QGROUPS, BlockQ, GroupSpec, LowRankFactors, QGroup, choose_groups
-from fishleg_core.groups.batched import BlockBatch, plan_batches
+from fishleg_core._validation import check_mapping, check_number
+from fishleg_core.coupled import COUPLED_FORMS, BlockQ, CoupledQ, CoupledSpec, LowRankFactors, choose_coupled
+from fishleg_core.coupled.batched import BlockBatch, plan_batches
 from fishleg_core.layers.form_choice import FormChoices, choose_forms
 from fishleg_core.layers.mapping import map_blocks
 from fishleg_core.qforms.positive import TriangularFactor
 
-__all__ = ["BlockQ", "LowRankFactors", "ModelQ", "QGroup", "build_model_q", "check_model_q"]
+__all__ = ["BlockQ", "LowRankFactors", "ModelQ", "CoupledQ", "build_model_q", "check_model_q"]
 
 
 class ModelQ(nn.Module):
     """The block-diagonal-over-groups Q(λ) of a model: Q·x = ⊕_groups Q_group·x_group for x = {name: tensor}.
 
-    Groups are registered under the names of the blocks they cover (``QGroup.key``), so state_dict keys
+    Groups are registered under the names of the blocks they cover (``CoupledQ.key``), so state_dict keys
     read ``by_blocks.<block>+<block>.<λ>``: a state_dict from a differently grouped Q does not load.
     ``param_names`` follows ``param_order`` where given (``build_model_q`` gives the model's order), else
     the groups' order; ``to_dense`` is in ``param_names`` order.
@@ -33,13 +33,15 @@ class ModelQ(nn.Module):
     """
 
     def __init__(
-        self, groups: Iterable[QGroup], param_order: Sequence[str] | None = None, *, batched: bool = True
+        self, groups: Iterable[CoupledQ], param_order: Sequence[str] | None = None, *, batched: bool = True
     ) -> None:
         super().__init__()
         groups = list(groups)
-        bad = [type(group).__name__ for group in groups if not isinstance(group, QGroup)]
+        bad = [type(group).__name__ for group in groups if not isinstance(group, CoupledQ)]
         if bad or not groups:
-            raise TypeError(f"ModelQ needs a non-empty list of QGroup (BlockQ, QGROUPS.build(...)); got {bad or '[]'}")
+            raise TypeError(
+                f"ModelQ needs a non-empty list of CoupledQ (BlockQ, COUPLED_FORMS.build(...)); got {bad or '[]'}"
+            )
         names = [name for group in groups for name in group.param_names]
         if len(set(names)) != len(names):
             shared = sorted({name for name in names if names.count(name) > 1})
@@ -63,12 +65,12 @@ class ModelQ(nn.Module):
     def batched(self, enabled: bool) -> None:
         batches, alone = plan_batches(self.groups) if enabled else ([], list(self.groups))
         self._batches: list[BlockBatch] = batches
-        self._alone: list[QGroup] = alone
+        self._alone: list[CoupledQ] = alone
 
     @property
-    def groups(self) -> tuple[QGroup, ...]:
+    def groups(self) -> tuple[CoupledQ, ...]:
         """The groups, in the order they were given."""
-        return tuple(group for group in self.by_blocks.values() if isinstance(group, QGroup))
+        return tuple(group for group in self.by_blocks.values() if isinstance(group, CoupledQ))
 
     def forward(self, vector: Mapping[str, Tensor], factors: LowRankFactors | None = None) -> dict[str, Tensor]:
         """Q·x for x = ``vector``; ``factors`` optionally gives low-rank forms of some of its blocks, which
@@ -89,7 +91,7 @@ class ModelQ(nn.Module):
         ``"by_blocks.2.form.L.off (block '2', Linear, kron)"``."""
         parts = key.split(".")
         if len(parts) > 1 and parts[0] == "by_blocks" and parts[1] in self.by_blocks:
-            name, layer, _, form, _ = cast(QGroup, self.by_blocks[parts[1]]).describe()
+            name, layer, _, form, _ = cast(CoupledQ, self.by_blocks[parts[1]]).describe()
             return f"{key} (block {name!r}, {layer}, {form})"
         return key
 
@@ -166,13 +168,13 @@ def build_model_q(
     init_scale: float = 1.0,
     strict: bool = False,
     *,
-    groups: Sequence[GroupSpec] | None = None,
+    coupled: Sequence[CoupledSpec] | None = None,
     couple: str | None = None,
     batched: bool = True,
 ) -> ModelQ:
-    """Map ``model`` to blocks (``map_blocks``); make the groups asked for by ``groups`` (e.g.
+    """Map ``model`` to blocks (``map_blocks``); make the coupled forms asked for by ``coupled`` (e.g.
     ``[{"blocks": ["0", "2"], "form": "tridiag_kron"}]``) and ``couple`` (``"adjacent"``: a ``tridiag_kron``
-    group per chain of consecutive linear layers; see ``choose_groups``); give every other block its QForm
+    group per chain of consecutive linear layers; see ``choose_coupled``); give every other block its QForm
     (``choose_forms``). All start at ``init_scale · I``, with the dtype and device of their parameters.
     ``batched``: see ``ModelQ``."""
     check_number("init_scale", init_scale, 0.0)
@@ -180,14 +182,14 @@ def build_model_q(
     if not blocks:
         raise ValueError("build_model_q: the model has no trainable parameters (requires_grad=True)")
     params = dict(model.named_parameters())
-    chosen = choose_groups(blocks, groups, couple)
+    chosen = choose_coupled(blocks, coupled, couple)
     grouped = {block.name for choice in chosen for block in choice.blocks}
     single = [block for block in blocks if block.name not in grouped]
     made = []
     for choice in chosen:
         like = params[choice.blocks[0].param_names[0]]
         made.append(
-            QGROUPS.build(
+            COUPLED_FORMS.build(
                 choice.form,
                 blocks=list(choice.blocks),
                 init_scale=init_scale,
@@ -199,7 +201,7 @@ def build_model_q(
     for block, (form_name, options) in zip(single, choose_forms(single, forms)):
         like = params[block.param_names[0]]
         made.append(
-            QGROUPS.build(
+            COUPLED_FORMS.build(
                 "block",
                 blocks=[block],
                 init_scale=init_scale,

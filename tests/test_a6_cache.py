@@ -1,5 +1,5 @@
 """The A.6 study's cache never returns a stale result: its keys cover the settings, the form's code, the
-library's source and the torch version (experiments/provenance.py)."""
+library's source and the torch version (experiments/a6/provenance.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import torch
 from tiny_study import TINY_STUDY
 
 import fishleg_core as fl
-from experiments import a6_study, provenance
-from experiments.provenance import code_hash, source_tree_hash
+from experiments.a6 import provenance
+from experiments.a6 import study as a6_study
+from experiments.a6.provenance import code_hash, source_tree_hash
 from fishleg_core.qforms.diagonal import DiagonalQ
 
 
@@ -62,7 +63,7 @@ def test_code_hash_follows_the_code_that_runs(monkeypatch):
 def test_code_hash_is_the_same_in_another_process():
     """No memory address or set order (which changes with PYTHONHASHSEED) enters the hash."""
     program = (
-        "from experiments.provenance import code_hash; import fishleg_core as fl; "
+        "from experiments.a6.provenance import code_hash; import fishleg_core as fl; "
         "print(*(code_hash(fl.QFORMS.get(name)) for name in fl.QFORMS.names()))"
     )
     root = Path(__file__).resolve().parents[1]

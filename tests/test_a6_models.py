@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from experiments import a6_study
-from experiments.config import StudyConfig
-from experiments.study_models import MODELS
+from experiments.a6 import study as a6_study
+from experiments.a6.config import StudyConfig
+from experiments.a6.study_models import MODELS
 
 SMALL = """
 forms: [diagonal, kron]

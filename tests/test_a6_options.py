@@ -8,9 +8,9 @@ import json
 import pytest
 from tiny_study import TINY_STUDY
 
-from experiments import a6_study
-from experiments.config import StudyConfig
-from experiments.form_specs import FormSpec, file_name, parse_spec
+from experiments.a6 import study as a6_study
+from experiments.a6.config import StudyConfig
+from experiments.a6.form_specs import FormSpec, file_name, parse_spec
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@ import pytest
 from tiny_study import TINY_STUDY
 
 import fishleg_core as fl
-from experiments import a6_study
-from experiments.config import resolve
-from experiments.plugins import PluginError, load_plugins, unload_plugin
+from experiments.a6 import study as a6_study
+from experiments.a6.config import resolve
+from fishleg_core.plugins import PluginError, load_plugins, unload_plugin
 
 PLUGIN = '''
 """A user's form: the diagonal form with its product scaled."""

@@ -9,7 +9,7 @@ import pytest
 from tiny_study import TINY_STUDY
 
 import fishleg_core as fl
-from experiments import a6_study
+from experiments.a6 import study as a6_study
 
 
 def test_seeds_are_combined_into_mean_and_spread(tmp_path, monkeypatch):

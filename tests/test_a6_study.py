@@ -14,11 +14,11 @@ from models import MLP_INPUT, random_inputs, tiny_mlp
 from tiny_study import TINY_STUDY
 
 import fishleg_core as fl
-from experiments import a6_study
-from experiments.data import load_pixels, split
-from experiments.fit import best_identity_scale, plateau
-from experiments.kfac_reference import KFACInverse
-from fishleg_core.kfac_start import kronecker_factors
+from experiments.a6 import study as a6_study
+from experiments.a6.fit_schedule import best_identity_scale, plateau
+from experiments.a6.kfac_reference import KFACInverse
+from experiments.common.data import load_pixels, split
+from fishleg_core.kfac.start import kronecker_factors
 
 DAMPING = 0.3
 

@@ -11,7 +11,7 @@ from models import MLP_INPUT, random_inputs, tiny_mlp
 from test_reliability import LIKELIHOOD, assert_resume_is_bit_identical, assert_same, backward, snapshot
 
 import fishleg_core as fl
-import fishleg_core.optim.auxiliary_update as auxiliary_update_module
+import fishleg_core.auxiliary.update as auxiliary_update_module
 
 CASES = [
     pytest.param("adam", id="adam"),

@@ -203,4 +203,3 @@ def test_multiplicative_steps_batched_over_factors_match_one_factor_at_a_time():
             optimizer.step()
     for a, b in zip(together, apart):
         torch.testing.assert_close(a().detach(), b().detach(), rtol=1e-12, atol=1e-12)
-

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import fishleg_core as fl
-from fishleg_core.optim.aux_data import CyclicBatches
+from fishleg_core.auxiliary.data import CyclicBatches
 from fishleg_core.testing import check_checkpoint
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from experiments.cnn_diagnostics import main
+from experiments.a6.cnn_diagnostics import main
 
 
 def test_quick_trial_reports_both_runs(capsys):

@@ -8,7 +8,7 @@ output unchanged, so F has flat directions that mix layers and its cross-layer b
 diagonal ones. Each Q is fitted (L-BFGS, float64) on the auxiliary loss averaged over all directions,
 mean_u A(Q; u) = (½ tr(QF_γQ) − tr(Q)) / n, whose minimiser is F_γ⁻¹; for a block-diagonal Q it decouples
 into blocks, so the best block-diagonal Q is ⊕_l (F_γ)_ll⁻¹ in closed form. Error: the normalised error of
-DESIGN §3 averaged over isotropic u, e² = tr(R F_γ R) / tr(F_γ⁻¹), R = Q − F_γ⁻¹.
+docs/design.md §1 averaged over isotropic u, e² = tr(R F_γ R) / tr(F_γ⁻¹), R = Q − F_γ⁻¹.
 """
 
 from __future__ import annotations

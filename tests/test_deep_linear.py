@@ -6,7 +6,7 @@ import pytest
 import torch
 from reference import flat
 
-from experiments.deep_linear_task import build_deep_linear, half_squared_error, teacher_data
+from experiments.deep_linear.task import build_deep_linear, half_squared_error, teacher_data
 from fishleg_core import LIKELIHOODS, fisher_vp
 
 DEPTH, WIDTH, SIGMA, BATCH = 4, 3, 0.5, 7

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import fishleg_core as fl
-from fishleg_core.gradient_factors import GradientFactors
-from fishleg_core.groups.low_rank import LowRank, dense, factored_pays, sandwich
+from fishleg_core.auxiliary.gradient_factors import GradientFactors
+from fishleg_core.coupled.low_rank import LowRank, dense, factored_pays, sandwich
 from fishleg_core.qforms.positive import TriangularFactor, triangular_gram
 
 

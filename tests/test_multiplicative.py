@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import fishleg_core as fl
-from fishleg_core.multiplicative import lower_part_of_transposed_product, lower_product
+from fishleg_core.auxiliary.multiplicative import lower_part_of_transposed_product, lower_product
 from fishleg_core.qforms.positive import PositiveTensor, TriangularFactor
 
 

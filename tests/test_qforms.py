@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from fishleg_core import QFORMS, QForm, UnknownNameError
-from fishleg_core.testing import QFORM_CHECKS, SHAPE, build, check_qform
+from fishleg_core.testing.qforms import QFORM_CHECKS, SHAPE, build, check_qform
 
 # (registered name, options): one line per form.
 QFORM_CASES = [

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from tiny_study import TINY_STUDY
 
-from experiments import a6_study
-from experiments.plugins import unload_plugin
+from experiments.a6 import study as a6_study
+from fishleg_core.plugins import unload_plugin
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -51,8 +51,8 @@ def test_readme_shows_the_library_files_verbatim(path):
 
 
 def test_readme_shows_the_tridiagonal_form_as_it_is():
-    shown = next(block for block in BLOCKS if 'QGROUPS.register("tridiag_kron")' in block)
-    source = (ROOT / "fishleg_core/groups/tridiag_kron.py").read_text()
+    shown = next(block for block in BLOCKS if 'COUPLED_FORMS.register("tridiag_kron")' in block)
+    source = (ROOT / "fishleg_core/coupled/tridiag_kron.py").read_text()
     assert all(line.strip() in source for line in shown.splitlines())
 
 
@@ -89,7 +89,7 @@ def test_readme_compare_your_own_form(tmp_path, monkeypatch):
     assert 0 < float(printed["diag_kron"]) < 1.5
 
     words = shlex.split(command.replace("\\\n", " "))
-    assert words[:3] == ["python", "-m", "experiments.a6_study"]
+    assert words[:3] == ["python", "-m", "experiments.a6"]
     monkeypatch.chdir(tmp_path)
     try:
         assert a6_study.main([*words[3:], "--no-progress", "--threads", "1"]) == 0

@@ -9,11 +9,11 @@ from reference import flat, gaussian_fisher
 from torch import nn
 
 import fishleg_core as fl
-from experiments.coupling import layer_split
-from experiments.kfac_reference import KFACInverse
-from experiments.references import best_rescaling, curvlinops_inverse, rescaled
-from fishleg_core.kfac_start import kronecker_factors
-from fishleg_core.vectors import dot
+from experiments.a6.coupling import layer_split
+from experiments.a6.kfac_reference import KFACInverse
+from experiments.a6.references import best_rescaling, curvlinops_inverse, rescaled
+from fishleg_core._vectors import dot
+from fishleg_core.kfac.start import kronecker_factors
 
 DAMPING = 0.1
 

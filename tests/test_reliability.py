@@ -9,8 +9,8 @@ import torch
 from models import MLP_INPUT, random_inputs, tiny_mlp
 
 import fishleg_core as fl
-import fishleg_core.optim.auxiliary_update as auxiliary_update_module
-from fishleg_core.vectors import all_finite
+import fishleg_core.auxiliary.update as auxiliary_update_module
+from fishleg_core._vectors import all_finite
 
 LIKELIHOOD = fl.LIKELIHOODS.build("gaussian")
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from experiments import autoencoder_training, deep_linear
-from experiments.autoencoder_training_report import reach_times
-from experiments.training import finished, time_to_reach, train
+from experiments.autoencoder_training import experiment as autoencoder_training
+from experiments.autoencoder_training.report import reach_times
+from experiments.common.training import finished, time_to_reach, train
+from experiments.deep_linear import experiment as deep_linear
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

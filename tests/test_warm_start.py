@@ -11,13 +11,13 @@ import torch
 from models import MLP_INPUT, random_inputs, tiny_mlp
 
 import fishleg_core as fl
-from experiments.certificate import continuation_certificate
-from experiments.config import StudyConfig
-from experiments.fit import training_streams
-from experiments.warm_start import supports_kfac_start
-from fishleg_core.kfac_start import KRONECKER_STARTS, damped_inverse_cholesky, kfac_start, kronecker_factors
+from experiments.a6.certificate import continuation_certificate
+from experiments.a6.config import StudyConfig
+from experiments.a6.fit_schedule import training_streams
+from experiments.a6.initial_q import supports_kfac_start
+from fishleg_core._vectors import dot
+from fishleg_core.kfac.start import KRONECKER_STARTS, damped_inverse_cholesky, kfac_start, kronecker_factors
 from fishleg_core.qforms.positive import TriangularFactor
-from fishleg_core.vectors import dot
 
 DAMPING = 0.3
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fishleg_core.checks import check_callable, check_generator, check_number, check_tensor
+from fishleg_core._validation import check_callable, check_generator, check_number, check_tensor
+from fishleg_core._vectors import checked_vector, trainable_parameters
 from fishleg_core.fisher.functional import OutputFn, selected_output
 from fishleg_core.fisher.registry import FISHER_METHODS
 from fishleg_core.likelihoods import Likelihood, resolve_likelihood
-from fishleg_core.vectors import checked_vector, trainable_parameters
 
 
 def fisher_vp(

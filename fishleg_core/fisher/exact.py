@@ -9,10 +9,10 @@ import torch.autograd.forward_ad as forward_ad
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from fishleg_core._warnings import warn_user
 from fishleg_core.fisher.functional import detached_parameters, model_function
 from fishleg_core.fisher.registry import FISHER_METHODS
 from fishleg_core.likelihoods import Likelihood
-from fishleg_core.user_warnings import warn_user
 
 
 @dataclass(frozen=True)

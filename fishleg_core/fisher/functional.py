@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from fishleg_core.vectors import detach, trainable_parameters
+from fishleg_core._vectors import detach, trainable_parameters
 
 ModelFunction = Callable[[dict[str, Tensor]], Tensor]
 OutputFn = Callable[[Any], Tensor]

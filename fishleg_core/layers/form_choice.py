@@ -6,12 +6,12 @@ from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 from typing import Any
 
-from fishleg_core.checks import check_mapping
+from fishleg_core._validation import check_mapping
+from fishleg_core._warnings import warn_user
 from fishleg_core.layers.adapters import LAYER_ADAPTERS
 from fishleg_core.layers.mapping import Block
 from fishleg_core.qforms import QFORMS
 from fishleg_core.registry import named_options
-from fishleg_core.user_warnings import warn_user
 
 FormSpec = str | Mapping[str, Any]
 """A form name (``"kron"``) or a name with options (``{"form": "kron_sum", "K": 3}``)."""

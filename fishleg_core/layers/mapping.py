@@ -7,11 +7,11 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
-from fishleg_core.checks import check_type
+from fishleg_core._validation import check_type
+from fishleg_core._vectors import trainable_parameters
+from fishleg_core._warnings import warn_user
 from fishleg_core.layers.adapters import ParameterAdapter, adapter_for
 from fishleg_core.layers.layout import BlockLayout
-from fishleg_core.user_warnings import warn_user
-from fishleg_core.vectors import trainable_parameters
 
 
 class UnsupportedLayerError(TypeError):

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
-from fishleg_core.checks import check_generator
+from fishleg_core._validation import check_generator
 
 
 class Likelihood(ABC):

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from fishleg_core.checks import check_number
+from fishleg_core._validation import check_number
 from fishleg_core.likelihoods.base import Likelihood
 from fishleg_core.likelihoods.registry import LIKELIHOODS
 

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fishleg_core.aux_optimizers import RegisteredAuxOptimizer
-from fishleg_core.checks import check_number
+from fishleg_core._validation import check_number
+from fishleg_core.auxiliary.optimizers import RegisteredAuxOptimizer
 from fishleg_core.fisher import FISHER_METHODS
 
 

@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fishleg_core._vectors import dot
+from fishleg_core._warnings import warn_user
 from fishleg_core.model_q import ModelQ
-from fishleg_core.user_warnings import warn_user
-from fishleg_core.vectors import dot
 
 
 class QMonitor:

@@ -8,19 +8,19 @@ from typing import Any, Literal, cast
 import torch
 from torch import Tensor, nn
 
-from fishleg_core.checks import check_callable, validate
-from fishleg_core.gradient_factors import GradientFactors
-from fishleg_core.groups import GroupSpec
+from fishleg_core._validation import check_callable, validate
+from fishleg_core._vectors import ParamDict, norm, scale, trainable_parameters
+from fishleg_core._warnings import warn_user
+from fishleg_core.auxiliary.data import CyclicBatches, split_batch
+from fishleg_core.auxiliary.gradient_factors import GradientFactors
+from fishleg_core.auxiliary.update import AuxiliaryUpdate
+from fishleg_core.coupled import CoupledSpec
 from fishleg_core.layers.form_choice import FormChoices
 from fishleg_core.likelihoods import Likelihood, resolve_likelihood
 from fishleg_core.model_q import ModelQ, build_model_q, check_model_q
-from fishleg_core.optim.aux_data import CyclicBatches, split_batch
-from fishleg_core.optim.auxiliary_update import AuxiliaryUpdate
 from fishleg_core.optim.config import FishLegConfig
 from fishleg_core.optim.diagnostics import QMonitor
 from fishleg_core.optim.nonfinite import NonFiniteGuard
-from fishleg_core.user_warnings import warn_user
-from fishleg_core.vectors import ParamDict, norm, scale, trainable_parameters
 
 
 class FishLeg(torch.optim.Optimizer):
@@ -72,10 +72,10 @@ class FishLeg(torch.optim.Optimizer):
             ``nonfinite.skipped``, warned once) or ``"raise"`` FloatingPointError.
         seed: seed of the optimizer's own generator (sampling Fisher methods); default torch.initial_seed().
         forms: QForms per layer type, module-name pattern or ``"default"`` (see ``choose_forms``).
-        groups: blocks that share one group form, e.g. ``[{"blocks": ["0", "2"], "form": "tridiag_kron"}]``
-            (see ``choose_groups``); the other blocks get their QForm from ``forms``.
+        coupled: blocks that share one coupled form, e.g. ``[{"blocks": ["0", "2"], "form": "tridiag_kron"}]``
+            (see ``choose_coupled``); the other blocks get their QForm from ``forms``.
         couple: ``"adjacent"``: a ``tridiag_kron`` group over every chain of consecutive linear layers.
-        q: a ``ModelQ`` built by hand, covering every trainable parameter; then forms, groups, couple,
+        q: a ``ModelQ`` built by hand, covering every trainable parameter; then forms, coupled, couple,
             sgd_lr and init_scale must not be given.
         aux_data: an iterable of auxiliary batches (a DataLoader, a list; cycled): an input tensor or a
             tuple (inputs, targets, ...). It must differ from the minibatches that produce g. Or give
@@ -110,7 +110,7 @@ class FishLeg(torch.optim.Optimizer):
         nonfinite: Literal["skip", "raise"] = "skip",
         seed: int | None = None,
         forms: FormChoices | None = None,
-        groups: list[GroupSpec] | None = None,
+        coupled: list[CoupledSpec] | None = None,
         couple: str | None = None,
         q: ModelQ | None = None,
         aux_data: Iterable[Any] | None = None,
@@ -132,9 +132,17 @@ class FishLeg(torch.optim.Optimizer):
         defaults = {"lr": lr, "momentum": self.config.momentum, "weight_decay": self.config.weight_decay}
         super().__init__(list(params.values()), defaults)
         if q is None:
-            q = build_model_q(model, forms, self.config.q_init_scale, self.config.strict, groups=groups, couple=couple)
+            q = build_model_q(
+                model, forms, self.config.q_init_scale, self.config.strict, coupled=coupled, couple=couple
+            )
         else:
-            builders = {"forms": forms, "groups": groups, "couple": couple, "sgd_lr": sgd_lr, "init_scale": init_scale}
+            builders = {
+                "forms": forms,
+                "coupled": coupled,
+                "couple": couple,
+                "sgd_lr": sgd_lr,
+                "init_scale": init_scale,
+            }
             given = [name for name, value in builders.items() if value is not None]
             if given:
                 raise ValueError(

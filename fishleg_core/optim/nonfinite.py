@@ -7,8 +7,8 @@ from typing import Literal
 
 from torch import Tensor
 
-from fishleg_core.user_warnings import warn_user
-from fishleg_core.vectors import all_finite
+from fishleg_core._vectors import all_finite
+from fishleg_core._warnings import warn_user
 
 NonFinitePolicy = Literal["skip", "raise"]
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from fishleg_core.checks import check_number
+from fishleg_core._validation import check_number
 
 if TYPE_CHECKING:
     from fishleg_core.qforms.stacked import StackedForm

@@ -1,0 +1,1 @@
+"""Figures 2-3: training the MNIST autoencoder (``python -m experiments.autoencoder_training``)."""

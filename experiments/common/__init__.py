@@ -1,0 +1,1 @@
+"""What the experiments share: the MNIST data, the autoencoder, the training loop and atomic result files."""

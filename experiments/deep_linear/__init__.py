@@ -1,0 +1,1 @@
+"""Figure 1: FishLeg on a deep linear network (``python -m experiments.deep_linear``)."""

@@ -1,0 +1,185 @@
+"""Low-rank factors of minibatch gradients, captured with module hooks (paper §4.4).
+
+For a layer whose block gradient is Δᵀ [A | 1] (a Linear layer: A the inputs (N × in, all leading dimensions
+flattened), Δ the output gradients (N × out: the gradient of the loss in the layer outputs, the 1/B of a batch
+mean included); a convolution: A the unfolded input patches and Δ the output gradients, one row per example
+and position), a Kronecker-factored Q acts on it as M_L Δᵀ [A | 1] M_R = (M_L Δᵀ)(M_R [A | 1]ᵀ)ᵀ, far cheaper
+than M_L G M_R when N < out, in. The layer adapter says how to get A and Δ (``LayerAdapter.factor_columns``,
+``factor_rows``), so a new layer type can offer its own factors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+
+from fishleg_core._warnings import warn_user
+from fishleg_core.fisher.functional import in_functional_view
+from fishleg_core.layers.adapters import LayerAdapter, adapter_for
+from fishleg_core.layers.mapping import Block
+from fishleg_core.model_q import BlockQ, ModelQ
+from fishleg_core.qforms import QForm
+from fishleg_core.qforms.kron import kron_low_rank_pays
+
+RELATIVE_TOLERANCE = 1e-4
+
+
+@dataclass
+class _Record:
+    inputs: list[Tensor] = field(default_factory=list)
+    output_grads: dict[int, Tensor] = field(default_factory=dict)
+    unpaid: bool = False  # a forward pass whose rank makes the low-rank product dearer than the dense one
+
+
+class GradientFactors:
+    """Captures (Δᵀ, [A | 1]ᵀ) for the blocks among ``blocks`` that are a whole module's own block and whose
+    adapter offers factors (``captures_factors``), without changing the model.
+
+    Forward passes with autograd on (outside Fisher computations) record A; a tensor hook on the output
+    records Δ. ``pays`` (block name -> whether rank r pays) skips the capture of passes whose rank is too
+    high for the low-rank product to pay. ``factors(gradient)`` returns the factors of every block whose
+    capture reproduces its entry in ``gradient`` (checked along a fixed random probe vector r:
+    ‖Gr − left(rightᵀr)‖ within 1e-4 ‖Gr‖ plus 100 ε ‖|left|(|right|ᵀ|r|)‖, the round-off of the sums), then
+    starts a new capture. Blocks whose ``.grad`` was changed after backward (clipping, weight decay,
+    accumulation across ``zero_grad``), or forward passes without a backward, fall back to the dense
+    product, with one warning per block.
+    """
+
+    def __init__(
+        self, model: nn.Module, blocks: Iterable[Block], pays: Mapping[str, Callable[[int], bool]] | None = None
+    ) -> None:
+        blocks = list(blocks)
+        adapters = {block.name: adapter for block in blocks if (adapter := _capturing_adapter(model, block))}
+        self.blocks = {block.name: block for block in blocks if block.name in adapters}
+        self._pays = dict(pays or {})
+        self._records = {name: _Record() for name in self.blocks}
+        self._probes: dict[str, Tensor] = {}
+        self._warned: set[str] = set()
+        self._handles = [
+            model.get_submodule(name).register_forward_hook(partial(self._on_forward, name, adapters[name]))
+            for name in self.blocks
+        ]
+
+    @classmethod
+    def for_q(cls, model: nn.Module, q: ModelQ) -> GradientFactors:
+        """A capture for the blocks of ``q`` that can use low-rank factors: those of single-block groups whose
+        form has a low-rank product (overrides ``multiply_low_rank``), for forward passes whose rank is below
+        the Kronecker break-even rank of the block (``kron_low_rank_pays``: no built-in form's product pays
+        beyond it; the form still decides, and may return None), and every block of a group spanning several
+        blocks (the group decides whether the factors pay)."""
+        blocks: list[Block] = []
+        pays: dict[str, Callable[[int], bool]] = {}
+        for group in q.groups:
+            if not isinstance(group, BlockQ):
+                blocks.extend(group.blocks)
+            elif _has_low_rank_product(group.form):
+                blocks.append(group.block)
+                pays[group.block.name] = partial(kron_low_rank_pays, group.block.shape)
+        return cls(model, blocks, pays)
+
+    def factors(self, gradient: Mapping[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+        """{block name: (left, right)} with left @ rightᵀ equal to the block of ``gradient``."""
+        candidates, errors, allowed = {}, [], []
+        for name, record in self._records.items():
+            if not record.inputs or record.unpaid:
+                continue
+            if len(record.output_grads) != len(record.inputs):
+                self._warn(name, "a forward pass with autograd on had no backward pass")
+                continue
+            block = self.blocks[name]
+            left = _joined([record.output_grads[i] for i in range(len(record.inputs))]).mT
+            inputs = _joined(record.inputs)
+            if len(block.param_names) == 2:
+                inputs = torch.cat([inputs, inputs.new_ones(len(inputs), 1)], dim=1)
+            probe = self._probe(name, inputs)
+            pieces = torch.split(probe, block.layout.widths)  # G r = W r_W + b r_b, without packing G
+            Gr = sum(gradient[p].reshape(len(left), -1) @ piece for p, piece in zip(block.param_names, pieces))
+            errors.append(torch.linalg.vector_norm(Gr - left @ (inputs @ probe)))
+            # allowed: a relative error of the product, plus the round-off of summing N terms of this size
+            magnitude = torch.linalg.vector_norm(left.abs() @ (inputs.abs() @ probe.abs()))
+            rounding = 100 * torch.finfo(inputs.dtype).eps
+            allowed.append(RELATIVE_TOLERANCE * torch.linalg.vector_norm(Gr) + rounding * magnitude)
+            candidates[name] = (left, inputs.mT)
+        self.clear()
+        if not candidates:
+            return {}
+        agree = (torch.stack(errors) <= torch.stack(allowed)).tolist()  # one synchronisation
+        for name, ok in zip(list(candidates), agree):
+            if not ok:
+                self._warn(name, "its .grad differs from the captured factors (clipped, decayed or accumulated?)")
+                del candidates[name]
+        return candidates
+
+    def clear(self) -> None:
+        """Forget what was captured since the last ``factors`` call."""
+        self._records = {name: _Record() for name in self.blocks}
+
+    def remove(self) -> None:
+        """Remove the hooks from the model."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _on_forward(self, name: str, adapter: LayerAdapter, module: nn.Module, args: tuple, output: Tensor) -> None:
+        if not torch.is_grad_enabled() or in_functional_view() or not isinstance(output, Tensor):
+            return
+        record = self._records[name]
+        if not output.requires_grad or record.unpaid:
+            return
+        pays = self._pays.get(name)
+        if pays is not None and not pays(output.numel() // self.blocks[name].shape[0]):
+            record.unpaid = True
+            return
+        index = len(record.inputs)
+        record.inputs.append(adapter.factor_columns(module, args[0].detach()))
+        output.register_hook(partial(self._on_backward, record, index, adapter, module))
+
+    @staticmethod
+    def _on_backward(record: _Record, index: int, adapter: LayerAdapter, module: nn.Module, grad: Tensor) -> None:
+        record.output_grads[index] = adapter.factor_rows(module, grad.detach())
+
+    def _probe(self, name: str, inputs: Tensor) -> Tensor:
+        """A fixed random vector with one entry per block column (seeded, so runs are reproducible)."""
+        probe = self._probes.get(name)
+        if probe is None or probe.dtype != inputs.dtype or probe.device != inputs.device:
+            generator = torch.Generator().manual_seed(len(self._probes))
+            probe = torch.randn(inputs.shape[1], generator=generator, dtype=inputs.dtype).to(inputs.device)
+            self._probes[name] = probe
+        return probe
+
+    def _warn(self, name: str, reason: str) -> None:
+        if name not in self._warned:
+            self._warned.add(name)
+            warn_user(f"layer {name!r}: using the dense Q·g product because {reason}")
+
+
+def _joined(pieces: list[Tensor]) -> Tensor:
+    """The pieces stacked along the first dimension (no copy for the usual single forward pass)."""
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
+def _has_low_rank_product(form: QForm) -> bool:
+    return type(form).multiply_low_rank is not QForm.multiply_low_rank
+
+
+def _capturing_adapter(model: nn.Module, block: Block) -> LayerAdapter | None:
+    """The adapter of the module named like the block, when the block is exactly that module's own
+    single block (as its adapter builds it, untied, in one band) and the adapter offers factors."""
+    try:
+        module = model.get_submodule(block.name)
+    except AttributeError:  # a fallback block named after a parameter, or a block of a multi-block module
+        return None
+    adapter = adapter_for(module)
+    if adapter is None or block.row_parts != 1 or not adapter.captures_factors(module):
+        return None
+    specs = adapter.blocks(module)
+    if len(specs) != 1:
+        return None
+    ((suffix, attrs),) = specs
+    prefix = f"{block.name}." if block.name else ""
+    own = [prefix + attr for attr in attrs if isinstance(getattr(module, attr, None), nn.Parameter)]
+    return adapter if not suffix and list(block.param_names) == own else None
