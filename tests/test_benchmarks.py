@@ -16,6 +16,7 @@ from benchmarks import (
     bench_aux_optimizers,
     bench_conv_lowrank,
     bench_deep_linear_fishleg,
+    bench_einsum,
     bench_online_aux,
     bench_step,
     bench_time_to_loss,
@@ -55,6 +56,15 @@ def test_bench_step_quick_on_the_deep_stacks_with_a_profile(model, capsys):
     assert profile["fishleg_aux10"]["aten_ops_per_step"] > profile["sgdm"]["aten_ops_per_step"]
     assert profile["fishleg_aux1"]["q_blocks"] > 0
     assert "== profile: fishleg_aux1" in capsys.readouterr().out
+
+
+def test_bench_einsum_times_both_orders_of_every_product(tmp_path):
+    result = bench_einsum.main(["--quick", "--json", str(tmp_path / "einsum.json")])
+    ratios = {key: value for key, value in result.items() if key.endswith("_ratio")}
+    assert len(ratios) == 2 + 2 * 2 * 2  # 2 sandwiches; ekfac and kron_sum, 2 shapes, with and without autograd
+    for key, ratio in ratios.items():
+        name = key.removesuffix("_ratio")
+        assert ratio == pytest.approx(result[f"{name}_einsum_ms"] / result[f"{name}_hand_ms"])
 
 
 def test_bench_aux_counts_the_flops_of_a_kron_fit_step(tmp_path):
