@@ -34,8 +34,8 @@ def sandwich(A: Tensor, X: Matrix, B: Tensor) -> Matrix:
             return LowRank(A @ X.left, B @ X.right)
         X = X.dense()
     # (A X) Bᵀ by hand, not torch.einsum("ij,jk,lk->il", ...): einsum would pick the cheaper order, but its
-    # contraction-path search (opt_einsum) runs at every call and costs more than the whole product on small
-    # blocks (0.19 ms against 0.02 ms for 30×100 · 100×31 · 31×31; benchmarks.bench_einsum)
+    # contraction-path search (opt_einsum) runs at every call; it measured slower on two of the three A.6
+    # sandwiches (python -m benchmarks.bench_einsum)
     return A @ X @ B.mT
 
 
