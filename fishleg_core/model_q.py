@@ -125,10 +125,7 @@ class ModelQ(nn.Module):
         """A table of blocks: layer type, shape, form (registered name and options), the layer's parameters,
         the auxiliary parameters, their ratio, and totals; blocks with more than ``flag_ratio`` auxiliary
         parameters per layer parameter are flagged ("!")."""
-        header = (
-            f"{'block':<24} {'layer':<12} {'shape':<12} {'form':<20} {'params':>10} {'aux params':>11} {'ratio':>7}"
-        )
-        lines, flagged, total_params, total_aux = [header], [], 0, 0
+        rows, flagged, total_params, total_aux = [], [], 0, 0
         for group in self.groups:
             name, layer, shape, form, covered = group.describe()
             aux = sum(p.numel() for p in group.parameters())
@@ -138,20 +135,26 @@ class ModelQ(nn.Module):
                 flagged.append(name)
             total_params += covered or 0
             total_aux += aux
-            lines.append(
-                f"{name:<24} {layer:<12} {shape:<12} {form:<20} {_count(covered):>10} {aux:>11,} "
-                f"{_ratio(ratio):>7} {flag}".rstrip()
-            )
-        lines.append(
-            f"{'total':<24} {'':<12} {'':<12} {'':<20} {total_params:>10,} {total_aux:>11,} "
-            f"{_ratio(total_aux / total_params if total_params else None):>7}"
-        )
+            rows.append((name, layer, shape, form, _count(covered), f"{aux:,}", _ratio(ratio), flag))
+        total_ratio = _ratio(total_aux / total_params if total_params else None)
+        rows.append(("total", "", "", "", f"{total_params:,}", f"{total_aux:,}", total_ratio, ""))
+        header = ("block", "layer", "shape", "form", "params", "aux params", "ratio", "")
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(7)]
+        lines = [_table_line(row, widths) for row in [header, *rows]]
         if flagged:
             lines.append(
                 f"! more than {flag_ratio:g} auxiliary parameters per layer parameter ({', '.join(flagged)}): "
                 'a cheaper form ("diagonal") for these blocks costs less memory and time per step'
             )
         return "\n".join(lines)
+
+
+def _table_line(row: tuple[str, ...], widths: list[int]) -> str:
+    """The row's text columns left-aligned and its number columns right-aligned, each as wide as its widest
+    entry, then the flag."""
+    left = [f"{cell:<{width}}" for cell, width in zip(row[:4], widths)]
+    right = [f"{cell:>{width}}" for cell, width in zip(row[4:7], widths[4:])]
+    return "  ".join([*left, *right, row[7]]).rstrip()
 
 
 def _count(value: int | None) -> str:

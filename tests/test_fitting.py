@@ -21,7 +21,7 @@ def random_directions(model, seed):
     params = trainable(model)
     while True:
         u = {n: torch.randn(p.shape, generator=generator, dtype=p.dtype) for n, p in params.items()}
-        yield fl.vectors.scale(u, 1 / fl.vectors.norm(u))
+        yield fl.param_vectors.scale(u, 1 / fl.param_vectors.norm(u))
 
 
 def cosine(steps):

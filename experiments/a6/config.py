@@ -12,11 +12,12 @@ from typing import Any, Literal, cast
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from experiments.a6.coupling import MULTI_BLOCK_FORMS, study_form_names
+from experiments.a6.coupling import study_form_names
 from experiments.a6.form_specs import parse_spec
 from experiments.a6.provenance import code_hash, environment
+from experiments.a6.row_code import form_code, model_code
 from experiments.a6.study_models import MODELS, PRETRAINING_DEFAULTS
-from fishleg_core import COUPLED_FORMS, QFORMS, validate_config
+from fishleg_core import validate_config
 from fishleg_core.auxiliary import AUX_OPTIMIZERS, split_spec
 
 OWNER = "a6_study: error"
@@ -111,7 +112,9 @@ class StudyConfig(BaseModel):
         "label or QForm name with a 'default'",
     )
     init: Literal["kfac", "identity"] = Field(
-        "kfac", description="Q₀: the rescaled damped-KFAC start where the form takes one (else c·I), or c·I"
+        "kfac",
+        description="Q₀: the rescaled damped-KFAC start (c·I for every form when one has no Kronecker start or "
+        "the model has other layers than nn.Linear: every form gets the same kind of start), or c·I",
     )
     decay_fraction: float = Field(0.5, ge=0, le=1, description="final part of the steps with cosine LR decay to 0")
     damping: float = Field(1.0, gt=0, allow_inf_nan=False, description="γ of F_γ = F + γI")
@@ -257,14 +260,16 @@ class StudyConfig(BaseModel):
         return [self.model_copy(update={"seed": self.seed + i, "seeds": 1}) for i in range(self.seeds)]
 
     def pretraining_key(self) -> str:
-        """The key of the pre-trained model: the data and pre-training settings."""
-        return self.key(PRETRAINING_FIELDS)
+        """The key of the pre-trained model: the data and pre-training settings, and the code of the registry
+        entries the model's rows run (``model_code``: the likelihood trains it)."""
+        return self.key(PRETRAINING_FIELDS, code=code_hash(*model_code(self.model)))
 
     def form_key(self, form: str) -> str:
         """The key of a form's result: every setting but the list of forms and the other forms' rates and
-        optimizers, the
-        form's label (name and options) and the hash of its code (``form_code``) and of the auxiliary
-        optimizer's factory (a plugin may register either)."""
+        optimizers, the form's label (name and options) and the hash of the code of every registry entry its
+        row runs (a plugin may register or replace any): the model's (``model_code``), the form's and its
+        Kronecker start's (``form_code``) and the auxiliary optimizer's factory. ``init`` is the start the
+        study gives every form (``StudyConfig.init``, or "identity" where a form has no KFAC start)."""
         spec = self.optimizer(form)
         optimizer = AUX_OPTIMIZERS.get(split_spec(spec)[0])
         return self.key(
@@ -272,18 +277,13 @@ class StudyConfig(BaseModel):
             lr=self.lr(form),
             optimizer=spec,
             form=form,
-            code=code_hash(*form_code(form), optimizer),
+            code=code_hash(*model_code(self.model), *form_code(form), "auxiliary optimizer", optimizer),
         )
 
     def reference_key(self) -> str:
-        """The key of a reference row: every setting but the forms and those of their fits."""
-        return self.key(exclude=("forms", *FIT_FIELDS))
-
-
-def form_code(form: str) -> list[Any]:
-    """The classes and functions outside the library that a form's result depends on: its QForm class."""
-    name = parse_spec(form).name
-    return [COUPLED_FORMS.get(name) if name in MULTI_BLOCK_FORMS else QFORMS.get(name)]
+        """The key of a reference row: every setting but the forms and those of their fits, and the code of
+        the registry entries the model's rows run (``model_code``)."""
+        return self.key(exclude=("forms", *FIT_FIELDS), code=code_hash(*model_code(self.model)))
 
 
 def resolve(file: str | None, quick: bool, overrides: Mapping[str, Any]) -> StudyConfig:

@@ -9,7 +9,9 @@ Two hashes, both in every cache key of the study:
   library (a user's QForm in a plugin file, a script or a notebook cell): for a class, every method,
   property and plain class attribute of the class and its bases outside torch and the standard library;
   for a function, its code, defaults and closure, and the module-level names it uses (numbers, strings,
-  tensors and containers of them by value; functions and classes of the same module followed in turn).
+  tensors and containers of them by value; functions and classes of the same module followed in turn;
+  private mutable containers, ``_CACHE: dict``, by type only: they are run-time state, such as the set of
+  warnings already given, and would change the hash after the first use).
   Compiled code, not source text, so that a method replaced at run time (a monkeypatch, a notebook cell
   run again) changes the hash, and an edited file that was not re-imported does not.
 """
@@ -91,6 +93,8 @@ def _feed_object(obj: Any, feed: Callable[[bytes], None], seen: set[int]) -> Non
             feed(f"global {name}\0".encode())
             if _is_code(used) and getattr(used, "__module__", None) == obj.__module__:
                 _feed_object(used, feed, seen)
+            elif name.startswith("_") and isinstance(used, (set, list, dict)):
+                feed(f"state {type(used).__name__}\0".encode())  # run-time state (a cache), not configuration
             else:
                 feed(_stable_repr(used).encode())
     elif isinstance(obj, functools.partial):

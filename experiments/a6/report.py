@@ -84,7 +84,7 @@ def write_reports(results: StudyResults) -> None:
             **({"runs": per_seed} if per_seed else {}),
         },
     )
-    write_atomic(out / "figure4.png", lambda path: _figure(path, forms, references))
+    write_atomic(out / "figure4.png", lambda path: _figure(path, forms, references, step_label(config)))
     text = summary(config, pretraining, forms, references, results.skipped)
     write_atomic(out / "summary.md", lambda path: path.write_text(text))
 
@@ -188,9 +188,11 @@ def _certified(certificate: dict[str, Any] | None) -> str:
 
 
 def _error(row: Row) -> str:
-    """e, with ± the standard deviation over seeds when there are several."""
+    """e, with ± the standard deviation over seeds when there are several, and the form's start in words
+    when it is not the one ``init`` asked for (``start_note``)."""
     spread = row.get("std_normalized_error")
-    return f"{row['mean_normalized_error']:.3f}" + ("" if spread is None else f" ± {spread:.3f}")
+    note = f" ({row['start_note']})" if row.get("start_note") else ""
+    return f"{row['mean_normalized_error']:.3f}" + ("" if spread is None else f" ± {spread:.3f}") + note
 
 
 def _seeds_section(config: StudyConfig, forms: list[Row]) -> list[str]:
@@ -226,7 +228,18 @@ def _verdict(plateau: dict[str, Any]) -> str:
     return f"{'yes' if plateau['on_plateau'] else 'NO'} ({'n/a' if share is None else f'{share:.1%}'})"
 
 
-def _figure(path: Path, forms: list[Row], references: list[Row]) -> None:
+def step_label(config: StudyConfig) -> str:
+    """The x-axis of the training curves: the optimizers of λ the forms used, by name ("multiplicative step"
+    or, when they differ, "step of λ's optimizer (multiplicative: diagonal, kron; adam: kron_sum)")."""
+    users: dict[str, list[str]] = {}
+    for label in config.forms:
+        users.setdefault(split_spec(config.optimizer(label))[0], []).append(label)
+    if len(users) == 1:
+        return f"{next(iter(users))} step of λ"
+    return "step of λ's optimizer (" + "; ".join(f"{name}: {', '.join(forms)}" for name, forms in users.items()) + ")"
+
+
+def _figure(path: Path, forms: list[Row], references: list[Row], xlabel: str = "step of λ's optimizer") -> None:
     """Left: the auxiliary loss per step (raw, faint; moving average), held-out A at the end (dots), the
     exact optimum and the references' held-out A as horizontal lines (values off the curves' scale are
     given in the legend). Right: the normalised error per form and reference (bars: mean; dots: probes, or
@@ -258,7 +271,7 @@ def _figure(path: Path, forms: list[Row], references: list[Row]) -> None:
         )
     curves.axhline(optimum, color="black", ls="--", label=f"exact optimum A* (held-out) = {optimum:.4g}")
     curves.set(
-        xlabel="Adam step",
+        xlabel=xlabel,
         ylabel="auxiliary loss A(Q; u)",
         ylim=(low, high),
         title="Auxiliary loss: training (solid, smoothed), monitor (dashed), held-out (dots)"

@@ -12,11 +12,13 @@ likelihood, or a classifier on (pixels, labels) with a Categorical one), then fo
 rescaled damped-KFAC start, by the multiplicative optimizer by default, Adam for kron_sum and tridiag_kron) on the
 auxiliary loss, measures it on held-out probes, certifies it by a constant-rate continuation, next to references
 (best identity multiple, inverse damped KFAC by hand and by curvlinops); writes ``results.json``, ``figure4.png``
-and ``summary.md`` in DIR (default ``results/a6``, or ``results/a6-<model>`` for the CNN and the transformer). What
-needs a model of nn.Linear layers only degrades with a note rather than failing: on other models every form starts
-from c·I (``init: identity`` with ``init_note`` in its row), and the hand-written KFAC reference, like any
-curvlinops reference that cannot handle the model's layers, is skipped (``skipped_references`` in ``results.json``,
-a line in ``summary.md``). Results are cached under a hash of the settings they depend on:
+and ``summary.md`` in DIR (default ``results/a6``, or ``results/a6-<model>`` for the CNN and the transformer). Every
+form gets the same kind of start (``common_start``, docs/study.md "Starts"): the KFAC start, or c·I for all when
+the model has other layers than nn.Linear or a form has no Kronecker start (``init: identity`` with ``init_note``
+and ``start_note`` in each row, the note next to e in the console and ``summary.md``). The hand-written KFAC
+reference, like any curvlinops reference that cannot handle the model's layers, is skipped on such a model
+(``skipped_references`` in ``results.json``, a line in ``summary.md``). Results are cached under a hash of the
+settings and of the code of every registry entry they depend on (``experiments/row_code.py``):
 ``DIR/pretrained-<key>.pt``, ``DIR/cg-<key>.pt`` (the probes' F_γ⁻¹u), ``DIR/forms/<form>-<key>.json`` (written as
 each form finishes) and ``DIR/references/<name>-<key>.json``, so a re-run reuses them, a changed configuration
 computes its own (and keeps the others'), and ``--force`` recomputes. Bad input gives one ``a6_study: error: ...``
@@ -31,6 +33,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, cast
 
@@ -55,7 +58,7 @@ from experiments.a6.fit_schedule import (
 )
 from experiments.a6.form_specs import file_name, parse_spec
 from experiments.a6.heldout import float64_copy, heldout_evaluator
-from experiments.a6.initial_q import initial_q
+from experiments.a6.initial_q import initial_q, supports_kfac_start
 from experiments.a6.kfac_reference import KFACInverse, non_linear
 from experiments.a6.references import CURVLINOPS_REFERENCES
 from experiments.a6.report import result_row, write_reports
@@ -103,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--init",
-        help="Q₀: kfac (default; c·I for forms without a Kronecker start and on models with other layers "
-        "than nn.Linear) or identity",
+        help="Q₀: kfac (default; c·I for every form when one has no Kronecker start or the model has other "
+        "layers than nn.Linear) or identity",
     )
     parser.add_argument("--damping", type=float, help="γ of F_γ = F + γI (> 0)")
     parser.add_argument("--seed", type=int, help="seed of every random stream")
@@ -208,6 +211,51 @@ def linear_only_reason(model: nn.Module) -> str | None:
     return f"its blocks {', '.join(others)} are not nn.Linear" if others else None
 
 
+@dataclass(frozen=True)
+class CommonStart:
+    """Why every form of the study starts from c·I although ``init`` is ``kfac`` (None: they start from KFAC,
+    or ``init`` is ``identity``), and the forms that have no KFAC start."""
+
+    reason: str | None = None
+    lacking: tuple[str, ...] = ()
+
+    def note(self, form: str) -> str:
+        """The form's start in plain words, shown next to its e (console, ``summary.md``)."""
+        if not self.lacking:
+            return "started from c·I: the KFAC start needs nn.Linear layers"
+        if form in self.lacking:
+            return f"started from c·I: {form} has no KFAC start"
+        return f"started from c·I, like every form: {', '.join(self.lacking)} has no KFAC start"
+
+
+def common_start(config: StudyConfig, model: nn.Module) -> tuple[StudyConfig, CommonStart]:
+    """The configuration every form is fitted with, so that all get the same kind of start: ``config`` when
+    ``init`` is ``identity`` or every form takes the damped-KFAC start on ``model``; else ``init`` set to
+    ``identity``, with the reason: the model has other layers than nn.Linear, or some form has no Kronecker
+    start (``KRONECKER_STARTS``, docs/study.md "Starts")."""
+    if config.init != "kfac":
+        return config, CommonStart()
+    identity = config.model_copy(update={"init": "identity"})
+    reason = linear_only_reason(model)
+    if reason is not None:
+        return identity, CommonStart(f"the damped-KFAC start needs nn.Linear layers only ({reason})")
+    with torch.random.fork_rng(devices=[]):
+        lacking = tuple(form for form in config.forms if not supports_kfac_start(build_form(model, form, 1.0)))
+    if not lacking:
+        return config, CommonStart()
+    return identity, CommonStart(
+        f"{', '.join(lacking)} {'has' if len(lacking) == 1 else 'have'} no KFAC start, and every form gets the "
+        "same kind of start (register one with fishleg_core.kfac.KRONECKER_STARTS: docs/study.md, "
+        '"Starts")',
+        lacking,
+    )
+
+
+def start_words(row: dict[str, Any]) -> str:
+    """`` (<start_note>)`` for a form that did not start as ``init`` asked, else nothing."""
+    return f" ({row['start_note']})" if row.get("start_note") else ""
+
+
 def build_form(model: nn.Module, label: str, init_scale: float) -> fl.ModelQ:
     """Q of the form labelled ``label`` (``name:option=value:...``) on every block of ``model``, or over each
     chain of adjacent linear layers for a coupled form (``build_study_q``)."""
@@ -245,7 +293,8 @@ def run_seed(config: StudyConfig, data: Split, out: Path, force: bool, progress:
     likelihood = fl.LIKELIHOODS.build(MODELS[config.model].likelihood)
     model, pretraining = pretrained_model(config, data, out, likelihood, force, progress)
     train = data.train_set
-    keys = {f"forms/{label}": config.form_key(label) for label in config.forms}
+    started, start = common_start(config, model)
+    keys = {f"forms/{label}": started.form_key(label) for label in config.forms}
     keys.update({f"references/{name}": config.reference_key() for name in REFERENCES})
     paths = {name: out / f"{file_name(name)}-{key}.json" for name, key in keys.items()}
     rows = {name: None if force else load_keyed(paths[name], key, name) for name, key in keys.items()}
@@ -253,15 +302,14 @@ def run_seed(config: StudyConfig, data: Split, out: Path, force: bool, progress:
     if pending:
         evaluator = probe_evaluator(config, model, likelihood, data, out, force)
         monitor_set = fixed_directions(config, model, likelihood, train)
-        reason = linear_only_reason(model)
-        if config.init == "kfac" and reason is not None and any(name.startswith("forms/") for name in pending):
-            _note(f"every form starts from c·I: the damped-KFAC start needs nn.Linear layers only ({reason})")
+        if start.reason is not None and any(name.startswith("forms/") for name in pending):
+            _note(f"every form starts from c·I: {start.reason}")
         for name in pending:
             kind, _, short = name.partition("/")
             if kind == "references":
                 rows[name] = reference_row(short, config, model, likelihood, train, evaluator)
             else:
-                rows[name] = fit_form(short, monitor_set, config, model, likelihood, train, evaluator, progress)
+                rows[name] = fit_form(short, monitor_set, started, model, likelihood, train, evaluator, progress, start)
             save_keyed(paths[name], keys[name], rows[name])
     names = list(keys)
     filled = cast(dict[str, dict[str, Any]], rows)  # every row is loaded or computed by now
@@ -387,28 +435,28 @@ def fit_form(
     train: Examples,
     evaluator: fl.ProbeEvaluator,
     progress: bool,
+    start: CommonStart | None = None,
 ) -> Row:
-    """Q of the form labelled ``name`` (``kron_sum:K=3``) on every block, started at Q₀ (``initial_q``: the
-    rescaled damped-KFAC start where the form and the model take it, else the best identity multiple c·I on
-    the monitor's directions; on a model with other layers than nn.Linear, c·I with ``init_note`` saying
-    why), fitted for ``steps`` steps of ``aux_optimizer`` on the same seeded stream of (u, curvature
-    batch) pairs as every other form, evaluated in float64, then certified by a constant-rate continuation
+    """Q of the form labelled ``name`` (``kron_sum:K=3``) on every block, started at Q₀ (``initial_q``: with
+    ``config.init == "kfac"`` the rescaled damped-KFAC start, else the best identity multiple c·I on the
+    monitor's directions; ``common_start`` gives the config, and ``start`` why it is c·I), fitted for
+    ``steps`` steps of ``aux_optimizer`` on the same seeded stream of (u, curvature batch) pairs as every
+    other form, evaluated in float64, then certified by a constant-rate continuation
     (``continuation_certificate``)."""
     directions, curvature = monitor_set
-    start = time.perf_counter()
-    reason = linear_only_reason(model) if config.init == "kfac" else None
+    started = time.perf_counter()
     q, initial = initial_q(
         lambda init_scale: build_form(model, name, init_scale),
-        config if reason is None else config.model_copy(update={"init": "identity"}),
+        config,
         model,
         likelihood,
         inputs_of(train),
         monitor_set,
         config.seed + KFAC_SEED_OFFSET,
     )
-    if reason is not None:
-        initial["init_note"] = f"c·I: the damped-KFAC start needs nn.Linear layers only ({reason})"
-    start_seconds = time.perf_counter() - start
+    if start is not None and start.reason is not None:
+        initial.update(init_note=f"c·I: {start.reason}", start_note=start.note(name))
+    start_seconds = time.perf_counter() - started
     monitor = Monitor(model, likelihood, q, directions, curvature, config.damping, config.steps)
     stream, batches = training_streams(
         model, likelihood, train, config.batch_size, config.curvature_batch, config.seed, q
@@ -437,7 +485,8 @@ def fit_form(
     seconds = start_seconds + fit.seconds
     _note(
         f"{name}: start ({initial['init']}) {start_seconds:.1f} s + fit {fit.seconds:.1f} s, held-out "
-        f"e = {evaluation.mean_normalized_error:.3f}; certificate {certificate['seconds']:.1f} s: "
+        f"e = {evaluation.mean_normalized_error:.3f}{start_words(initial)}; "
+        f"certificate {certificate['seconds']:.1f} s: "
         f"{'certified' if certificate['certified'] else 'NOT certified'} "
         f"(continuation gain {certificate['relative_gain']:+.2%})"
     )

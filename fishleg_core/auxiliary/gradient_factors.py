@@ -167,19 +167,34 @@ def _has_low_rank_product(form: QForm) -> bool:
 
 
 def _capturing_adapter(model: nn.Module, block: Block) -> LayerAdapter | None:
-    """The adapter of the module named like the block, when the block is exactly that module's own
-    single block (as its adapter builds it, untied, in one band) and the adapter offers factors."""
+    """The adapter of the module that holds the block, when the block is exactly that module's own single
+    block (as its adapter builds it, untied) and the adapter offers factors; None for blocks without factors.
+
+    Raises:
+        ValueError: the adapter offers factors (``captures_factors``) for a module it splits into several
+            blocks or bands of rows: ``factor_columns``/``factor_rows`` describe one block's gradient, so
+            they would be ignored.
+    """
+    module_name = block.param_names[0].rpartition(".")[0]
     try:
-        module = model.get_submodule(block.name)
-    except AttributeError:  # a fallback block named after a parameter, or a block of a multi-block module
+        module = model.get_submodule(module_name)
+    except AttributeError:  # a parameter held outside the module tree
         return None
     adapter = adapter_for(module)
-    if adapter is None or block.row_parts != 1 or not adapter.captures_factors(module):
+    if adapter is None or not adapter.captures_factors(module):
         return None
     specs = adapter.blocks(module)
-    if len(specs) != 1:
-        return None
+    if len(specs) != 1 or block.row_parts != 1:
+        split = f"{len(specs)} blocks ({', '.join(repr(module_name + suffix) for suffix, _ in specs)})"
+        if len(specs) == 1:
+            split = f"{block.row_parts} bands of rows (row_parts)"
+        raise ValueError(
+            f"layer adapter {type(adapter).__name__}: captures_factors is True for module {module_name!r} "
+            f"({type(module).__name__}), which it splits into {split}; factor capture gives the gradient of a "
+            "module's single block as Δᵀ[A | 1], so the factors would be ignored. Return False from "
+            "captures_factors for such modules (Q·g then uses the dense gradient), or build one block per module"
+        )
     ((suffix, attrs),) = specs
-    prefix = f"{block.name}." if block.name else ""
+    prefix = f"{module_name}." if module_name else ""
     own = [prefix + attr for attr in attrs if isinstance(getattr(module, attr, None), nn.Parameter)]
-    return adapter if not suffix and list(block.param_names) == own else None
+    return adapter if not suffix and block.name == module_name and list(block.param_names) == own else None

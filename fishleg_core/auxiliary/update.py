@@ -87,7 +87,7 @@ class AuxiliaryUpdate:
         if self.guard.check("auxiliary update", checked, "λ and its Adam state are left unchanged"):
             self.optimizer.step()
             if self.monitor is not None:
-                self.monitor.record(u, loss.qu, loss.fisher_qu)
+                self.monitor.record(u, loss.qu, loss.fisher_qu, loss.value)
         self.last_loss = loss.value
         return loss.value
 

@@ -21,6 +21,7 @@ from fishleg_core.model_q import ModelQ, build_model_q, check_model_q
 from fishleg_core.optim.config import FishLegConfig
 from fishleg_core.optim.diagnostics import QMonitor
 from fishleg_core.optim.nonfinite import NonFiniteGuard
+from fishleg_core.optim.step_health import StepHealth
 
 
 class FishLeg(torch.optim.Optimizer):
@@ -69,7 +70,9 @@ class FishLeg(torch.optim.Optimizer):
             cheaper (``momentum_on="update"``, no weight decay, no DDP); False: always the dense product.
         strict: an error, not a warning, for trainable parameters that no layer adapter covers.
         nonfinite: NaN/Inf in the gradient or an auxiliary update: ``"skip"`` that update (counted in
-            ``nonfinite.skipped``, warned once) or ``"raise"`` FloatingPointError.
+            ``nonfinite.skipped``, warned once; blamed on λ when its latest update blew Q up; a warning that
+            training has stopped when more than half of the last 20 steps are skipped) or ``"raise"``
+            FloatingPointError.
         seed: seed of the optimizer's own generator (sampling Fisher methods); default torch.initial_seed().
         forms: QForms per layer type, module-name pattern or ``"default"`` (see ``choose_forms``).
         coupled: blocks that share one coupled form, e.g. ``[{"blocks": ["0", "2"], "form": "tridiag_kron"}]``
@@ -165,6 +168,7 @@ class FishLeg(torch.optim.Optimizer):
             )
         self.nonfinite = NonFiniteGuard(self.config.nonfinite)
         self.monitor = QMonitor(self.q, self.config.q_init_scale, self.config.damping)
+        self.health = StepHealth([(block.name, block.param_names) for group in self.q.groups for block in group.blocks])
         self.auxiliary = AuxiliaryUpdate(
             model,
             self.likelihood,
@@ -201,15 +205,20 @@ class FishLeg(torch.optim.Optimizer):
 
     def diagnostics(self) -> dict[str, Any]:
         """The health of training: the step count, the last auxiliary loss A (healthy: in [−1/(2γ), 0)), per
-        block the scale of Q along the gradients relative to its start (``q_scale``), the Fisher's size
-        relative to the damping along Q·g (``fisher_to_damping``), the warnings given (``QMonitor``) and the
-        skipped non-finite updates."""
+        block the scale of Q along the gradients relative to its start (``q_scale``: None for a block whose
+        gradient was 0, with the reason in ``q_scale_missing``), the Fisher's size relative to the damping
+        along Q·g (``fisher_to_damping``), whether training has stopped (``training_stopped``: most recent
+        steps skipped), the blocks whose gradient is dead (``dead_blocks``), the warnings given (``QMonitor``,
+        ``StepHealth``) and the skipped non-finite updates."""
         last = self.last_aux_loss
+        monitor = self.monitor.state()
         return {
             "steps": self.steps,
             "last_aux_loss": None if last is None else last.item(),
             "aux_loss_floor": -0.5 / self.config.damping if self.config.damping > 0 else None,
-            **self.monitor.state(),
+            **monitor,
+            **self.health.state(),
+            "warnings": sorted({*monitor["warnings"], *self.health.warned}),
             "skipped": dict(self.nonfinite.skipped),
         }
 
@@ -232,21 +241,29 @@ class FishLeg(torch.optim.Optimizer):
         self._cache_grams_for(self.steps)
         aux_batch_parts = (given if given is not None else split_batch(self._next_aux_batch())) if aux_due else None
         gradient = self._gradient()
-        if not self.nonfinite.check("gradient", gradient, "the step is skipped"):
+        blame = self.monitor.blame()
+        finite = self.nonfinite.check("gradient", gradient, "the step is skipped", blame)
+        self.health.skipped(not finite, blame)
+        if not finite:
             if self._capture:
                 self._capture.clear()
             return loss
+        self.health.gradients({self._names[id(p)]: p.grad for group in self.param_groups for p in group["params"]})
         factors = self._capture.factors(gradient) if self._capture else {}
         on_gradient = self.config.momentum_on == "gradient"
         if on_gradient:
             gradient = self._averaged("momentum_buffer", gradient)
         gradient_norm = norm(gradient) if aux_due else None
         # a zero gradient gives no direction to learn from (gradient_norm is None exactly when no aux step is due)
+        aux_step = False
         if aux_batch_parts is not None and gradient_norm is not None and gradient_norm > 0:
             inverse_norm = 1.0 / gradient_norm
             u_factors = {name: (left * inverse_norm, right) for name, (left, right) in factors.items()}
             self.auxiliary.step(scale(gradient, inverse_norm), u_factors, *aux_batch_parts)
+            aux_step = True
         direction = self.q(gradient, factors)
+        if aux_step:
+            self.monitor.check_updated(gradient, direction)  # Q as this update left it, before θ moves with it
         if not on_gradient:
             direction = self._averaged("momentum_buffer", direction)
         # Only now, with nothing left that can fail, does the optimizer state change.

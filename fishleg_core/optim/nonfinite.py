@@ -26,15 +26,19 @@ class NonFiniteGuard:
     def __repr__(self) -> str:
         return f"NonFiniteGuard(policy={self.policy!r}, skipped={self.skipped})"
 
-    def check(self, kind: str, tensors: Mapping[str, Tensor], consequence: str) -> bool:
+    def check(self, kind: str, tensors: Mapping[str, Tensor], consequence: str, cause: str | None = None) -> bool:
+        """Whether every tensor is finite; ``cause``: what made them non-finite, if known (then named in the
+        message, which is warned once per kind and cause)."""
         if all_finite(tensors):
             return True
         culprits = ", ".join(name for name, t in tensors.items() if not t.isfinite().all())
-        message = f"FishLeg: non-finite values in the {kind} ({culprits}); {consequence}"
+        because = f" because {cause}" if cause else ""
+        message = f"FishLeg: non-finite values in the {kind} ({culprits}){because}"
         if self.policy == "raise":
-            raise FloatingPointError(message.replace(f"; {consequence}", " (nonfinite='raise')"))
+            raise FloatingPointError(f"{message} (nonfinite='raise')")
         self.skipped[kind] = self.skipped.get(kind, 0) + 1
-        if kind not in self._warned:
-            self._warned.add(kind)
-            warn_user(message + " (warned once; counts in optimizer.nonfinite.skipped)", RuntimeWarning)
+        warned = kind if cause is None else f"{kind}: {cause.partition(':')[0]}"
+        if warned not in self._warned:
+            self._warned.add(warned)
+            warn_user(f"{message}; {consequence} (warned once; counts in optimizer.nonfinite.skipped)", RuntimeWarning)
         return False

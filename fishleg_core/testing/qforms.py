@@ -53,6 +53,10 @@ def check_qform(name: str, **options: Any) -> None:
                 check(name, options)
             except AssertionError as error:
                 raise AssertionError(f"QForm {name!r} {options}: check {label!r} failed: {error}") from error
+            except Exception as error:  # the form's own code failed inside the check: the check fails
+                raise AssertionError(
+                    f"QForm {name!r} {options}: check {label!r} failed: {type(error).__name__}: {error}"
+                ) from error
 
 
 @contextmanager
@@ -154,8 +158,13 @@ def check_low_rank_product(name: str, options: dict[str, Any]) -> None:
 def check_factory_arguments(name: str, options: dict[str, Any]) -> None:
     torch.manual_seed(0)
     q = QFORMS.build(name, shape=SHAPE, init_scale=INIT_SCALE, dtype=torch.float32, device="cpu", **options)
-    dtypes = {p.dtype for p in q.parameters()} | {q.to_dense().dtype, q(torch.randn(*SHAPE, dtype=torch.float32)).dtype}
-    assert dtypes == {torch.float32}, f"dtype=torch.float32 gave {dtypes}"
+    dtypes = {p.dtype for p in q.parameters()}
+    assert dtypes == {torch.float32}, (
+        f"dtype=torch.float32 gave parameters of {sorted(map(str, dtypes))}: the factory must pass dtype= and "
+        "device= to every tensor it makes"
+    )
+    dtypes = {q.to_dense().dtype, q(torch.randn(*SHAPE, dtype=torch.float32)).dtype}
+    assert dtypes == {torch.float32}, f"dtype=torch.float32 gave products of {sorted(map(str, dtypes))}"
 
 
 def check_symmetric_positive_definite(name: str, options: dict[str, Any]) -> None:
