@@ -16,11 +16,13 @@ cycle of 10 iterations (one auxiliary update of FishLeg-aux10 in each), the opti
 by cycle so that machine noise hits all of them alike; the time per iteration is the median (and the
 fastest) over cycles of the cycle time / 10. Ratios are to SGD with momentum from the same run.
 
-``--profile`` adds, per FishLeg contender, the aten operators ("kernels") and Python function calls per
-step and per Q block (torch.profiler, cProfile) and where the time goes (top operators and functions).
+``--per-block`` adds every FishLeg contender with its Q blocks multiplying one by one
+(``ModelQ(batched=False)``), the path before blocks of equal shape were batched. ``--profile`` adds, per
+FishLeg contender, the aten operators ("kernels") and Python function calls per step and per Q block
+(torch.profiler, cProfile) and where the time goes (top operators and functions).
 
     python -m benchmarks.bench_step [--model autoencoder|deep_linear|transformer] [--cycles N] [--profile]
-        [--quick] [--json FILE]
+        [--per-block] [--quick] [--json FILE]
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import math
 import pstats
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -207,6 +209,17 @@ TASKS: dict[str, Callable[[bool], Task]] = {
 }
 
 
+def per_block(make: MakeOptimizer) -> MakeOptimizer:
+    """``make`` with every Q block multiplying alone (``ModelQ(batched=False)``)."""
+
+    def made(model: nn.Module) -> torch.optim.Optimizer:
+        optimizer = make(model)
+        cast(fl.FishLeg, optimizer).q.batched = False
+        return optimizer
+
+    return made
+
+
 def train(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -301,6 +314,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, help="torch threads (default: 2 for the autoencoder, else 1)")
     parser.add_argument("--only", help="comma-separated contenders (sgdm always runs)")
     parser.add_argument("--profile", action="store_true", help="also profile the FishLeg steps (see above)")
+    parser.add_argument(
+        "--per-block", action="store_true", help="add the FishLeg contenders with ModelQ(batched=False) (*_per_block)"
+    )
     parser.add_argument("--quick", action="store_true", help="one cycle, no warm-up, smaller models (a smoke run)")
     parser.add_argument("--json", help="write the measurements to this file")
     args = parser.parse_args(argv)
@@ -312,6 +328,10 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = chosen - set(task.contenders)
     if unknown:
         parser.error(f"--only: unknown contenders {sorted(unknown)}; known: {', '.join(task.contenders)}")
+    if args.per_block:
+        for name in [name for name in task.contenders if name.startswith("fishleg_")]:
+            task.contenders[f"{name}_per_block"] = per_block(task.contenders[name])
+            chosen.add(f"{name}_per_block")
     runs = {}
     for name, make in task.contenders.items():
         if name in chosen:
