@@ -45,7 +45,7 @@ def test_bench_step_reports_ratios_against_sgd_from_the_same_run(tmp_path, capsy
 
 @pytest.mark.parametrize("model", ["deep_linear", "transformer"])
 def test_bench_step_quick_on_the_deep_stacks_with_a_profile(model, capsys):
-    result = bench_step.main(["--model", model, "--quick", "--profile"])
+    result = bench_step.main(["--model", model, "--quick", "--profile", "--per-block"])
     names = ("sgdm", "adam", "fishleg_aux10", "fishleg_aux1")
     assert len({result[f"{name}_first_loss"] for name in names}) == 1
     assert all(math.isfinite(result[f"{name}_final_loss"]) for name in names)
@@ -56,6 +56,9 @@ def test_bench_step_quick_on_the_deep_stacks_with_a_profile(model, capsys):
     assert profile["fishleg_aux10"]["aten_ops_per_step"] > profile["sgdm"]["aten_ops_per_step"]
     assert profile["fishleg_aux1"]["q_blocks"] > 0
     assert "== profile: fishleg_aux1" in capsys.readouterr().out
+    # the batched blocks train as the per-block path does
+    for name in ("fishleg_aux1", "fishleg_aux10"):
+        assert result[f"{name}_final_loss"] == pytest.approx(result[f"{name}_per_block_final_loss"], rel=1e-5)
 
 
 def test_bench_einsum_times_both_orders_of_every_product(tmp_path):
