@@ -11,7 +11,7 @@ from fishleg_core.auxiliary import (
     triangular_factor_groups,
 )
 from fishleg_core.coupled import COUPLED_FORMS, BlockQ, CoupledQ, TridiagKronQ
-from fishleg_core.fisher import FISHER_METHODS, fisher_vp
+from fishleg_core.fisher import FISHER_METHODS, ModelCall, fisher_vp
 from fishleg_core.frozen import FitResult, ProbeEvaluator, QEvaluation, fit_q, normalized_gradients
 from fishleg_core.kfac import KroneckerFactors, kfac_start, kfac_warm_start, kronecker_factors
 from fishleg_core.layers import (
@@ -28,6 +28,7 @@ from fishleg_core.likelihoods import LIKELIHOODS, Likelihood
 from fishleg_core.model_q import ModelQ, build_model_q
 from fishleg_core.optim.config import FishLegConfig, sgd_lr_from_torch
 from fishleg_core.optim.fishleg import FishLeg
+from fishleg_core.optim.log import diagnostic_scalars, log_diagnostics
 from fishleg_core.param_vectors import ParamDict
 from fishleg_core.plugins import PluginError, load_plugins
 from fishleg_core.qforms import QFORMS, QForm
@@ -38,6 +39,8 @@ __all__ = [
     "FishLeg",
     "FishLegConfig",
     "sgd_lr_from_torch",
+    "log_diagnostics",
+    "diagnostic_scalars",
     # Q over one block: QForms and their registry
     "QForm",
     "QFORMS",
@@ -54,6 +57,7 @@ __all__ = [
     "LIKELIHOODS",
     # Fisher-vector products
     "fisher_vp",
+    "ModelCall",
     "FISHER_METHODS",
     # Layers and parameter blocks
     "Block",

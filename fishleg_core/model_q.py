@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import cast
 
 import torch
 from torch import Tensor, nn
 
 from fishleg_core._validation import check_mapping, check_number
+from fishleg_core._warnings import warn_user
 from fishleg_core.coupled import COUPLED_FORMS, BlockQ, CoupledQ, CoupledSpec, LowRankFactors, choose_coupled
 from fishleg_core.coupled.batched import BlockBatch, plan_batches
 from fishleg_core.layers.form_choice import FormChoices, choose_forms
-from fishleg_core.layers.mapping import map_blocks
+from fishleg_core.layers.mapping import BandChoices, Block, map_blocks
+from fishleg_core.qforms.kron import MAX_FACTOR_SIZE, full_factor, kron_parameter_count
 from fishleg_core.qforms.positive import TriangularFactor
 
 __all__ = ["BlockQ", "LowRankFactors", "ModelQ", "CoupledQ", "build_model_q", "check_model_q"]
@@ -121,40 +123,58 @@ class ModelQ(nn.Module):
             dense[index[:, None], index[None, :]] = part
         return dense
 
-    def summary(self, flag_ratio: float = 10.0) -> str:
+    def summary(self, flag_ratio: float = 10.0, warn_multiple: float = 2.0) -> str:
         """A table of blocks: layer type, shape, form (registered name and options), the layer's parameters,
-        the auxiliary parameters, their ratio, and totals; blocks with more than ``flag_ratio`` auxiliary
-        parameters per layer parameter are flagged ("!")."""
-        rows, flagged, total_params, total_aux = [], [], 0, 0
+        the auxiliary parameters, their bytes, their ratio, and totals; blocks with more than ``flag_ratio``
+        auxiliary parameters per layer parameter are flagged ("!"). Above ``warn_multiple`` times the model's
+        parameters in all, a last line warns (an optimizer checkpoint holds λ and Adam's two moments of it: about
+        3× Q's bytes, plus the momentum) and names the remedies: ``aux_budget=``, ``kron``'s ``max_size``."""
+        rows, flagged, total_params, total_aux, total_bytes = [], [], 0, 0, 0
         for group in self.groups:
             name, layer, shape, form, covered = group.describe()
             aux = sum(p.numel() for p in group.parameters())
+            size = sum(p.numel() * p.element_size() for p in group.parameters())
             ratio = aux / covered if covered else None
             flag = "!" if ratio is not None and ratio > flag_ratio else ""
             if flag:
                 flagged.append(name)
             total_params += covered or 0
             total_aux += aux
-            rows.append((name, layer, shape, form, _count(covered), f"{aux:,}", _ratio(ratio), flag))
-        total_ratio = _ratio(total_aux / total_params if total_params else None)
-        rows.append(("total", "", "", "", f"{total_params:,}", f"{total_aux:,}", total_ratio, ""))
-        header = ("block", "layer", "shape", "form", "params", "aux params", "ratio", "")
-        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(7)]
+            total_bytes += size
+            rows.append((name, layer, shape, form, _count(covered), f"{aux:,}", _bytes(size), _ratio(ratio), flag))
+        overall = total_aux / total_params if total_params else None
+        rows.append(
+            ("total", "", "", "", f"{total_params:,}", f"{total_aux:,}", _bytes(total_bytes), _ratio(overall), "")
+        )
+        header = ("block", "layer", "shape", "form", "params", "aux params", "aux bytes", "ratio", "")
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(8)]
         lines = [_table_line(row, widths) for row in [header, *rows]]
         if flagged:
             lines.append(
                 f"! more than {flag_ratio:g} auxiliary parameters per layer parameter ({', '.join(flagged)}): "
                 'a cheaper form ("diagonal") for these blocks costs less memory and time per step'
             )
+        if overall is not None and overall > warn_multiple:
+            lines.append(
+                f"! Q holds {overall:.2f}× the model's parameters (above {warn_multiple:g}×), {_bytes(total_bytes)}, "
+                f"and a checkpoint about 3× that: pass aux_budget= (e.g. 1.0) or a smaller kron max_size"
+            )
         return "\n".join(lines)
+
+
+def _bytes(value: int) -> str:
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("kB", 2**10)):
+        if value >= scale:
+            return f"{value / scale:.1f} {unit}"
+    return f"{value} B"
 
 
 def _table_line(row: tuple[str, ...], widths: list[int]) -> str:
     """The row's text columns left-aligned and its number columns right-aligned, each as wide as its widest
     entry, then the flag."""
     left = [f"{cell:<{width}}" for cell, width in zip(row[:4], widths)]
-    right = [f"{cell:>{width}}" for cell, width in zip(row[4:7], widths[4:])]
-    return "  ".join([*left, *right, row[7]]).rstrip()
+    right = [f"{cell:>{width}}" for cell, width in zip(row[4:8], widths[4:])]
+    return "  ".join([*left, *right, row[8]]).rstrip()
 
 
 def _count(value: int | None) -> str:
@@ -173,18 +193,31 @@ def build_model_q(
     *,
     coupled: Sequence[CoupledSpec] | None = None,
     couple: str | None = None,
+    bands: BandChoices | None = None,
+    aux_budget: float | None = None,
+    exclude: Collection[str] = (),
     batched: bool = True,
 ) -> ModelQ:
     """Map ``model`` to blocks (``map_blocks``); make the coupled forms asked for by ``coupled`` (e.g.
     ``[{"blocks": ["0", "2"], "form": "tridiag_kron"}]``) and ``couple`` (``"adjacent"``: a ``tridiag_kron``
     group per chain of consecutive linear layers; see ``choose_coupled``); give every other block its QForm
     (``choose_forms``). All start at ``init_scale · I``, with the dtype and device of their parameters.
+    ``bands`` (module-name pattern -> number) cuts blocks into row bands (``map_blocks``); the parameters
+    named in ``exclude`` are left out of Q (another optimizer steps them).
+
+    ``aux_budget``: at most this many auxiliary parameters per trainable model parameter. Where the chosen
+    forms hold more, the largest full Kronecker factors of ``kron`` blocks become diagonal, largest first
+    (their ``max_size`` is lowered), until Q fits; a budget that even all-diagonal factors exceed is warned
+    about. Each full factor of side n holds n(n + 1)/2 parameters, a diagonal one n. Other forms are kept.
+    None (default): no total budget; each ``kron`` side above ``max_size`` (default 2048) is diagonal anyway.
     ``batched``: see ``ModelQ``."""
     check_number("init_scale", init_scale, 0.0)
-    blocks = map_blocks(model, strict=strict)
+    if aux_budget is not None:
+        check_number("aux_budget", aux_budget, 0.0)
+    blocks = map_blocks(model, strict=strict, bands=bands, exclude=exclude)
     if not blocks:
         raise ValueError("build_model_q: the model has no trainable parameters (requires_grad=True)")
-    params = dict(model.named_parameters())
+    params = {name: p for name, p in model.named_parameters() if name not in exclude}
     chosen = choose_coupled(blocks, coupled, couple)
     grouped = {block.name for choice in chosen for block in choice.blocks}
     single = [block for block in blocks if block.name not in grouped]
@@ -201,7 +234,17 @@ def build_model_q(
                 **choice.options,
             )
         )
-    for block, (form_name, options) in zip(single, choose_forms(single, forms)):
+    chosen_forms = choose_forms(single, forms)
+    if aux_budget is not None:
+        others = made + [
+            COUPLED_FORMS.build("block", blocks=[block], form=name, device="meta", **options)
+            for block, (name, options) in zip(single, chosen_forms)
+            if name != "kron"
+        ]
+        fixed = sum(p.numel() for group in others for p in group.parameters())
+        total_params = sum(p.numel() for p in params.values() if p.requires_grad)
+        chosen_forms = _within_budget(single, chosen_forms, fixed, aux_budget * total_params)
+    for block, (form_name, options) in zip(single, chosen_forms):
         like = params[block.param_names[0]]
         made.append(
             COUPLED_FORMS.build(
@@ -217,6 +260,51 @@ def build_model_q(
     order = {name: i for i, name in enumerate(params)}
     made.sort(key=lambda group: min(order[name] for name in group.param_names))
     return ModelQ(made, param_order=list(params), batched=batched)
+
+
+def _within_budget(
+    blocks: Sequence[Block], chosen: list[tuple[str, dict]], fixed: int, budget: float
+) -> list[tuple[str, dict]]:
+    """``chosen`` with the ``max_size`` of ``kron`` blocks lowered, largest full factor first, until the
+    ``kron`` blocks' parameters plus ``fixed`` fit ``budget``."""
+    chosen = [(name, dict(options)) for name, options in chosen]
+
+    def count(index: int) -> int:
+        block, options = blocks[index], chosen[index][1]
+        rows, cols = block.shape
+        band = (rows // block.row_parts, cols)
+        return block.row_parts * kron_parameter_count(
+            band, options.get("max_size", MAX_FACTOR_SIZE), options.get("max_skew")
+        )
+
+    kron = [i for i, (name, _) in enumerate(chosen) if name == "kron"]
+    counts = {i: count(i) for i in kron}
+    total = fixed + sum(counts.values())
+    sides = []
+    for i in kron:
+        rows, cols = blocks[i].shape
+        rows //= blocks[i].row_parts
+        options = chosen[i][1]
+        for n, other in ((rows, cols), (cols, rows)):
+            if full_factor(n, other, options.get("max_size", MAX_FACTOR_SIZE), options.get("max_skew")):
+                sides.append((n, i))
+    for n, i in sorted(sides, key=lambda side: -side[0]):
+        if total <= budget:
+            break
+        options = chosen[i][1]
+        limit = options.get("max_size", MAX_FACTOR_SIZE)
+        if limit is not None and limit < n:
+            continue  # made diagonal with a side of the same size
+        options["max_size"] = n - 1
+        new = count(i)
+        total += new - counts[i]
+        counts[i] = new
+    if total > budget:
+        warn_user(
+            f"aux_budget: Q holds {total:,} auxiliary parameters with every Kronecker factor diagonal, above the "
+            f"budget of {budget:,.0f}; choose cheaper forms for the largest blocks (see q.summary())"
+        )
+    return chosen
 
 
 def check_model_q(q: object, params: Mapping[str, Tensor]) -> None:

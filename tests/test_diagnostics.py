@@ -156,10 +156,11 @@ def test_the_summary_names_forms_as_registered_with_options_totals_and_flags_ove
     model = nn.Sequential(nn.Linear(784, 10), nn.Tanh(), nn.Linear(10, 10), nn.LayerNorm(10))
     summary = fl.build_model_q(model, {"0": "kron", "Linear": {"form": "kron_sum", "K": 2}}).summary()
     lines = summary.splitlines()
-    assert lines[1].split() == ["0", "Linear", "(10,", "785)", "kron", "7,850", "308,560", "39.31", "!"]
-    assert lines[2].split() == ["2", "Linear", "(10,", "11)", "kron_sum", "K=2", "110", "242", "2.20"]
-    assert lines[4].split() == ["total", "7,980", "308,822", "38.70"]
+    assert lines[1].split() == ["0", "Linear", "(10,", "785)", "kron", "7,850", "308,560", "1.2", "MB", "39.31", "!"]
+    assert lines[2].split() == ["2", "Linear", "(10,", "11)", "kron_sum", "K=2", "110", "242", "968", "B", "2.20"]
+    assert lines[4].split() == ["total", "7,980", "308,822", "1.2", "MB", "38.70"]
     assert lines[5].startswith("! more than 10 auxiliary parameters per layer parameter (0)")
+    assert lines[6].startswith("! Q holds 38.70× the model's parameters (above 2×), 1.2 MB")
 
 
 @pytest.mark.usefixtures("float64")

@@ -47,7 +47,7 @@ def test_fit_q_takes_pairs_and_names_a_bad_curvature_batch():
     u = {name: torch.ones_like(p) / 6 for name, p in model.named_parameters()}
     result = fl.fit_q(model, CATEGORICAL, q, itertools.repeat(u), itertools.repeat((x, y)), steps=2, method="empirical")
     assert len(result.curve) == 2
-    with pytest.raises(TypeError, match="fit_q: each of curvature_batches must be an input tensor or a tuple"):
+    with pytest.raises(TypeError, match="fit_q: each of curvature_batches must be an input tensor, a tuple"):
         fl.fit_q(model, CATEGORICAL, q, itertools.repeat(u), itertools.repeat([[1.0]]), steps=1)
 
 

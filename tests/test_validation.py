@@ -173,7 +173,7 @@ CASES = [
         "fisher_vp-inputs",
         lambda e: fisher_vp(e.model, e.gaussian, "x", e.u),  # type: ignore[arg-type]  # deliberately invalid
         TypeError,
-        "inputs must be a torch.Tensor",
+        "inputs must be a tensor or a ModelCall",
     ),
     (
         "fisher_vp-vector-type",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from fishleg_core._warnings import warn_user
+from fishleg_core.fisher.functional import Inputs, ModelCall
 
 _END = object()
 
@@ -94,15 +95,56 @@ def _skip(iterator: Iterator[Any], count: int | None, indices_only: bool) -> int
     return taken
 
 
-def split_batch(batch: Any, source: str = "FishLeg: an auxiliary batch") -> tuple[Tensor, Tensor | None]:
-    """(inputs, targets) of a batch given as an input tensor (targets None) or as a tuple/list
-    ``(inputs, targets, ...)`` (a DataLoader's (x, y) pairs); ``source`` names the batch in errors."""
+BatchFn = Callable[[Any], tuple[Any, Tensor | None]]
+"""Maps a batch to (the model's call: a tensor, a tuple of positional inputs, a mapping of keyword inputs or
+a ``ModelCall``; the targets or None)."""
+
+
+def split_batch(
+    batch: Any, source: str = "FishLeg: an auxiliary batch", batch_fn: BatchFn | None = None
+) -> tuple[Inputs, Tensor | None]:
+    """(inputs, targets) of a batch.
+
+    Without ``batch_fn``: an input tensor (targets None); a tuple/list ``(inputs, targets, ...)`` (a
+    DataLoader's (x, y) pairs); or a mapping of keyword inputs (a Hugging Face batch: ``input_ids``,
+    ``attention_mask``, ...), whose ``"labels"`` entry, if any, is the targets and is not passed to the model.
+    With ``batch_fn``: ``batch_fn(batch)`` gives (call, targets), the call being a tensor (one input), a
+    tuple (positional inputs), a mapping (keyword inputs) or a ``ModelCall``. ``source`` names the batch in
+    errors.
+    """
+    if batch_fn is not None:
+        parts = batch_fn(batch)
+        if not isinstance(parts, tuple) or len(parts) != 2:
+            raise TypeError(f"{source}: batch_fn must return (model call, targets), got {type(parts).__name__}")
+        call, targets = parts
+        if targets is not None and not isinstance(targets, Tensor):
+            raise TypeError(f"{source}: batch_fn's targets must be a tensor or None, got {type(targets).__name__}")
+        return _as_call(call, source), targets
     if isinstance(batch, Tensor):
         return batch, None
     if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
         targets = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
         return batch[0], targets
+    if isinstance(batch, Mapping) and all(isinstance(key, str) for key in batch):
+        kwargs = {key: value for key, value in batch.items() if key != "labels"}
+        labels = batch.get("labels")
+        return ModelCall(kwargs=kwargs), labels if isinstance(labels, Tensor) else None
     raise TypeError(
-        f"{source} must be an input tensor or a tuple (inputs, targets, ...), got {type(batch).__name__}"
+        f"{source} must be an input tensor, a tuple (inputs, targets, ...) or a mapping of keyword inputs, "
+        f"got {type(batch).__name__}"
         + (" (whether given as aux_batch or by aux_data)" if source.startswith("FishLeg") else "")
+        + "; pass batch_fn= to map other batches to (model call, targets)"
+    )
+
+
+def _as_call(call: Any, source: str) -> Inputs:
+    if isinstance(call, (Tensor, ModelCall)):
+        return call
+    if isinstance(call, tuple):
+        return ModelCall(args=call)
+    if isinstance(call, Mapping):
+        return ModelCall(kwargs=dict(call))
+    raise TypeError(
+        f"{source}: batch_fn's model call must be a tensor, a tuple of positional inputs, a mapping of "
+        f"keyword inputs or a ModelCall, got {type(call).__name__}"
     )

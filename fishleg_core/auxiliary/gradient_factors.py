@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -29,10 +30,19 @@ RELATIVE_TOLERANCE = 1e-4
 
 
 @dataclass
+class _Pass:
+    """One forward pass of a module with autograd on: A (None when its rank made the low-rank product not
+    pay), Δ once its backward pass ran, and whether a ``zero_grad`` came between the two."""
+
+    inputs: Tensor | None
+    output_grad: Tensor | None = None
+    done: bool = False
+    stale: bool = False
+
+
+@dataclass
 class _Record:
-    inputs: list[Tensor] = field(default_factory=list)
-    output_grads: dict[int, Tensor] = field(default_factory=dict)
-    unpaid: bool = False  # a forward pass whose rank makes the low-rank product dearer than the dense one
+    passes: list[_Pass] = field(default_factory=list)
 
 
 class GradientFactors:
@@ -43,7 +53,9 @@ class GradientFactors:
     records Δ. ``pays`` (block name -> whether rank r pays) skips the capture of passes whose rank is too
     high for the low-rank product to pay. ``factors(gradient)`` returns the factors of every block whose
     capture reproduces its entry in ``gradient`` (checked along a fixed random probe vector r:
-    ‖Gr − left(rightᵀr)‖ within 1e-4 ‖Gr‖ plus 100 ε ‖|left|(|right|ᵀ|r|)‖, the round-off of the sums), then
+    ‖Gr − left(rightᵀr)‖ within 1e-4 ‖Gr‖ plus 100 ε ‖|left|(|right|ᵀ|r|)‖, the round-off of the sums, plus
+    4 ε_low ‖|left|(|right|ᵀ|r|)‖ for factors captured in a lower precision ε_low under ``torch.autocast``,
+    which are cast to the gradient's dtype), then
     starts a new capture. Blocks whose ``.grad`` was changed after backward (clipping, weight decay,
     accumulation across ``zero_grad``), or forward passes without a backward, fall back to the dense
     product, with one warning per block.
@@ -85,23 +97,32 @@ class GradientFactors:
         """{block name: (left, right)} with left @ rightᵀ equal to the block of ``gradient``."""
         candidates, errors, allowed = {}, [], []
         for name, record in self._records.items():
-            if not record.inputs or record.unpaid:
+            passes = [p for p in record.passes if p.done or not p.stale]  # stale and pending: never backward
+            if not passes or any(p.inputs is None for p in passes):
                 continue
-            if len(record.output_grads) != len(record.inputs):
+            if not all(p.done for p in passes):
                 self._warn(name, "a forward pass with autograd on had no backward pass")
                 continue
             block = self.blocks[name]
-            left = _joined([record.output_grads[i] for i in range(len(record.inputs))]).mT
-            inputs = _joined(record.inputs)
+            left = _joined([cast(Tensor, p.output_grad) for p in passes]).mT
+            inputs = _joined([cast(Tensor, p.inputs) for p in passes])
+            dtype = gradient[block.param_names[0]].dtype
+            # under autocast the layer ran in a lower precision: its round-off bounds the agreement
+            low = min((left.dtype, inputs.dtype), key=lambda t: torch.finfo(t).bits)
+            mixed = 4 * torch.finfo(low).eps if torch.finfo(low).bits < torch.finfo(dtype).bits else 0.0
+            left, inputs = left.to(dtype), inputs.to(dtype)
             if len(block.param_names) == 2:
                 inputs = torch.cat([inputs, inputs.new_ones(len(inputs), 1)], dim=1)
             probe = self._probe(name, inputs)
             pieces = torch.split(probe, block.layout.widths)  # G r = W r_W + b r_b, without packing G
-            Gr = sum(gradient[p].reshape(len(left), -1) @ piece for p, piece in zip(block.param_names, pieces))
+            Gr = sum(
+                block.layout.piece(gradient[p], i) @ piece
+                for i, (p, piece) in enumerate(zip(block.param_names, pieces))
+            )
             errors.append(torch.linalg.vector_norm(Gr - left @ (inputs @ probe)))
             # allowed: a relative error of the product, plus the round-off of summing N terms of this size
             magnitude = torch.linalg.vector_norm(left.abs() @ (inputs.abs() @ probe.abs()))
-            rounding = 100 * torch.finfo(inputs.dtype).eps
+            rounding = 100 * torch.finfo(dtype).eps + mixed
             allowed.append(RELATIVE_TOLERANCE * torch.linalg.vector_norm(Gr) + rounding * magnitude)
             candidates[name] = (left, inputs.mT)
         self.clear()
@@ -118,6 +139,16 @@ class GradientFactors:
         """Forget what was captured since the last ``factors`` call."""
         self._records = {name: _Record() for name in self.blocks}
 
+    def zero_grad(self) -> None:
+        """Forget the passes whose gradients were accumulated, as ``.grad`` is cleared; keep those whose
+        backward pass is still to come (a closure that calls ``zero_grad`` between the forward and the
+        backward pass, as Lightning's does). A kept pass that never gets its backward pass is dropped
+        without a warning at the next ``factors`` call."""
+        for record in self._records.values():
+            record.passes = [p for p in record.passes if not p.done]
+            for p in record.passes:
+                p.stale = True
+
     def remove(self) -> None:
         """Remove the hooks from the model."""
         for handle in self._handles:
@@ -127,20 +158,19 @@ class GradientFactors:
     def _on_forward(self, name: str, adapter: LayerAdapter, module: nn.Module, args: tuple, output: Tensor) -> None:
         if not torch.is_grad_enabled() or in_functional_view() or not isinstance(output, Tensor):
             return
-        record = self._records[name]
-        if not output.requires_grad or record.unpaid:
+        if not output.requires_grad:
             return
         pays = self._pays.get(name)
-        if pays is not None and not pays(output.numel() // self.blocks[name].shape[0]):
-            record.unpaid = True
-            return
-        index = len(record.inputs)
-        record.inputs.append(adapter.factor_columns(module, args[0].detach()))
-        output.register_hook(partial(self._on_backward, record, index, adapter, module))
+        rank_pays = pays is None or pays(output.numel() // self.blocks[name].shape[0])
+        capture = _Pass(adapter.factor_columns(module, args[0].detach()) if rank_pays else None)
+        self._records[name].passes.append(capture)
+        output.register_hook(partial(self._on_backward, capture, adapter, module))
 
     @staticmethod
-    def _on_backward(record: _Record, index: int, adapter: LayerAdapter, module: nn.Module, grad: Tensor) -> None:
-        record.output_grads[index] = adapter.factor_rows(module, grad.detach())
+    def _on_backward(capture: _Pass, adapter: LayerAdapter, module: nn.Module, grad: Tensor) -> None:
+        if capture.inputs is not None:
+            capture.output_grad = adapter.factor_rows(module, grad.detach())
+        capture.done = True
 
     def _probe(self, name: str, inputs: Tensor) -> Tensor:
         """A fixed random vector with one entry per block column (seeded, so runs are reproducible)."""
@@ -169,11 +199,11 @@ def _has_low_rank_product(form: QForm) -> bool:
 def _capturing_adapter(model: nn.Module, block: Block) -> LayerAdapter | None:
     """The adapter of the module that holds the block, when the block is exactly that module's own single
     block (as its adapter builds it, untied) and the adapter offers factors; None for blocks without factors.
+    A block in bands of rows keeps its factors: ``RowBandsQ.multiply_low_rank`` splits the left one.
 
     Raises:
         ValueError: the adapter offers factors (``captures_factors``) for a module it splits into several
-            blocks or bands of rows: ``factor_columns``/``factor_rows`` describe one block's gradient, so
-            they would be ignored.
+            blocks: ``factor_columns``/``factor_rows`` describe one block's gradient, so they would be ignored.
     """
     module_name = block.param_names[0].rpartition(".")[0]
     try:
@@ -184,10 +214,8 @@ def _capturing_adapter(model: nn.Module, block: Block) -> LayerAdapter | None:
     if adapter is None or not adapter.captures_factors(module):
         return None
     specs = adapter.blocks(module)
-    if len(specs) != 1 or block.row_parts != 1:
+    if len(specs) != 1:
         split = f"{len(specs)} blocks ({', '.join(repr(module_name + suffix) for suffix, _ in specs)})"
-        if len(specs) == 1:
-            split = f"{block.row_parts} bands of rows (row_parts)"
         raise ValueError(
             f"layer adapter {type(adapter).__name__}: captures_factors is True for module {module_name!r} "
             f"({type(module).__name__}), which it splits into {split}; factor capture gives the gradient of a "

@@ -7,11 +7,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fishleg_core._vectors import ParamDict
+from fishleg_core._vectors import ParamDict, trainable_parameters
 from fishleg_core.auxiliary.loss import auxiliary_loss
 from fishleg_core.auxiliary.optimizers import AuxOptimizerSpec, build_aux_optimizer
 from fishleg_core.fisher import fisher_vp
-from fishleg_core.fisher.functional import OutputFn
+from fishleg_core.fisher.functional import Inputs, ModelCall, OutputFn, describe_tensor
 from fishleg_core.likelihoods import Likelihood
 from fishleg_core.model_q import LowRankFactors, ModelQ
 from fishleg_core.optim.diagnostics import QMonitor
@@ -56,22 +56,27 @@ class AuxiliaryUpdate:
         self.last_loss: Tensor | None = None
         self._lambda = list(q.named_parameters())  # fixed with Q; walking its modules at every step costs
 
-    def step(self, u: ParamDict, u_factors: LowRankFactors, inputs: Tensor, targets: Tensor | None) -> Tensor:
+    def step(self, u: ParamDict, u_factors: LowRankFactors, inputs: Inputs, targets: Tensor | None) -> Tensor:
         """One step at the unit direction ``u`` (``u_factors``: low-rank factors of its blocks) with F_γ on
         the batch (``inputs``, ``targets``); returns A(λ; u) before the step."""
 
         def damped_fisher(v: ParamDict) -> ParamDict:
-            return fisher_vp(
+            # parameters outside Q (a fallback optimizer's) stay fixed: the Fisher's block on Q's parameters
+            others = {
+                name: torch.zeros_like(p) for name, p in trainable_parameters(self.model).items() if name not in v
+            }
+            product = fisher_vp(
                 self.model,
                 self.likelihood,
                 inputs,
-                v,
+                {**v, **others},
                 method=self.fisher_method,
                 damping=self.damping,
                 generator=self.generator,
                 targets=targets,
                 output_fn=self.output_fn,
             )
+            return {name: product[name] for name in v} if others else product
 
         self.optimizer.zero_grad(set_to_none=True)
         with torch.enable_grad():
@@ -105,18 +110,17 @@ class AuxiliaryUpdate:
         self.generator.set_state(state["generator"])
 
 
-def _in_context(error: Exception, inputs: Tensor, targets: Tensor | None) -> str:
+def _in_context(error: Exception, inputs: Inputs, targets: Tensor | None) -> str:
     """The message of an error raised by the Fisher-vector product on an auxiliary batch, with where the
     batch came from and what it held."""
-    held = f"inputs {_describe(inputs)}" + ("" if targets is None else f", targets {_describe(targets)}")
+    held = (inputs.describe() if isinstance(inputs, ModelCall) else f"inputs {describe_tensor(inputs)}") + (
+        "" if targets is None else f", targets {describe_tensor(targets)}"
+    )
     return (
         f"FishLeg: the Fisher-vector product on the auxiliary batch (from aux_data or step(aux_batch=...); "
-        f"{held}) failed: {error}. A batch is an input tensor or a tuple (inputs, targets), inputs first"
+        f"{held}) failed: {error}. A batch is an input tensor, a tuple (inputs, targets), inputs first, or a "
+        "mapping of keyword inputs (batch_fn= maps any other batch)"
     )
-
-
-def _describe(t: Tensor) -> str:
-    return f"{tuple(t.shape)} {t.dtype}".replace("torch.", "")
 
 
 def average_across_ranks(tensors: list[Tensor]) -> None:

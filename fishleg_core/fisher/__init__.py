@@ -4,6 +4,7 @@ Importing this package registers the built-in methods in ``FISHER_METHODS``.
 """
 
 from fishleg_core.fisher.api import fisher_vp
+from fishleg_core.fisher.functional import ModelCall
 from fishleg_core.fisher.registry import FISHER_METHODS
 
 # Registration order is the order of FISHER_METHODS.names().
@@ -11,4 +12,4 @@ from fishleg_core.fisher.exact import exact_fisher_vp  # isort: skip
 from fishleg_core.fisher.sampled import sampled_fisher_vp  # isort: skip
 from fishleg_core.fisher.empirical import empirical_fisher_vp  # isort: skip
 
-__all__ = ["FISHER_METHODS", "fisher_vp", "exact_fisher_vp", "sampled_fisher_vp", "empirical_fisher_vp"]
+__all__ = ["FISHER_METHODS", "ModelCall", "fisher_vp", "exact_fisher_vp", "sampled_fisher_vp", "empirical_fisher_vp"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fishleg_core._validation import check_callable, check_generator, check_number, check_tensor
+from fishleg_core._validation import check_callable, check_generator, check_number, check_tensor, check_type
 from fishleg_core._vectors import checked_vector, trainable_parameters
-from fishleg_core.fisher.functional import OutputFn, selected_output
+from fishleg_core.fisher.functional import Inputs, ModelCall, OutputFn, selected_output
 from fishleg_core.fisher.registry import FISHER_METHODS
 from fishleg_core.likelihoods import Likelihood, resolve_likelihood
 
@@ -15,7 +15,7 @@ from fishleg_core.likelihoods import Likelihood, resolve_likelihood
 def fisher_vp(
     model: nn.Module,
     likelihood: Likelihood | str,
-    inputs: Tensor,
+    inputs: Inputs,
     vector: dict[str, Tensor],
     method: str = "exact",
     damping: float = 0.0,
@@ -23,7 +23,8 @@ def fisher_vp(
     targets: Tensor | None = None,
     output_fn: OutputFn | None = None,
 ) -> dict[str, Tensor]:
-    """(F + damping·I)·vector on the batch ``inputs``, F = (1/B) Σ_b J_bᵀ H_b J_b (J = ∂outputs/∂θ).
+    """(F + damping·I)·vector on the batch ``inputs`` (a tensor, or a ``ModelCall`` with the model's
+    positional and keyword arguments), F = (1/B) Σ_b J_bᵀ H_b J_b (J = ∂outputs/∂θ).
 
     ``vector`` and the result are dicts keyed by the names of the model's trainable parameters (tied ones
     once, as ``named_parameters`` gives them), shaped like them. ``likelihood`` is an instance or a
@@ -36,7 +37,7 @@ def fisher_vp(
     compute = FISHER_METHODS.get(method)
     likelihood = resolve_likelihood(likelihood)
     damping = check_number("damping", damping, 0.0, inclusive=True)
-    check_tensor("inputs", inputs)
+    check_type("inputs", inputs, (Tensor, ModelCall), "a tensor or a ModelCall(args, kwargs)")
     if targets is not None:
         check_tensor("targets", targets)
     check_generator(generator)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fishleg_core._warnings import warn_user
-from fishleg_core.fisher.functional import detached_parameters, model_function
+from fishleg_core.fisher.functional import Inputs, detached_parameters, model_function
 from fishleg_core.fisher.registry import FISHER_METHODS
 from fishleg_core.likelihoods import Likelihood
 
@@ -29,7 +29,7 @@ class Linearisation:
         return {name: torch.zeros_like(leaf) if g is None else g for (name, leaf), g in zip(self.leaves.items(), grads)}
 
 
-def linearise(model: nn.Module, inputs: Tensor, vector: dict[str, Tensor]) -> Linearisation:
+def linearise(model: nn.Module, inputs: Inputs, vector: dict[str, Tensor]) -> Linearisation:
     """One forward pass on dual parameters (θ, v): the outputs, on the autograd tape, and their tangent J v
     (forward-mode AD).
 
@@ -54,7 +54,7 @@ def linearise(model: nn.Module, inputs: Tensor, vector: dict[str, Tensor]) -> Li
 
 
 def _forward_mode(
-    model: nn.Module, inputs: Tensor, vector: dict[str, Tensor], leaves: dict[str, Tensor]
+    model: nn.Module, inputs: Inputs, vector: dict[str, Tensor], leaves: dict[str, Tensor]
 ) -> Linearisation:
     with torch.enable_grad(), model_function(model, inputs) as f, forward_ad.dual_level():
         dual_outputs = f({name: forward_ad.make_dual(leaf, vector[name]) for name, leaf in leaves.items()})
@@ -64,7 +64,7 @@ def _forward_mode(
 
 
 def _reverse_mode(
-    model: nn.Module, inputs: Tensor, vector: dict[str, Tensor], leaves: dict[str, Tensor]
+    model: nn.Module, inputs: Inputs, vector: dict[str, Tensor], leaves: dict[str, Tensor]
 ) -> Linearisation:
     """J v = ∂/∂w (Jᵀ w)ᵀ v: Jᵀ w is linear in w, built with a graph (create_graph), then differentiated in w."""
     with torch.enable_grad(), model_function(model, inputs) as f:
@@ -91,7 +91,7 @@ _ANNOUNCED: set[str] = set()
 def exact_fisher_vp(
     model: nn.Module,
     likelihood: Likelihood,
-    inputs: Tensor,
+    inputs: Inputs,
     targets: Tensor | None,
     vector: dict[str, Tensor],
     generator: torch.Generator | None,

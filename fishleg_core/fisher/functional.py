@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -14,6 +15,33 @@ from torch.func import functional_call
 from fishleg_core._vectors import detach, trainable_parameters
 
 ModelFunction = Callable[[dict[str, Tensor]], Tensor]
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """The arguments of one model call, ``model(*args, **kwargs)``: how a batch with several inputs or
+    keyword inputs (``input_ids``, ``attention_mask``) reaches the model in Fisher-vector products."""
+
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """The tensors' shapes and dtypes, e.g. ``"input_ids (2, 5) int64, attention_mask (2, 5) int64"``."""
+        items = [(f"arg {i}", a) for i, a in enumerate(self.args)] + list(self.kwargs.items())
+        return ", ".join(f"{name} {describe_tensor(value)}" for name, value in items)
+
+
+Inputs = Tensor | ModelCall
+"""The model's input: one tensor (``model(inputs)``) or a ``ModelCall``."""
+
+
+def describe_tensor(value: Any) -> str:
+    """``"(2, 5) int64"`` for a tensor, else the type's name."""
+    if isinstance(value, Tensor):
+        return f"{tuple(value.shape)} {value.dtype}".replace("torch.", "")
+    return type(value).__name__
+
+
 OutputFn = Callable[[Any], Tensor]
 _IN_FUNCTIONAL_VIEW: ContextVar[bool] = ContextVar("fishleg_in_functional_view", default=False)
 _OUTPUT_FN: ContextVar[OutputFn | None] = ContextVar("fishleg_output_fn", default=None)
@@ -25,8 +53,9 @@ def detached_parameters(model: nn.Module) -> dict[str, Tensor]:
 
 
 @contextmanager
-def model_function(model: nn.Module, inputs: Tensor) -> Iterator[ModelFunction]:
-    """Yield f(θ) = model(inputs) at trainable parameters θ (a dict by name), in the model's current mode;
+def model_function(model: nn.Module, inputs: Inputs) -> Iterator[ModelFunction]:
+    """Yield f(θ) = model(inputs) (``model(*inputs.args, **inputs.kwargs)`` for a ``ModelCall``) at trainable
+    parameters θ (a dict by name), in the model's current mode;
     f(θ) = output_fn(model(inputs)) inside ``selected_output(output_fn)`` (models returning tuples or dicts).
 
     Every call restarts the global RNG (CPU, and CUDA if initialised) from its state at entry, so RNG-driven
@@ -44,11 +73,12 @@ def model_function(model: nn.Module, inputs: Tensor) -> Iterator[ModelFunction]:
 
     buffers = dict(model.named_buffers())
     output_fn = _OUTPUT_FN.get()
+    args, kwargs = (inputs.args, inputs.kwargs) if isinstance(inputs, ModelCall) else ((inputs,), {})
 
     def f(params: dict[str, Tensor]) -> Tensor:
         reset_rng()
         clones = {name: b.clone() for name, b in buffers.items()}
-        output = functional_call(model, {**params, **clones}, (inputs,))
+        output = functional_call(model, {**params, **clones}, args, kwargs)
         return select_output(output, output_fn)
 
     token = _IN_FUNCTIONAL_VIEW.set(True)

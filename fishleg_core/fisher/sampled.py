@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fishleg_core.fisher.functional import detached_parameters, model_function
+from fishleg_core.fisher.functional import Inputs, detached_parameters, model_function
 from fishleg_core.fisher.registry import FISHER_METHODS
 from fishleg_core.likelihoods import Likelihood
 
@@ -14,7 +14,7 @@ from fishleg_core.likelihoods import Likelihood
 def sampled_fisher_vp(
     model: nn.Module,
     likelihood: Likelihood,
-    inputs: Tensor,
+    inputs: Inputs,
     targets: Tensor | None,
     vector: dict[str, Tensor],
     generator: torch.Generator | None,

@@ -30,7 +30,7 @@ from fishleg_core.auxiliary.gradient_factors import GradientFactors
 from fishleg_core.auxiliary.loss import auxiliary_loss
 from fishleg_core.auxiliary.optimizers import AuxOptimizerSpec, build_aux_optimizer
 from fishleg_core.fisher import FISHER_METHODS, fisher_vp
-from fishleg_core.fisher.functional import OutputFn, select_output
+from fishleg_core.fisher.functional import Inputs, OutputFn, select_output
 from fishleg_core.likelihoods import Likelihood, resolve_likelihood
 from fishleg_core.model_q import LowRankFactors, ModelQ
 
@@ -162,7 +162,7 @@ def fit_q(
         u, factors = direction if isinstance(direction, tuple) else (direction, None)
         inputs, targets = split_batch(batch, "fit_q: each of curvature_batches")
 
-        def damped_fisher(v: ParamDict, inputs: Tensor = inputs, targets: Tensor | None = targets) -> ParamDict:
+        def damped_fisher(v: ParamDict, inputs: Inputs = inputs, targets: Tensor | None = targets) -> ParamDict:
             return fisher_vp(
                 model,
                 likelihood,

@@ -14,6 +14,9 @@ An adapter is registered for a module type and found along the class hierarchy, 
 
 A module may form several blocks (``blocks``: an RNN's weight matrices), and a block's rows may fall into
 ``row_parts`` equal bands with a form each (q/k/v projections, convolution groups).
+
+An adapter for a class of an optional package registers under the class's qualified name, so that the
+package is never imported here: ``@LAYER_ADAPTERS.register("transformers.pytorch_utils.Conv1D")``.
 """
 
 from __future__ import annotations
@@ -69,10 +72,15 @@ class LayerAdapter:
 
 
 def adapter_for(module: nn.Module) -> LayerAdapter | None:
-    """The adapter registered for the closest class in the module's MRO, or None."""
+    """The adapter registered for the closest class in the module's MRO, or None. A class matches its
+    registration by type, or by its qualified name ``"package.module.Class"`` (how adapters for optional
+    packages register without importing them)."""
     for cls in type(module).__mro__:
         if cls in LAYER_ADAPTERS:
             return LAYER_ADAPTERS.build(cls)
+        qualified = f"{cls.__module__}.{cls.__qualname__}"
+        if qualified in LAYER_ADAPTERS:
+            return LAYER_ADAPTERS.build(qualified)
     return None
 
 
@@ -196,6 +204,37 @@ class AffineNormAdapter(LayerAdapter):
 
     def layout(self, module: nn.Module, shapes: Sequence[torch.Size]) -> BlockLayout:
         return BlockLayout(tuple(shapes), size=shapes[0].numel(), axis=0)
+
+
+@LAYER_ADAPTERS.register("transformers.pytorch_utils.Conv1D")
+class TransposedLinearAdapter(LayerAdapter):
+    """Hugging Face's ``Conv1D`` (GPT-2's ``c_attn``, ``c_proj``, ``c_fc``): y = x W + b with W of shape
+    (in, out), a linear layer with a transposed weight. Block [Wᵀ | b] of shape (out, in (+1)), gradient
+    Δᵀ[A | 1] as for ``nn.Linear``. A layer with three times as many outputs as inputs is GPT-2's fused
+    q, k, v projection ``c_attn`` and gets one band per projection (``bands=`` of ``map_blocks`` overrides)."""
+
+    def layout(self, module: nn.Module, shapes: Sequence[torch.Size]) -> BlockLayout:
+        transposed = (1,) + (0,) * (len(shapes) - 1)
+        return BlockLayout(tuple(shapes), size=shapes[0][1], axis=1, transposed=transposed)
+
+    def row_parts(self, module: nn.Module) -> int:
+        inputs, outputs = _weight_shape(module)
+        return 3 if outputs == 3 * inputs else 1
+
+    def captures_factors(self, module: nn.Module) -> bool:
+        return True
+
+    def factor_columns(self, module: nn.Module, inputs: Tensor) -> Tensor:
+        return inputs.reshape(-1, _weight_shape(module)[0])
+
+    def factor_rows(self, module: nn.Module, output_grad: Tensor) -> Tensor:
+        return output_grad.reshape(-1, _weight_shape(module)[1])
+
+
+def _weight_shape(module: nn.Module) -> tuple[int, int]:
+    """(in, out) of a transposed linear layer's weight."""
+    rows, cols = cast(Tensor, module.weight).shape
+    return rows, cols
 
 
 class ParameterAdapter(LayerAdapter):

@@ -77,6 +77,10 @@ class BlockLayout:
         offsets = torch.arange(sum(shape.numel() for shape in self.param_shapes))
         return self.pack(torch.split(offsets, [shape.numel() for shape in self.param_shapes])).reshape(-1)
 
+    def piece(self, tensor: Tensor, index: int) -> Tensor:
+        """The columns (axis 1) or rows (axis 0) of G that parameter ``index``, shaped like ``tensor``, fills."""
+        return self._piece(tensor, index)
+
     def _groups(self, index: int) -> int:
         return self.transposed[index] if self.transposed else 0
 

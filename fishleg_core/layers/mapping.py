@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
+from fnmatch import fnmatchcase
 
 from torch import nn
 
@@ -40,7 +41,13 @@ class Block:
         return self.layout.shape
 
 
-def map_blocks(model: nn.Module, strict: bool = False) -> list[Block]:
+BandChoices = Mapping[str, int]
+"""Module-name patterns (``fnmatch``, e.g. ``"*.qkv"``) -> how many equal row bands their blocks fall into."""
+
+
+def map_blocks(
+    model: nn.Module, strict: bool = False, *, bands: BandChoices | None = None, exclude: Collection[str] = ()
+) -> list[Block]:
     """Blocks covering every trainable parameter of ``model`` exactly once, in parameter order.
 
     Each module with a registered adapter forms its blocks from its own parameters. A tied parameter is
@@ -49,9 +56,14 @@ def map_blocks(model: nn.Module, strict: bool = False) -> list[Block]:
     head's bias joins the embedding's block). Any other trainable parameter (a bare ``nn.Parameter``, an
     unknown layer type, one the adapter does not group) gets its own (numel, 1) diagonal block, with one
     warning naming these parameters and why, or an ``UnsupportedLayerError`` when ``strict``.
+
+    ``bands`` cuts the blocks whose name matches a pattern into that many equal row bands, each with a form
+    of its own, overriding the adapter's ``row_parts``: a fused q, k, v projection ``nn.Linear`` (timm's
+    ``qkv``: ``bands={"*.qkv": 3}``), which cannot be told from any other linear layer by its type.
+    Parameters named in ``exclude`` are left out, as if frozen (another optimizer steps them).
     """
     check_type("strict", strict, bool, "True or False")
-    params = trainable_parameters(model)
+    params = {name: p for name, p in trainable_parameters(model).items() if name not in exclude}
     name_of = {id(p): name for name, p in params.items()}
     blocks: list[Block] = []
     owner: dict[str, int] = {}  # parameter name -> index of its block
@@ -99,7 +111,30 @@ def map_blocks(model: nn.Module, strict: bool = False) -> list[Block]:
         layout = fallback.layout(module, [params[name].shape])
         blocks.append(Block(name, type(module), (name,), layout, fallback.default_form))
     order = {name: i for i, name in enumerate(params)}
-    return sorted(blocks, key=lambda block: order[block.param_names[0]])
+    return _banded(sorted(blocks, key=lambda block: order[block.param_names[0]]), bands)
+
+
+def _banded(blocks: list[Block], bands: BandChoices | None) -> list[Block]:
+    """The blocks with the ``row_parts`` of the first matching pattern of ``bands``; a pattern that matches
+    no block is warned about."""
+    if not bands:
+        return blocks
+    check_type("bands", bands, Mapping, "a mapping {module-name pattern: number of row bands}")
+    for pattern, parts in bands.items():
+        if not isinstance(pattern, str) or isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
+            raise ValueError(f"bands: expected {{module-name pattern: int >= 1}}, got {pattern!r}: {parts!r}")
+    used: set[str] = set()
+    banded = []
+    for block in blocks:
+        match = next((key for key in bands if fnmatchcase(block.name, key)), None)
+        if match is not None:
+            used.add(match)
+            block = replace(block, row_parts=bands[match])
+        banded.append(block)
+    unused = [pattern for pattern in bands if pattern not in used]
+    if unused:
+        warn_user(f"bands: the patterns {', '.join(map(repr, unused))} match no block")
+    return banded
 
 
 def joint_block(model: nn.Module, param_names: Sequence[str] | None = None, name: str = "joint") -> Block:

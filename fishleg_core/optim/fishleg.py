@@ -8,18 +8,20 @@ from typing import Any, Literal, cast
 import torch
 from torch import Tensor, nn
 
-from fishleg_core._validation import check_callable, validate
+from fishleg_core._validation import check_callable, check_number, validate
 from fishleg_core._vectors import ParamDict, norm, scale, trainable_parameters
 from fishleg_core._warnings import warn_user
-from fishleg_core.auxiliary.data import CyclicBatches, split_batch
+from fishleg_core.auxiliary.data import BatchFn, CyclicBatches, split_batch
 from fishleg_core.auxiliary.gradient_factors import GradientFactors
 from fishleg_core.auxiliary.update import AuxiliaryUpdate
 from fishleg_core.coupled import CoupledSpec
 from fishleg_core.layers.form_choice import FormChoices
+from fishleg_core.layers.mapping import BandChoices
 from fishleg_core.likelihoods import Likelihood, resolve_likelihood
 from fishleg_core.model_q import ModelQ, build_model_q, check_model_q
 from fishleg_core.optim.config import FishLegConfig
 from fishleg_core.optim.diagnostics import QMonitor
+from fishleg_core.optim.mixed import fallback_optimizer, option_groups
 from fishleg_core.optim.nonfinite import NonFiniteGuard
 from fishleg_core.optim.step_health import StepHealth
 
@@ -80,11 +82,30 @@ class FishLeg(torch.optim.Optimizer):
         couple: ``"adjacent"``: a ``tridiag_kron`` group over every chain of consecutive linear layers.
         q: a ``ModelQ`` built by hand, covering every trainable parameter; then forms, coupled, couple,
             sgd_lr and init_scale must not be given.
-        aux_data: an iterable of auxiliary batches (a DataLoader, a list; cycled): an input tensor or a
-            tuple (inputs, targets, ...). It must differ from the minibatches that produce g. Or give
+        aux_data: an iterable of auxiliary batches (a DataLoader, a list; cycled): an input tensor, a
+            tuple (inputs, targets, ...) or a mapping of keyword inputs (see batch_fn). It must differ from the
+            minibatches that produce g. Or give
             ``step(aux_batch=...)``.
         output_fn: for a model whose forward returns a tuple or a dict, the function that selects the output
             tensor the likelihood models (``lambda out: out["logits"]``), as the training loss does.
+        bands: module-name patterns -> number of equal row bands, each with its own form: a fused q, k, v
+            projection ``nn.Linear`` (timm's ViT: ``bands={"*.qkv": 3}``; see ``map_blocks``).
+        batch_fn: maps an auxiliary batch to (model call, targets): the call a tensor, a tuple of positional
+            inputs, a mapping of keyword inputs or a ``ModelCall``. Without it a mapping batch (Hugging Face's
+            ``input_ids``, ``attention_mask``, ``labels``) calls the model with its entries as keywords, all but
+            ``labels``, which are the targets (see ``split_batch``).
+        fallback: a torch optimizer for the parameters Q does not precondition (embeddings, norms, ...):
+            ``{"optimizer": "adam" | "adamw" | "sgd" | an Optimizer class, "params": [name patterns], "lr": ...,
+            **its options}``; patterns match parameter or module names (``"*.wte"``, ``"*norm*"``). Its group
+            joins ``param_groups`` (marked ``"fallback"``), so LR schedulers and checkpoints cover it.
+        group_options: parameter groups with their own ``lr``, ``momentum``, ``weight_decay`` or
+            ``decoupled_weight_decay``: ``[{"params": ["encoder.*"], "lr": 0.01}]``; the other parameters form
+            the first group with the defaults.
+        decoupled_weight_decay: θ ← (1 − η w) θ at each step, outside Q (as AdamW); unlike ``weight_decay``
+            it keeps the low-rank product.
+        aux_budget: at most this many auxiliary parameters per model parameter: the largest Kronecker factors
+            become diagonal until Q fits (see ``build_model_q``). Without it, ``kron`` sides above 2048 are
+            diagonal (``forms={"default": {"form": "kron", "max_size": None}}`` keeps every factor full).
 
     The per-group ``lr``, ``momentum`` and ``weight_decay`` may be changed between steps (LR schedulers
     work). All arguments are validated by ``FishLegConfig``; errors name the argument.
@@ -118,12 +139,20 @@ class FishLeg(torch.optim.Optimizer):
         q: ModelQ | None = None,
         aux_data: Iterable[Any] | None = None,
         output_fn: Callable[[Any], Tensor] | None = None,
+        bands: BandChoices | None = None,
+        batch_fn: BatchFn | None = None,
+        aux_budget: float | None = None,
+        fallback: dict[str, Any] | None = None,
+        group_options: list[dict[str, Any]] | None = None,
+        decoupled_weight_decay: float = 0.0,
     ) -> None:
         arguments = dict(locals())
         self.config = validate(FishLegConfig, "FishLeg", {name: arguments[name] for name in FishLegConfig.model_fields})
         if not isinstance(model, nn.Module):
             raise TypeError(f"FishLeg: model must be a torch.nn.Module, got {type(model).__name__}")
         check_callable("output_fn", output_fn, optional=True)
+        check_callable("batch_fn", batch_fn, optional=True)
+        self._batch_fn = batch_fn
         self._distributed = isinstance(model, nn.parallel.DistributedDataParallel)
         model = cast(nn.Module, model.module) if self._distributed else model
         self.model = model
@@ -132,17 +161,45 @@ class FishLeg(torch.optim.Optimizer):
         if not params:
             raise ValueError("FishLeg: the model has no trainable parameters (requires_grad=True)")
         self._names = {id(p): name for name, p in params.items()}
-        defaults = {"lr": lr, "momentum": self.config.momentum, "weight_decay": self.config.weight_decay}
-        super().__init__(list(params.values()), defaults)
+        check_number("decoupled_weight_decay", decoupled_weight_decay, 0.0, inclusive=True)
+        defaults = {
+            "lr": lr,
+            "momentum": self.config.momentum,
+            "weight_decay": self.config.weight_decay,
+            "decoupled_weight_decay": decoupled_weight_decay,
+        }
+        excluded: list[str] = []
+        self._fallback: torch.optim.Optimizer | None = None
+        if fallback is not None:
+            excluded, self._fallback = fallback_optimizer(params, fallback)
+        preconditioned = {name: p for name, p in params.items() if name not in excluded}
+        if not preconditioned:
+            raise ValueError("FishLeg: the fallback takes every trainable parameter, leaving none to precondition")
+        chosen, taken = option_groups(preconditioned, group_options)
+        rest = [p for name, p in preconditioned.items() if name not in taken]
+        fallback_groups = self._fallback.param_groups if self._fallback is not None else []
+        super().__init__(([{"params": rest}] if rest else []) + chosen + fallback_groups, defaults)
+        if self._fallback is not None:  # one state and one group dict: checkpoints and LR schedulers see both
+            self._fallback.state = self.state
         if q is None:
             q = build_model_q(
-                model, forms, self.config.q_init_scale, self.config.strict, coupled=coupled, couple=couple
+                model,
+                forms,
+                self.config.q_init_scale,
+                self.config.strict,
+                coupled=coupled,
+                couple=couple,
+                bands=bands,
+                aux_budget=aux_budget,
+                exclude=excluded,
             )
         else:
             builders = {
                 "forms": forms,
                 "coupled": coupled,
                 "couple": couple,
+                "bands": bands,
+                "aux_budget": aux_budget,
                 "sgd_lr": sgd_lr,
                 "init_scale": init_scale,
             }
@@ -152,7 +209,7 @@ class FishLeg(torch.optim.Optimizer):
                     f"FishLeg: q is given (built by hand), so {', '.join(given)} must not be: they "
                     "describe how FishLeg builds Q"
                 )
-            check_model_q(q, params)
+            check_model_q(q, preconditioned)
         self.q: ModelQ = q
         self._caching_grams: bool | None = None
         self._cache_grams_for(0)
@@ -193,7 +250,7 @@ class FishLeg(torch.optim.Optimizer):
         low_rank = (
             self.config.low_rank
             and self.config.momentum_on == "update"
-            and self.config.weight_decay == 0
+            and all(group["weight_decay"] == 0 for group in self._groups())
             and not self._distributed
         )
         self._capture = GradientFactors.for_q(model, self.q) if low_rank else None
@@ -232,14 +289,16 @@ class FishLeg(torch.optim.Optimizer):
         an auxiliary update meeting them skips only that update, leaving λ and its Adam state as they were.
         """
         check_callable("closure", closure, optional=True)
-        given = split_batch(aux_batch) if aux_batch is not None else None
+        given = split_batch(aux_batch, batch_fn=self._batch_fn) if aux_batch is not None else None
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         aux_due = self.config.aux_due(self.steps)
         self._cache_grams_for(self.steps)
-        aux_batch_parts = (given if given is not None else split_batch(self._next_aux_batch())) if aux_due else None
+        aux_batch_parts = None
+        if aux_due:
+            aux_batch_parts = given or split_batch(self._next_aux_batch(), batch_fn=self._batch_fn)
         gradient = self._gradient()
         blame = self.monitor.blame()
         finite = self.nonfinite.check("gradient", gradient, "the step is skipped", blame)
@@ -268,11 +327,20 @@ class FishLeg(torch.optim.Optimizer):
             direction = self._averaged("momentum_buffer", direction)
         # Only now, with nothing left that can fail, does the optimizer state change.
         self._store("momentum_buffer", gradient if on_gradient else direction)
-        for group in self.param_groups:
+        for group in self._groups():
             params = group["params"]
+            decay = group.get("decoupled_weight_decay", 0.0)  # absent from checkpoints made before it existed
+            if decay:  # θ ← (1 − η w) θ, outside Q (as AdamW)
+                torch._foreach_mul_(params, 1 - group["lr"] * decay)
             torch._foreach_add_(params, [direction[self._names[id(p)]] for p in params], alpha=-group["lr"])
+        if self._fallback is not None:
+            self._fallback.step()
         self.steps += 1
         return loss
+
+    def _groups(self) -> list[dict[str, Any]]:
+        """The parameter groups that Q preconditions (not the fallback optimizer's)."""
+        return [group for group in self.param_groups if "fallback" not in group]
 
     def _cache_grams_for(self, step: int) -> None:
         """Gram matrices pay when λ serves several steps: cache them unless the phase of ``step`` updates λ
@@ -283,14 +351,17 @@ class FishLeg(torch.optim.Optimizer):
             self._caching_grams = caching
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear ``.grad``, and the captured gradient factors of the passes already backpropagated; those of a
+        forward pass whose backward is still to come are kept (closures that zero the gradients between the
+        forward and the backward pass, as Lightning's do)."""
         super().zero_grad(set_to_none)
         if self._capture:
-            self._capture.clear()
+            self._capture.zero_grad()
 
     def _gradient(self) -> ParamDict:
         """g (+ weight_decay·θ) by parameter name; a parameter without ``.grad`` contributes zeros."""
         gradient = {}
-        for group in self.param_groups:
+        for group in self._groups():
             for p in group["params"]:
                 g = p.grad if p.grad is not None else torch.zeros_like(p)
                 gradient[self._names[id(p)]] = g + group["weight_decay"] * p if group["weight_decay"] else g
@@ -300,7 +371,7 @@ class FishLeg(torch.optim.Optimizer):
         """The exponential average β b + (1 − β) x of the buffers b = ``self.state[p][key]`` (from b = 0),
         as new tensors: the buffers change only in ``_store``."""
         averaged: ParamDict = {}
-        for group in self.param_groups:
+        for group in self._groups():
             names = [self._names[id(p)] for p in group["params"]]
             buffers = [self.state[p].get(key, torch.zeros_like(p)) for p in group["params"]]
             new = torch._foreach_lerp(buffers, [values[name] for name in names], 1 - group["momentum"])
@@ -308,7 +379,7 @@ class FishLeg(torch.optim.Optimizer):
         return averaged
 
     def _store(self, key: str, values: ParamDict) -> None:
-        for group in self.param_groups:
+        for group in self._groups():
             for p in group["params"]:
                 self.state[p][key] = values[self._names[id(p)]]
 
@@ -358,6 +429,9 @@ class FishLeg(torch.optim.Optimizer):
                 + more
             )
         super().load_state_dict(state_dict)  # checks the parameter groups before changing anything
+        if self._fallback is not None:  # torch made new group dicts and a new state: share them again
+            self._fallback.state = self.state
+            self._fallback.param_groups = [group for group in self.param_groups if "fallback" in group]
         self.auxiliary.load_state_dict(extra)
         self.steps = extra["steps"]
         self.nonfinite.skipped = dict(extra["skipped"])

@@ -132,6 +132,44 @@ class TriangularFactor(nn.Module):
         return self._cache[key][1]
 
 
+class DiagonalFactor(nn.Module):
+    """A Kronecker factor M = diag(d), d = positive(raw) > 0: n parameters where a ``TriangularFactor`` has
+    n(n + 1)/2, for a side too large for a full factor (PSGD's ``max_size``). Offers the products of
+    ``TriangularFactor`` that the Kronecker forms use."""
+
+    def __init__(self, init: Tensor) -> None:
+        super().__init__()
+        if init.dim() != 1:
+            raise ValueError(f"DiagonalFactor needs the initial diagonal of M, a vector; got {tuple(init.shape)}")
+        self.n = init.shape[0]
+        self.raw = nn.Parameter(inverse_softplus(init.clone()))
+
+    @classmethod
+    def scaled_identity(
+        cls, n: int, scale: float, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> DiagonalFactor:
+        """The factor with M = scale² · I (as ``TriangularFactor.scaled_identity``: L = scale · I)."""
+        return cls(torch.full((n,), scale**2, device=device, dtype=dtype))
+
+    @torch.no_grad()
+    def assign_(self, L: Tensor) -> None:
+        """Set M to the diagonal of L Lᵀ (the squared row norms of ``L``)."""
+        if L.shape != (self.n, self.n):
+            raise ValueError(f"DiagonalFactor.assign_ needs a {self.n}×{self.n} matrix, got {tuple(L.shape)}")
+        self.raw.copy_(inverse_softplus((L * L).sum(1)))
+
+    def diagonal(self) -> Tensor:
+        return positive(self.raw)
+
+    def gram(self) -> Tensor:
+        """M as a dense n×n matrix."""
+        return torch.diag(self.diagonal())
+
+    def gram_matmul(self, X: Tensor) -> Tensor:
+        """M X for X of shape (..., n, r)."""
+        return self.diagonal()[:, None] * X
+
+
 def triangular_gram(L: Tensor, min_size: int = 256) -> Tensor:
     """L Lᵀ for lower-triangular L, by 2×2 blocks L = [[A, 0], [B, C]]:
     L Lᵀ = [[A Aᵀ, A Bᵀ], [B Aᵀ, B Bᵀ + C Cᵀ]], recursing on A Aᵀ and C Cᵀ. It skips the products with the
