@@ -203,3 +203,8 @@ def test_multiplicative_steps_batched_over_factors_match_one_factor_at_a_time():
             optimizer.step()
     for a, b in zip(together, apart):
         torch.testing.assert_close(a().detach(), b().detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_kron_with_a_diagonal_factor_multiplies_alone():
+    assert fl.QFORMS.build("kron", shape=(3, 4)).batch_key() is not None
+    assert fl.QFORMS.build("kron", shape=(3, 4), max_size=3).batch_key() is None  # its 4-wide side is diagonal
