@@ -4,8 +4,8 @@ The A.6 study's frozen autoencoder, damped-KFAC start, training streams and sche
 decay over the last half); M = mean A(Q; u) over the study's fixed training directions, each with its own
 curvature batch, recorded at ``--points`` evenly spaced steps. ``--k`` averages the auxiliary losses of K
 (u, curvature batch) pairs per step; ``--other-lr`` gives the parameters outside the triangular factors their
-own rate (``triangular_factor_groups``: e.g. ``ekfac``'s scaling D), which is how the README's control run
-of Adam separates them.
+own rate (``triangular_factor_groups``: e.g. ``ekfac``'s scaling D), which is how the control run of Adam in
+docs/results/convergence.md separates them.
 
     python -m benchmarks.bench_aux_optimizers [--quick] [--form kron] [--aux-optimizer NAME] [--lr 0.03]
                                               [--steps 500] [--k 1] [--other-lr R] [--cache DIR] [--json FILE]

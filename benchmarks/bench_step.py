@@ -80,7 +80,7 @@ def autoencoder_task(quick: bool = False) -> Task:
         "adam": lambda m: torch.optim.Adam(m.parameters(), lr=1e-3),
         "fishleg_aux10": lambda m: fl.FishLeg(m, likelihood, aux_every=10, aux_lr=3e-3, aux_data=aux(), **fishleg),
         "fishleg_aux1": lambda m: fl.FishLeg(m, likelihood, aux_every=1, aux_lr=3e-4, aux_data=aux(), **fishleg),
-        # momentum on g diverges at lr 0.3 here (see README): a smaller step
+        # momentum on g diverges at lr 0.3 here (see docs/results/speed.md): a smaller step
         "fishleg_aux10_gmom": lambda m: fl.FishLeg(
             m,
             likelihood,

@@ -32,7 +32,7 @@ SGD_RATES = (0.001, 0.002, 0.003, 0.005, 0.01)
 MOMENTUM = 0.9
 KFAC_START_LR = 0.01
 """FishLeg's η from the damped-KFAC start: the best of 0.003 / 0.01 / 0.03 in ``experiments.autoencoder_training``'s
-sweep (README, "Autoencoder training"), where 0.03 diverged."""
+sweep (docs/results/training.md, "Autoencoder training"), where 0.03 diverged."""
 
 
 def run(

@@ -1,6 +1,6 @@
 """Smoke runs of the speed benchmarks at tiny sizes: they run, and what they report hangs together.
 
-The measured numbers themselves are in README.md; timings are never asserted here (machines are noisy).
+The measured numbers themselves are in docs/results/; timings are never asserted here (machines are noisy).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def test_bench_aux_counts_the_flops_of_a_kron_fit_step(tmp_path):
     result = bench_aux.main(["--rounds", "1", "--json", str(tmp_path / "aux.json")])
     assert set(bench_aux.FORMS) <= {key.removeprefix("ratio_") for key in result}
     assert result["ratio_kron"] > 1  # a fit step holds a forward+backward and more
-    # Q·u forward and backward alone is over 1 GFLOP on the A.6 autoencoder (see README)
+    # Q·u forward and backward alone is over 1 GFLOP on the A.6 autoencoder (see docs/results/speed.md)
     assert 1.0 < result["kron_step_gflop"] < 10.0
     assert result["ratio_tridiag_kron_to_kron"] == pytest.approx(result["tridiag_kron_step_s"] / result["kron_step_s"])
     # FLOPs do not depend on the machine's load: the coupling's products stay factored where that pays

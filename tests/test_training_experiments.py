@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from experiments.autoencoder_training import experiment as autoencoder_training
-from experiments.autoencoder_training.report import reach_times
+from experiments.autoencoder_training.report import reach_ratios
 from experiments.common.training import finished, time_to_reach, train
 from experiments.deep_linear import experiment as deep_linear
 
@@ -62,6 +62,17 @@ def test_train_stops_at_a_non_finite_loss():
     assert not finished(curve, 50)
 
 
+def test_train_goes_on_to_the_time_budget():
+    ticks = iter(range(10_000))
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    curve = train(
+        model, optimizer, squared, constant_batches(), 2, 3, lambda _: {}, min_seconds=5, clock=lambda: next(ticks)
+    )
+    assert curve["iteration"] == [0, 3, 5] and curve["seconds"][-1] == 5  # each step takes one tick
+    assert finished(curve, 2)
+
+
 def test_time_to_reach_is_the_first_point_at_or_below_the_target():
     curve = {"seconds": [0.0, 1.0, 2.0, 3.0], "minibatch_loss": [math.nan, 5.0, 3.0, 4.0]}
     assert time_to_reach(curve, 3.0) == 2.0
@@ -108,15 +119,50 @@ def autoencoder_run(tmp_path_factory):
 def test_autoencoder_quick_run(autoencoder_run):
     out, report = autoencoder_run
     assert (out / "figure2_3.png").read_bytes()[:8] == PNG
-    assert "time to SGDm's final loss" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "iterations to adam's loss at 20" in summary and "gap to the best of kfac, soap, psgd_kron" in summary
+    assert not (out / "partial.json").exists()
+    assert set(report["runs"]) == set(autoencoder_training.paper_config().contenders)
     for name, sweep in report["sweeps"].items():
         finals = {run["lr"]: run["curve"]["minibatch_loss"][-1] for run in sweep if run["finished"]}
         assert report["best_lr"][name] == min(finals, key=finals.get)
     runs = report["runs"]
     starts = {name: seeds[0]["curve"]["test_nll"][0] for name, seeds in runs.items()}
     assert len(set(starts.values())) == 1  # the same initialisation for every contender
-    assert reach_times(runs)["sgdm"][0] <= 1.0  # SGD reaches its own final loss within its own time
-    assert runs["fishleg_kfac"][0]["curve"]["seconds"][0] > 0  # the KFAC start's time is on the clock
+    assert reach_ratios(runs, "adam", 20)["adam"][0] == (1.0, 1.0)  # Adam reaches its own loss at its own time
+
+
+def test_autoencoder_resumes_the_runs_of_a_report(autoencoder_run, tmp_path):
+    out, report = autoencoder_run
+    again = autoencoder_training.main(
+        ["--quick", "--contenders", "fishleg", "--resume", str(out / "results.json"), "--out", str(tmp_path)]
+    )
+    assert set(again["runs"]) == {"adam", "fishleg"}  # the chosen contender and the target
+    assert again["runs"]["fishleg"] == json.loads(json.dumps(report["runs"]["fishleg"]))  # taken over, not re-run
+    with pytest.raises(SystemExit):
+        autoencoder_training.main(
+            ["--quick", "--preset", "a6", "--resume", str(out / "results.json"), "--out", str(tmp_path)]
+        )
+
+
+def test_autoencoder_variants_quick_run(tmp_path):
+    report = autoencoder_training.main(["--quick", "--preset", "variants", "--out", str(tmp_path)])
+    assert set(report["runs"]) == set(autoencoder_training.variants_config().contenders)
+    assert all(run["finished"] for seeds in report["runs"].values() for run in seeds)
+
+
+def test_a6_preset_keeps_the_kfac_start_on_the_clock(tmp_path):
+    report = autoencoder_training.main(["--quick", "--preset", "a6", "--out", str(tmp_path)])
+    assert report["runs"]["fishleg_kfac"][0]["curve"]["seconds"][0] > 0  # the KFAC start's time is on the clock
+
+
+def test_the_sweep_extends_past_an_edge():
+    runs = [
+        {"lr": lr, "finished": True, "curve": {"minibatch_loss": [loss]}} for lr, loss in ((1, 3.0), (3, 2.0), (9, 1.0))
+    ]
+    assert autoencoder_training.next_rate(runs) == 27
+    runs[2]["curve"]["minibatch_loss"] = [2.5]
+    assert autoencoder_training.next_rate(runs) is None
 
 
 def test_autoencoder_rejects_bad_options(tmp_path, capsys):

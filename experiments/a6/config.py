@@ -65,7 +65,7 @@ FIT_FIELDS = (
 
 DEFAULT_RATES = {"adam": 1e-3, "multiplicative": 0.03}
 """The rate of λ of a form that ``aux_lr`` gives none, per optimizer: Adam's per-entry step, the relative step
-of the multiplicative one (both measured on the autoencoder, README "Learning Q fast and to convergence")."""
+of the multiplicative one (both measured on the autoencoder, docs/results/convergence.md)."""
 
 
 def _per_form(table: Mapping[str, Any], form: str) -> Any:

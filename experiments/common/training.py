@@ -25,25 +25,36 @@ def train(
     iterations: int,
     every: int,
     evaluate: Callable[[int], dict[str, float]],
+    *,
+    min_seconds: float = 0.0,
+    max_iterations: int | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> Curve:
-    """``iterations`` steps of ``optimizer`` on L = ``loss_fn(model, inputs, targets)``, one batch each.
+    """``iterations`` steps of ``optimizer`` on L = ``loss_fn(model, inputs, targets)``, one batch each, and
+    more while the training time is below ``min_seconds`` (at most ``max_iterations`` steps in all; default
+    100 × ``iterations``): a run then covers both an iteration budget and a time budget.
 
     ``evaluate(iteration)`` runs at iteration 0 and after every ``every`` steps, outside the clock; so does
     the conversion of losses to Python floats (one synchronisation per evaluation). A non-finite minibatch
-    loss ends the run (the curve then stops there, its last ``minibatch_loss`` not finite).
+    loss ends the run (the curve then stops there, its last ``minibatch_loss`` not finite). ``clock``: the
+    seconds counter, wall-clock by default (``time.thread_time`` counts only this thread's CPU time).
     """
     curve: Curve = {"iteration": [0], "seconds": [0.0], "minibatch_loss": [math.nan], **_listed(evaluate(0))}
     seconds, window = 0.0, []
-    for iteration in range(1, iterations + 1):
+    limit = max_iterations if max_iterations is not None else 100 * iterations
+    iteration = 0
+    while iteration < iterations or (seconds < min_seconds and iteration < limit):
+        iteration += 1
         inputs, targets = next(batches)
-        start = time.perf_counter()
+        start = clock()
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model, inputs, targets)
         loss.backward()
         optimizer.step()
-        seconds += time.perf_counter() - start
+        seconds += clock() - start
         window.append(loss.detach())
-        if iteration % every == 0 or iteration == iterations:
+        last = iteration >= iterations and (seconds >= min_seconds or iteration >= limit)
+        if iteration % every == 0 or last:
             mean = torch.stack(window).mean().item()
             window = []
             diverged = not math.isfinite(mean)
@@ -65,8 +76,8 @@ def _listed(values: dict[str, float]) -> dict[str, list[float]]:
 
 
 def finished(curve: Curve, iterations: int) -> bool:
-    """The run did all ``iterations`` and ended with a finite loss."""
-    return curve["iteration"][-1] == iterations and math.isfinite(curve["minibatch_loss"][-1])
+    """The run did at least ``iterations`` and ended with a finite loss."""
+    return curve["iteration"][-1] >= iterations and math.isfinite(curve["minibatch_loss"][-1])
 
 
 def time_to_reach(curve: Curve, target: float, key: str = "minibatch_loss") -> float | None:
