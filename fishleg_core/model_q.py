@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from fishleg_core._validation import check_mapping, check_number
 from fishleg_core._warnings import warn_user
 from fishleg_core.coupled import COUPLED_FORMS, BlockQ, CoupledQ, CoupledSpec, LowRankFactors, choose_coupled
+from fishleg_core.coupled.batched import BlockBatch, plan_batches
 from fishleg_core.layers.adapters import ParameterAdapter
 from fishleg_core.layers.form_choice import FormChoices, choose_forms
 from fishleg_core.layers.mapping import BandChoices, Block, map_blocks
@@ -28,9 +29,16 @@ class ModelQ(nn.Module):
     read ``by_blocks.<block>+<block>.<λ>``: a state_dict from a differently grouped Q does not load.
     ``param_names`` follows ``param_order`` where given (``build_model_q`` gives the model's order), else
     the groups' order; ``to_dense`` is in ``param_names`` order.
+
+    With ``batched`` (the default), single-block groups whose forms stack (``QForm.batch_key``: equal shape
+    and form, e.g. the 20 layers of a deep linear network or the projections of a transformer's blocks)
+    multiply as one batch (``BlockBatch``): the same products, a few batched kernels instead of a few per
+    block. False: every group multiplies its own blocks.
     """
 
-    def __init__(self, groups: Iterable[CoupledQ], param_order: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, groups: Iterable[CoupledQ], param_order: Sequence[str] | None = None, *, batched: bool = True
+    ) -> None:
         super().__init__()
         groups = list(groups)
         bad = [type(group).__name__ for group in groups if not isinstance(group, CoupledQ)]
@@ -50,6 +58,18 @@ class ModelQ(nn.Module):
                 raise ValueError(f"ModelQ: param_order lacks {', '.join(missing)}")
             names.sort(key=rank.__getitem__)
         self.param_names: tuple[str, ...] = tuple(names)
+        self.batched = batched
+
+    @property
+    def batched(self) -> bool:
+        """Whether groups whose forms stack multiply as one batch (see the class docstring)."""
+        return bool(self._batches)
+
+    @batched.setter
+    def batched(self, enabled: bool) -> None:
+        batches, alone = plan_batches(self.groups) if enabled else ([], list(self.groups))
+        self._batches: list[BlockBatch] = batches
+        self._alone: list[CoupledQ] = alone
 
     @property
     def groups(self) -> tuple[CoupledQ, ...]:
@@ -64,8 +84,10 @@ class ModelQ(nn.Module):
         if missing:
             raise KeyError(f"ModelQ: vector needs a tensor for every parameter Q covers; missing: {', '.join(missing)}")
         result: dict[str, Tensor] = {}
-        for group in self.groups:
+        for group in self._alone:
             result.update(group(vector, factors))
+        for batch in self._batches:
+            result.update(batch(vector, factors))
         return {name: result[name] for name in self.param_names}
 
     def entry_label(self, key: str) -> str:
@@ -177,6 +199,7 @@ def build_model_q(
     bands: BandChoices | None = None,
     aux_budget: float | None = None,
     exclude: Collection[str] = (),
+    batched: bool = True,
 ) -> ModelQ:
     """Map ``model`` to blocks (``map_blocks``); make the coupled forms asked for by ``coupled`` (e.g.
     ``[{"blocks": ["0", "2"], "form": "tridiag_kron"}]``) and ``couple`` (``"adjacent"``: a ``tridiag_kron``
@@ -191,7 +214,8 @@ def build_model_q(
     forms hold more, the largest full Kronecker factors of ``kron`` blocks become diagonal, largest first
     (their ``max_size`` is lowered), until Q fits; a budget that even all-diagonal factors exceed is warned
     about. Each full factor of side n holds n(n + 1)/2 parameters, a diagonal one n. Other forms are kept.
-    None (default): no total budget; each ``kron`` side above ``max_size`` (default 2048) is diagonal anyway."""
+    None (default): no total budget; each ``kron`` side above ``max_size`` (default 2048) is diagonal anyway.
+    ``batched``: see ``ModelQ``."""
     check_number("init_scale", init_scale, 0.0)
     if aux_budget is not None:
         check_number("aux_budget", aux_budget, 0.0)
@@ -253,7 +277,7 @@ def build_model_q(
                 "block", blocks=[block], init_scale=init_scale, form="diagonal", device=p.device, dtype=p.dtype
             )
         )
-    return ModelQ(made, param_order=[*params, *own])
+    return ModelQ(made, param_order=[*params, *own], batched=batched)
 
 
 def _within_budget(

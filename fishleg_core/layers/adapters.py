@@ -32,6 +32,7 @@ from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
@@ -143,10 +144,10 @@ class LinearAdapter(LayerAdapter):
         return True
 
     def factor_columns(self, module: nn.Module, inputs: Tensor) -> Tensor:
-        return inputs.reshape(-1, cast(nn.Linear, module).in_features)
+        return rearrange(inputs, "... inputs -> (...) inputs", inputs=cast(nn.Linear, module).in_features)
 
     def factor_rows(self, module: nn.Module, output_grad: Tensor) -> Tensor:
-        return output_grad.reshape(-1, cast(nn.Linear, module).out_features)
+        return rearrange(output_grad, "... outputs -> (...) outputs", outputs=cast(nn.Linear, module).out_features)
 
     def takes_kfac(self, module: nn.Module) -> bool:
         return True
@@ -182,9 +183,10 @@ def _unfolded(
     """The patches of a 1-d or 2-d input (N, C, *spatial) as rows (N·positions, C·kernel), by ``F.unfold``
     (a 1-d input as a 2-d one of height 1)."""
     pad = (1,) * (2 - len(kernel))
-    x = x.reshape(*x.shape[:2], *pad, *x.shape[2:])
+    if len(kernel) == 1:
+        x = rearrange(x, "batch channels length -> batch channels 1 length")
     patches = F.unfold(x, pad + kernel, dilation=pad + dilation, padding=(0,) * len(pad) + padding, stride=pad + stride)
-    return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+    return rearrange(patches, "batch patch positions -> (batch positions) patch")
 
 
 @LAYER_ADAPTERS.register(_ConvNd)
@@ -214,7 +216,7 @@ class ConvAdapter(LayerAdapter):
     def factor_rows(self, module: nn.Module, output_grad: Tensor) -> Tensor:
         conv = cast(_ConvNd, module)
         grad = output_grad if output_grad.dim() == len(conv.kernel_size) + 2 else output_grad.unsqueeze(0)
-        return grad.movedim(1, -1).reshape(-1, conv.out_channels)
+        return rearrange(grad, "batch channels ... -> (batch ...) channels", channels=conv.out_channels)
 
     def takes_kfac(self, module: nn.Module) -> bool:
         """1-d and 2-d, zero-padded convolutions with numeric padding, grouped or not."""
