@@ -32,9 +32,12 @@ format: $(INSTALLED)  ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: $(INSTALLED)  ## the speed benchmarks
-	$(PY) -m benchmarks.bench_step
+bench: $(INSTALLED)  ## the speed benchmarks (step cost on three models, auxiliary fit step, einsum orders)
+	$(PY) -m benchmarks.bench_step --model autoencoder
+	$(PY) -m benchmarks.bench_step --model deep_linear
+	$(PY) -m benchmarks.bench_step --model transformer
 	$(PY) -m benchmarks.bench_aux
+	$(PY) -m benchmarks.bench_einsum
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from fishleg_core._validation import check_mapping, check_number
 from fishleg_core._warnings import warn_user
 from fishleg_core.coupled import COUPLED_FORMS, BlockQ, CoupledQ, CoupledSpec, LowRankFactors, choose_coupled
+from fishleg_core.coupled.batched import BlockBatch, plan_batches
 from fishleg_core.layers.adapters import ParameterAdapter
 from fishleg_core.layers.form_choice import FormChoices, choose_forms
 from fishleg_core.layers.mapping import BandChoices, Block, map_blocks
@@ -29,9 +30,16 @@ class ModelQ(nn.Module):
     read ``by_blocks.<block>+<block>.<λ>``: a state_dict from a differently grouped Q does not load.
     ``param_names`` follows ``param_order`` where given (``build_model_q`` gives the model's order), else
     the groups' order; ``to_dense`` is in ``param_names`` order.
+
+    With ``batched`` (the default), single-block groups whose forms stack (``QForm.batch_key``: equal shape
+    and form, e.g. the 20 layers of a deep linear network or the projections of a transformer's blocks)
+    multiply as one batch (``BlockBatch``): the same products, a few batched kernels instead of a few per
+    block. False: every group multiplies its own blocks.
     """
 
-    def __init__(self, groups: Iterable[CoupledQ], param_order: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, groups: Iterable[CoupledQ], param_order: Sequence[str] | None = None, *, batched: bool = True
+    ) -> None:
         super().__init__()
         groups = list(groups)
         bad = [type(group).__name__ for group in groups if not isinstance(group, CoupledQ)]
@@ -51,6 +59,18 @@ class ModelQ(nn.Module):
                 raise ValueError(f"ModelQ: param_order lacks {', '.join(missing)}")
             names.sort(key=rank.__getitem__)
         self.param_names: tuple[str, ...] = tuple(names)
+        self.batched = batched
+
+    @property
+    def batched(self) -> bool:
+        """Whether groups whose forms stack multiply as one batch (see the class docstring)."""
+        return bool(self._batches)
+
+    @batched.setter
+    def batched(self, enabled: bool) -> None:
+        batches, alone = plan_batches(self.groups) if enabled else ([], list(self.groups))
+        self._batches: list[BlockBatch] = batches
+        self._alone: list[CoupledQ] = alone
 
     @property
     def groups(self) -> tuple[CoupledQ, ...]:
@@ -65,8 +85,10 @@ class ModelQ(nn.Module):
         if missing:
             raise KeyError(f"ModelQ: vector needs a tensor for every parameter Q covers; missing: {', '.join(missing)}")
         result: dict[str, Tensor] = {}
-        for group in self.groups:
+        for group in self._alone:
             result.update(group(vector, factors))
+        for batch in self._batches:
+            result.update(batch(vector, factors))
         return {name: result[name] for name in self.param_names}
 
     def entry_label(self, key: str) -> str:
@@ -178,6 +200,7 @@ def build_model_q(
     bands: BandChoices | None = None,
     aux_budget: float | None = None,
     exclude: Collection[str] = (),
+    batched: bool = True,
 ) -> ModelQ:
     """Q(λ) for ``model``: its blocks (``map_blocks``) in coupled forms and QForms, all at Q₀ = init_scale·I.
 
@@ -195,6 +218,7 @@ def build_model_q(
         aux_budget: at most this many auxiliary parameters per model parameter (large Kronecker factors
             become diagonal).
         exclude: names of parameters Q leaves out (a fallback optimizer's).
+        batched: see ``ModelQ``.
 
     Returns:
         The ``ModelQ``, with the dtype and device of the parameters of each block, in the model's parameter
@@ -266,7 +290,7 @@ def build_model_q(
                 "block", blocks=[block], init_scale=init_scale, form="diagonal", device=p.device, dtype=p.dtype
             )
         )
-    return ModelQ(made, param_order=[*params, *own])
+    return ModelQ(made, param_order=[*params, *own], batched=batched)
 
 
 def _within_budget(

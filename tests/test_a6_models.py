@@ -69,12 +69,15 @@ def test_a_classifier_study_runs_end_to_end(model, runs):
         assert math.isfinite(A) and A_star < 0 and A >= A_star
         assert 0 < e < 1.5
         assert row["layer_split"]["total"] > 0
-    for row in results["forms"]:
-        assert row["init"] == "identity" and "nn.Linear layers only" in row["init_note"]
+    for row in results["forms"]:  # every block with KFAC factors (convolutions, embedding, attention) started
+        assert row["init"] == "kfac" and row["kfac_scale"] > 0 and "init_note" not in row
         assert isinstance(row["certificate"]["certified"], bool)
         assert row["mean_normalized_error"] < 1  # better than Q = 0
+        not_started = row.get("kfac_not_started", [])
+        assert not_started == ([] if model == "cnn" else ["norm1", "norm2", "norm3"])  # LayerNorm: no factors
     assert "Skipped references: kfac: the hand-written KFAC reference handles nn.Linear layers only" in summary
-    assert "Q₀ on this model: c·I" in summary and "Categorical likelihood" in summary
+    assert ("keeps c·I on norm1, norm2, norm3" in summary) == (model == "transformer")
+    assert "Categorical likelihood" in summary
     assert all(f"reference {name} skipped" in log for name in skipped)
 
 

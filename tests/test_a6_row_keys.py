@@ -16,14 +16,13 @@ from experiments.a6 import study as a6_study
 from experiments.a6.config import StudyConfig
 from experiments.a6.provenance import code_hash
 from experiments.a6.study_models import MODELS
-from fishleg_core.kfac import KRONECKER_STARTS
 from fishleg_core.qforms.base import QForm
 from fishleg_core.qforms.positive import PositiveTensor, inverse_softplus
 from fishleg_core.registry import Registry
 
 
 class Unstarted(QForm):
-    """The diagonal form written anew: no Kronecker start is registered along its class hierarchy."""
+    """The diagonal form written anew: no Kronecker start (``QForm.set_kronecker`` returns False)."""
 
     def __init__(self, shape, init_scale=1.0, *, device=None, dtype=None):
         super().__init__(shape, init_scale)
@@ -37,17 +36,20 @@ class Unstarted(QForm):
 
 
 class Started(Unstarted):
-    """The same form with a Kronecker start (``start_diagonal``, registered by the ``forms`` fixture)."""
+    """The same form with a Kronecker start (``start_diagonal`` as its ``set_kronecker``, set by the ``forms``
+    fixture)."""
 
 
 def start_diagonal(form, left, right):
     with torch.no_grad():
         form.D.raw.copy_(inverse_softplus(torch.outer(left.square().sum(1), right.square().sum(1))))
+    return True
 
 
 def start_diagonal_halved(form, left, right):
     with torch.no_grad():
         form.D.raw.copy_(inverse_softplus(0.5 * torch.outer(left.square().sum(1), right.square().sum(1))))
+    return True
 
 
 @pytest.fixture
@@ -55,13 +57,14 @@ def forms():
     """``test_unstarted`` and ``test_started`` (with ``start_diagonal``) registered for one test."""
     fl.QFORMS.register("test_unstarted")(Unstarted)
     fl.QFORMS.register("test_started")(Started)
-    KRONECKER_STARTS.register(Started)(start_diagonal)
+    Started.set_kronecker = start_diagonal
     yield
-    for registry, key in ((fl.QFORMS, "test_unstarted"), (fl.QFORMS, "test_started"), (KRONECKER_STARTS, Started)):
-        if key in registry:
-            registry.unregister(key)
-    if Unstarted in KRONECKER_STARTS:
-        KRONECKER_STARTS.unregister(Unstarted)
+    for key in ("test_unstarted", "test_started"):
+        if key in fl.QFORMS:
+            fl.QFORMS.unregister(key)
+    for cls in (Started, Unstarted):
+        if "set_kronecker" in vars(cls):
+            delattr(cls, "set_kronecker")
 
 
 def replace_entry(monkeypatch, registry: Registry, key, entry) -> None:
@@ -102,7 +105,7 @@ FORM_ONLY, EVERY_KEY = (False, False, True), (True, True, True)
 PERTURBATIONS = {
     # name: (how, which keys change: pretraining, reference, form)
     "form class edited": (_edit_form, FORM_ONLY),
-    "start replaced": (lambda mp: replace_entry(mp, KRONECKER_STARTS, Started, start_diagonal_halved), FORM_ONLY),
+    "start replaced": (lambda mp: mp.setattr(Started, "set_kronecker", start_diagonal_halved), FORM_ONLY),
     "start edited in place": (_edit_start_in_place, FORM_ONLY),
     "Fisher method replaced": (lambda mp: replace_entry(mp, fl.FISHER_METHODS, "exact", exact_again), EVERY_KEY),
     "likelihood replaced": (lambda mp: replace_entry(mp, fl.LIKELIHOODS, "bernoulli", BernoulliAgain), EVERY_KEY),
@@ -137,7 +140,7 @@ def test_every_registry_entry_a_row_runs_is_in_its_key(name, forms, monkeypatch)
 def test_registering_a_start_for_a_form_changes_its_key(forms):
     config = StudyConfig(forms=("test_unstarted",))
     before = config.form_key("test_unstarted")
-    KRONECKER_STARTS.register(Unstarted)(start_diagonal)
+    Unstarted.set_kronecker = start_diagonal
     assert config.form_key("test_unstarted") != before
 
 
@@ -179,7 +182,7 @@ def test_a_start_registered_or_edited_after_a_run_is_not_reused(forms, study):
     assert "started from c·I, like every form: test_unstarted has no KFAC start" in summary
     assert "every form starts from c·I: test_unstarted has no KFAC start" in err
 
-    KRONECKER_STARTS.register(Unstarted)(start_diagonal)
+    Unstarted.set_kronecker = start_diagonal
     started, summary, err = study("diagonal,test_unstarted")
     assert study.counts["fits"] == 4 and "forms/" not in err  # no form row reused
     assert [row["init"] for row in started] == ["kfac", "kfac"] and "start_note" not in started[1]
@@ -188,7 +191,7 @@ def test_a_start_registered_or_edited_after_a_run_is_not_reused(forms, study):
     again, _, err = study("diagonal,test_unstarted")
     assert study.counts["fits"] == 4 and again == started and "test_unstarted: reused from" in err
 
-    KRONECKER_STARTS.register(Unstarted, replace=True)(start_diagonal_halved)
+    Unstarted.set_kronecker = start_diagonal_halved
     edited, _, err = study("diagonal,test_unstarted")
     assert study.counts["fits"] == 5  # only the form whose start changed
     assert edited[0] == started[0] and edited[1]["kfac_scale"] != started[1]["kfac_scale"]

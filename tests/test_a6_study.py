@@ -81,7 +81,7 @@ def test_kfac_reference_rejects_other_layers():
     factors = kronecker_factors(
         model, fl.LIKELIHOODS.build("gaussian"), random_inputs(MLP_INPUT, 2), 1, torch.Generator()
     )
-    assert list(factors) == ["0"]  # the library's factors cover the nn.Linear layers only
+    assert list(factors) == ["0"]  # a LayerNorm has no KFAC factors
     with pytest.raises(ValueError, match="nn.Linear layers only"):
         KFACInverse(model, factors, 1.0)
 
@@ -127,7 +127,8 @@ def quick_run(tmp_path_factory):
 def test_quick_run_outputs_are_consistent(quick_run):
     results = json.loads((quick_run / "results.json").read_text())
     config = results["config"]
-    assert config["forms"] == ["diagonal", "kron", "ekfac", "kron_sum"] and config["steps"] > 0
+    assert config["forms"] == ["diagonal", "kron", "ekfac", "kron_sum", "tridiag_kron", "tridiag_ekfac"]
+    assert config["steps"] > 0
     references = ["identity", "kfac", "kfac_curvlinops", "kfac_curvlinops_rescaled", "ekfac_curvlinops"]
     assert [row["name"] for row in results["references"]] == references
     for row in results["forms"] + results["references"]:

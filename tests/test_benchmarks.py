@@ -16,6 +16,7 @@ from benchmarks import (
     bench_aux_optimizers,
     bench_conv_lowrank,
     bench_deep_linear_fishleg,
+    bench_einsum,
     bench_online_aux,
     bench_step,
     bench_time_to_loss,
@@ -40,6 +41,33 @@ def test_bench_step_reports_ratios_against_sgd_from_the_same_run(tmp_path, capsy
     assert all(result[f"{name}_s"] > 0 for name in names)
     assert all(math.isfinite(result[f"{name}_final_loss"]) for name in ("sgdm", "adam", "fishleg_aux10"))
     assert "fishleg_aux10" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("model", ["deep_linear", "transformer"])
+def test_bench_step_quick_on_the_deep_stacks_with_a_profile(model, capsys):
+    result = bench_step.main(["--model", model, "--quick", "--profile", "--per-block"])
+    names = ("sgdm", "adam", "fishleg_aux10", "fishleg_aux1")
+    assert len({result[f"{name}_first_loss"] for name in names}) == 1
+    assert all(math.isfinite(result[f"{name}_final_loss"]) for name in names)
+    assert result["ratio_aux1"] > 0 and result["fastest_ratio_aux10"] > 0
+    profile = result["profile"]
+    # an auxiliary update runs more operators than the step without it, and FishLeg more than SGD
+    assert profile["aux_update"]["aten_ops_per_step"] > 0
+    assert profile["fishleg_aux10"]["aten_ops_per_step"] > profile["sgdm"]["aten_ops_per_step"]
+    assert profile["fishleg_aux1"]["q_blocks"] > 0
+    assert "== profile: fishleg_aux1" in capsys.readouterr().out
+    # the batched blocks train as the per-block path does
+    for name in ("fishleg_aux1", "fishleg_aux10"):
+        assert result[f"{name}_final_loss"] == pytest.approx(result[f"{name}_per_block_final_loss"], rel=1e-5)
+
+
+def test_bench_einsum_times_both_orders_of_every_product(tmp_path):
+    result = bench_einsum.main(["--quick", "--json", str(tmp_path / "einsum.json")])
+    ratios = {key: value for key, value in result.items() if key.endswith("_ratio")}
+    assert len(ratios) == 2 + 2 * 2 * 2  # 2 sandwiches; ekfac and kron_sum, 2 shapes, with and without autograd
+    for key, ratio in ratios.items():
+        name = key.removesuffix("_ratio")
+        assert ratio == pytest.approx(result[f"{name}_einsum_ms"] / result[f"{name}_hand_ms"])
 
 
 def test_bench_aux_counts_the_flops_of_a_kron_fit_step(tmp_path):

@@ -15,6 +15,8 @@ COUPLED_CASES = [
     pytest.param(CoupledCase("block", {"form": "kron_sum"}, n_blocks=1), id="block-kron_sum"),
     pytest.param(CoupledCase("tridiag_kron", n_blocks=2), id="tridiag_kron-2"),
     pytest.param(CoupledCase("tridiag_kron", n_blocks=3), id="tridiag_kron-3"),
+    pytest.param(CoupledCase("tridiag_ekfac", n_blocks=2), id="tridiag_ekfac-2"),
+    pytest.param(CoupledCase("tridiag_ekfac", n_blocks=3), id="tridiag_ekfac-3"),
 ]
 
 

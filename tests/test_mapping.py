@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import fishleg_core as fl
-from fishleg_core._vectors import flatten
 from fishleg_core.layers import LayerAdapter
+from fishleg_core.param_vectors import flatten
 
 
 class Net(nn.Module):

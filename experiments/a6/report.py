@@ -98,9 +98,11 @@ def summary(
 ) -> str:
     """The Markdown table: form, aux params, final training aux loss, held-out A, A*, e, seconds, plateau;
     the references ``skipped`` on this model (name: reason) below it."""
+    compared = any("long_run" in row for row in forms)
     lines = [
-        "| form | Q₀ | aux params | final training aux loss | held-out A | A* | e | seconds | plateau | certified |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        "| form | Q₀ | aux params | final training aux loss | held-out A | A* | e | seconds | plateau | certified |"
+        + (" A − A_long |" if compared else ""),
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |" + (" ---: |" if compared else ""),
     ]
     for row in forms + references:
         final = "–" if row["final_aux_loss"] is None else f"{row['final_aux_loss']:.5g}"
@@ -110,14 +112,18 @@ def summary(
         lines.append(
             f"| {name} | {row.get('init', '–')} | {row['n_params']:,} | {final} | {row['mean_probe_aux_loss']:.5g} | "
             f"{row['mean_probe_optimal_aux_loss']:.5g} | {_error(row)} | "
-            f"{row['seconds']:.1f} | {verdict} | {certified} |"
+            f"{row['seconds']:.1f} | {verdict} | {certified} |" + (f" {_long_run_gap(row)} |" if compared else "")
         )
     rates = ", ".join(
         f"{label} {split_spec(config.optimizer(label))[0]} at {config.lr(label):g}" for label in config.forms
     )
     study_model = MODELS[config.model]
     accuracy = pretraining.get("heldout_accuracy")
-    notes = sorted({row["init_note"] for row in forms if "init_note" in row})
+    notes = sorted({row["init_note"] for row in forms if "init_note" in row}) + [
+        f"{row['name']} keeps c·I on {', '.join(row['kfac_not_started'])} (no KFAC factors or start there)"
+        for row in forms
+        if row.get("kfac_not_started")
+    ]
     return "\n".join(
         [
             f"# Appendix A.6 study: forms of Q on a frozen {study_model.title}",
@@ -147,6 +153,7 @@ def summary(
             "approximation (G ⊗ A + γI)⁻¹ per layer, estimated on the training data.",
             "",
             *([f"Q₀ on this model: {'; '.join(notes)}.", ""] if notes else []),
+            *(_long_run_section(forms) if compared else []),
             *(
                 ["Skipped references: " + "; ".join(f"{name}: {why}" for name, why in skipped.items()) + ".", ""]
                 if skipped
@@ -164,6 +171,40 @@ def summary(
             *(_seeds_section(config, forms) if config.seeds > 1 else []),
         ]
     )
+
+
+def _long_run_gap(row: Row) -> str:
+    """(A − A_long) / |A_long| against the form's long run, in bold beyond 1 %; – for a reference or a form
+    without a long run."""
+    comparison = row.get("long_run")
+    if comparison is None:
+        return "–"
+    text = f"{comparison['relative_gap']:+.2%}"
+    return text if comparison["within"] else f"**{text}**"
+
+
+def ranking_check(forms: list[Row]) -> tuple[list[str], list[str]]:
+    """The forms that have a long run, ranked by held-out A (best first) at the default budget and in the long
+    run."""
+    compared = [row for row in forms if "long_run" in row]
+    default = [row["name"] for row in sorted(compared, key=lambda row: row["mean_probe_aux_loss"])]
+    long = [row["name"] for row in sorted(compared, key=lambda row: row["long_run"]["mean_probe_aux_loss"])]
+    return default, long
+
+
+def _long_run_section(forms: list[Row]) -> list[str]:
+    """The long-run comparison: its budget, and the two rankings, a disagreement in bold."""
+    default, long = ranking_check(forms)
+    steps = next(row["long_run"]["steps"] for row in forms if "long_run" in row)
+    same = default == long
+    verdict = "the same" if same else "**different: the default budget ranks the forms otherwise than the long run**"
+    return [
+        f"Long run: each form fitted with {steps} steps (`--long-run`); A − A_long = the default run's held-out "
+        "A above the long run's, relative to |A_long| (bold beyond 1 %).",
+        "",
+        f"Ranking by held-out A, best first: default {' < '.join(default)}; long run {' < '.join(long)}: {verdict}.",
+        "",
+    ]
 
 
 def _nats(value: float) -> str:

@@ -1,17 +1,17 @@
 """The registry entries a row of the A.6 study runs, for its cache key.
 
-A plugin can register or replace any entry of a ``fishleg_core.Registry`` at run time (a QForm, a Kronecker
-start, a likelihood, a Fisher method, a layer adapter, an auxiliary optimizer), so the library's source hash
+A plugin can register or replace any entry of a ``fishleg_core.Registry`` at run time (a QForm, a likelihood, a
+Fisher method, a layer adapter, an auxiliary optimizer), so the library's source hash
 (``experiments.a6.provenance.library_hash``) does not describe the code a row ran. Each function here lists,
 under a label, the entries a row looks up, as they are registered now (None for a lookup that finds nothing,
-such as a form without a Kronecker start); ``code_hash`` of that list then changes with any registration,
+such as a module type without a layer adapter); ``code_hash`` of that list then changes with any registration,
 replacement or edit of one of them:
 
 - ``model_code``: what every row of a model runs, the pre-training included: the likelihood, the exact Fisher
   method and the layer adapter of each module type of the model;
 - ``form_code``: what a form's fit runs besides: its QForm (or coupled form) class, the ``BlockQ`` holding a
-  QForm, their Kronecker starts (``KRONECKER_STARTS``, ``COUPLED_STARTS``), and ``kron``'s for the blocks
-  outside a coupled form's chains.
+  QForm, their Kronecker starts (the ``set_kronecker`` each finds along its class hierarchy: a start
+  inherited from a base class is listed too), and ``kron``'s for the blocks outside a coupled form's chains.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from experiments.a6.coupling import MULTI_BLOCK_FORMS
 from experiments.a6.form_specs import parse_spec
 from experiments.a6.study_models import MODELS
 from fishleg_core.coupled import BlockQ
-from fishleg_core.kfac.start import COUPLED_STARTS, KRONECKER_STARTS
 from fishleg_core.registry import Registry
 
 STUDY_FISHER_METHOD = "exact"
@@ -66,7 +65,7 @@ def form_code(form: str) -> list[Any]:
             "coupled form",
             coupled,
             "coupled start",
-            registered_along_mro(COUPLED_STARTS, coupled),
+            getattr(coupled, "set_kronecker", None),
             *form_code("kron"),
         ]
     form_class = fl.QFORMS.get(name)
@@ -74,9 +73,9 @@ def form_code(form: str) -> list[Any]:
         "form",
         form_class,
         "kronecker start",
-        registered_along_mro(KRONECKER_STARTS, form_class) if isinstance(form_class, type) else None,
+        getattr(form_class, "set_kronecker", None),
         "block group",
         BlockQ,
         "block start",
-        registered_along_mro(COUPLED_STARTS, BlockQ),
+        BlockQ.set_kronecker,
     ]

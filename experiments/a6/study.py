@@ -5,7 +5,7 @@ the same study on a small CNN or transformer classifying the digits (``--model``
                                    [--forms diagonal,kron,...] [--steps N]
                                    [--aux-optimizer NAME] [--init kfac|identity]
                                    [--damping G] [--seed S] [--seeds N] [--data-dir DIR] [--config FILE]
-                                   [--plugins MODULE_OR_FILE,...] [--force]
+                                   [--plugins MODULE_OR_FILE,...] [--force] [--long-run]
 
 Pre-trains the model (``experiments.a6.study_models``: the autoencoder on (pixels, pixels) with a Bernoulli
 likelihood, or a classifier on (pixels, labels) with a Categorical one), then for each form fits Q (from the
@@ -13,15 +13,20 @@ rescaled damped-KFAC start, by the multiplicative optimizer by default, Adam for
 auxiliary loss, measures it on held-out probes, certifies it by a constant-rate continuation, next to references
 (best identity multiple, inverse damped KFAC by hand and by curvlinops); writes ``results.json``, ``figure4.png``
 and ``summary.md`` in DIR (default ``results/a6``, or ``results/a6-<model>`` for the CNN and the transformer). Every
-form gets the same kind of start (``common_start``, docs/study.md "Starts"): the KFAC start, or c·I for all when
-the model has other layers than nn.Linear or a form has no Kronecker start (``init: identity`` with ``init_note``
-and ``start_note`` in each row, the note next to e in the console and ``summary.md``). The hand-written KFAC
-reference, like any curvlinops reference that cannot handle the model's layers, is skipped on such a model
+form gets the same kind of start (``common_start``, docs/study.md "Starts"): the KFAC start (on every block whose
+layer adapter gives KFAC factors: Linear, convolutions, embeddings, attention; normalisation layers keep c·I and
+are listed in the row's ``kfac_not_started``), or c·I for all when a form has no Kronecker start (``init:
+identity`` with ``init_note`` and ``start_note`` in each row, the note next to e in the console and
+``summary.md``). The hand-written KFAC reference needs nn.Linear layers only and, like any curvlinops reference
+that cannot handle the model's layers, is skipped elsewhere
 (``skipped_references`` in ``results.json``, a line in ``summary.md``). Results are cached under a hash of the
 settings and of the code of every registry entry they depend on (``experiments/row_code.py``):
 ``DIR/pretrained-<key>.pt``, ``DIR/cg-<key>.pt`` (the probes' F_γ⁻¹u), ``DIR/forms/<form>-<key>.json`` (written as
 each form finishes) and ``DIR/references/<name>-<key>.json``, so a re-run reuses them, a changed configuration
-computes its own (and keeps the others'), and ``--force`` recomputes. Bad input gives one ``a6_study: error: ...``
+computes its own (and keeps the others'), and ``--force`` recomputes. ``--long-run`` fits every form with
+``LONG_RUN_FACTOR`` (8) × the steps: its rows, cached like any other, are the references of the default run,
+whose rows then carry ``long_run`` (the long run's held-out A and e, and how far the default's A is from it)
+and whose summary compares the two rankings. Bad input gives one ``a6_study: error: ...``
 line per problem and exit status 2, before anything is written. In Python: ``run_study(config)`` returns the
 results.
 """
@@ -73,6 +78,12 @@ from fishleg_core.kfac import kronecker_factors
 from fishleg_core.param_vectors import ParamDict, scale
 from fishleg_core.plugins import PluginError, load_plugins
 
+LONG_RUN_FACTOR = 8
+"""``--long-run``: the fits of the reference run have this many times the steps of the default run."""
+
+CONVERGED_WITHIN = 0.01
+"""A form is within reach of its long run when its held-out A is above the long run's by at most this × |A|."""
+
 MONITOR_SEED_OFFSET, PROBE_SEED_OFFSET, KFAC_SEED_OFFSET = 1, 2, 3  # the certificate's stream: 4
 """Seeds of the other random streams: seed + offset (the data, model and fit streams use the seed itself)."""
 
@@ -97,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", help="output folder (default: results/a6 for the autoencoder, results/a6-<model> for the others)"
     )
-    parser.add_argument("--forms", help="comma-separated QForm names (default: diagonal,kron,ekfac,kron_sum)")
+    parser.add_argument(
+        "--forms", help="comma-separated QForm names (default: diagonal,kron,ekfac,kron_sum,tridiag_kron,tridiag_ekfac)"
+    )
     parser.add_argument("--steps", type=int, help="optimizer steps per form")
     parser.add_argument(
         "--aux-optimizer",
@@ -106,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--init",
-        help="Q₀: kfac (default; c·I for every form when one has no Kronecker start or the model has other "
-        "layers than nn.Linear) or identity",
+        help="Q₀: kfac (default; c·I for every form when one has no Kronecker start, and on blocks without "
+        "KFAC factors) or identity",
     )
     parser.add_argument("--damping", type=float, help="γ of F_γ = F + γI (> 0)")
     parser.add_argument("--seed", type=int, help="seed of every random stream")
@@ -124,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
         "QForms, likelihoods, layer adapters, ...)",
     )
     parser.add_argument("--force", action="store_true", help="recompute everything, ignoring saved results")
+    parser.add_argument(
+        "--long-run",
+        action="store_true",
+        help=f"fit every form with {LONG_RUN_FACTOR}× the steps: the references that the default run's rows "
+        "are compared with (cached in the same folder)",
+    )
     parser.add_argument("--threads", type=_positive_int, default=2, help="torch CPU threads (default: 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
@@ -153,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "data_dir": args.data_dir,
         }
         config = resolve(args.config, args.quick, overrides)
+        if args.long_run:
+            config = long_run_config(config)
         data = prepare(config)
     except fl.InvalidConfigError as error:
         print(error, file=sys.stderr)
@@ -163,6 +184,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     run_study(config, args.out, args.force, progress=not args.no_progress, data=data)
     return 0
+
+
+def long_run_config(config: StudyConfig) -> StudyConfig:
+    """The configuration of the long run of ``config``: ``LONG_RUN_FACTOR`` × the steps, all else alike."""
+    return config.model_copy(update={"steps": LONG_RUN_FACTOR * config.steps})
+
+
+def long_run_comparison(config: StudyConfig, label: str, row: Row, out: Path) -> dict[str, Any] | None:
+    """How the form's row compares with the row of its long run (``long_run_config``), when that is in
+    ``out``'s cache: the long run's steps, held-out A and e, and gap = (A − A_long) / |A_long| (within
+    ``CONVERGED_WITHIN``: converged at the default budget); None without a long run."""
+    long_config = long_run_config(config)
+    key = long_config.form_key(label)
+    path = out / f"{file_name('forms/' + label)}-{key}.json"
+    if not path.exists():
+        return None
+    long_row = load_keyed(path, key, f"long run of {label}")
+    if long_row is None:
+        return None
+    A, A_long = row["mean_probe_aux_loss"], long_row["mean_probe_aux_loss"]
+    gap = (A - A_long) / abs(A_long)
+    return {
+        "steps": long_config.steps,
+        "mean_probe_aux_loss": A_long,
+        "mean_normalized_error": long_row["mean_normalized_error"],
+        "relative_gap": gap,
+        "within": gap <= CONVERGED_WITHIN,
+    }
 
 
 def default_out(model: str) -> Path:
@@ -221,8 +270,6 @@ class CommonStart:
 
     def note(self, form: str) -> str:
         """The form's start in plain words, shown next to its e (console, ``summary.md``)."""
-        if not self.lacking:
-            return "started from c·I: the KFAC start needs nn.Linear layers"
         if form in self.lacking:
             return f"started from c·I: {form} has no KFAC start"
         return f"started from c·I, like every form: {', '.join(self.lacking)} has no KFAC start"
@@ -230,22 +277,19 @@ class CommonStart:
 
 def common_start(config: StudyConfig, model: nn.Module) -> tuple[StudyConfig, CommonStart]:
     """The configuration every form is fitted with, so that all get the same kind of start: ``config`` when
-    ``init`` is ``identity`` or every form takes the damped-KFAC start on ``model``; else ``init`` set to
-    ``identity``, with the reason: the model has other layers than nn.Linear, or some form has no Kronecker
-    start (``KRONECKER_STARTS``, docs/study.md "Starts")."""
+    ``init`` is ``identity`` or every form takes the damped-KFAC start on ``model`` (on the blocks that have
+    KFAC factors); else ``init`` set to ``identity``, with the reason: some form has no Kronecker start (its
+    ``set_kronecker``, docs/study.md "Starts")."""
     if config.init != "kfac":
         return config, CommonStart()
     identity = config.model_copy(update={"init": "identity"})
-    reason = linear_only_reason(model)
-    if reason is not None:
-        return identity, CommonStart(f"the damped-KFAC start needs nn.Linear layers only ({reason})")
     with torch.random.fork_rng(devices=[]):
-        lacking = tuple(form for form in config.forms if not supports_kfac_start(build_form(model, form, 1.0)))
+        lacking = tuple(form for form in config.forms if not supports_kfac_start(build_form(model, form, 1.0), model))
     if not lacking:
         return config, CommonStart()
     return identity, CommonStart(
         f"{', '.join(lacking)} {'has' if len(lacking) == 1 else 'have'} no KFAC start, and every form gets the "
-        "same kind of start (register one with fishleg_core.kfac.KRONECKER_STARTS: docs/study.md, "
+        "same kind of start (give the form a set_kronecker method: docs/study.md, "
         '"Starts")',
         lacking,
     )
@@ -313,6 +357,10 @@ def run_seed(config: StudyConfig, data: Split, out: Path, force: bool, progress:
             save_keyed(paths[name], keys[name], rows[name])
     names = list(keys)
     filled = cast(dict[str, dict[str, Any]], rows)  # every row is loaded or computed by now
+    for label in config.forms:
+        comparison = long_run_comparison(started, label, filled[f"forms/{label}"], out)
+        if comparison is not None:
+            filled[f"forms/{label}"] = {**filled[f"forms/{label}"], "long_run": comparison}
     references = [filled[name] for name in names[len(config.forms) :]]
     return StudyResults(
         config,

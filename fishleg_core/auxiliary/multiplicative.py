@@ -29,7 +29,6 @@ from fishleg_core.qforms.positive import (
     inverse_softplus,
     packed_positions,
     positive,
-    unpack_lower,
 )
 
 
@@ -88,40 +87,54 @@ class MultiplicativeFactorSteps(AuxiliaryAdam):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        stashed = []
+        batches: dict[tuple[int, torch.dtype, torch.device, float, float], list[tuple[Tensor, Tensor]]] = {}
         for group in self.param_groups:
             if not group["factor"]:
                 continue
             diag, off = group["params"]
             if diag.grad is None and off.grad is None:
                 continue
-            self._factor_step(diag, off, group["lr"], group["momentum"])
-            stashed += [(diag, diag.grad), (off, off.grad)]
-            diag.grad = off.grad = None  # Adam's step skips parameters without a gradient
-        super().step()
-        for p, grad in stashed:
-            p.grad = grad
+            key = (diag.numel(), diag.dtype, diag.device, group["lr"], group["momentum"])
+            batches.setdefault(key, []).append((diag, off))
+        for (_, _, _, lr, momentum), factors in batches.items():
+            self._factor_steps(factors, lr, momentum)
+        groups = self.param_groups
+        self.param_groups = [group for group in groups if not group["factor"]]  # Adam on the rest alone
+        try:
+            if self.param_groups:
+                super().step()
+        finally:
+            self.param_groups = groups
         return loss
 
-    def _factor_step(self, diag: Tensor, off: Tensor, lr: float, momentum: float) -> None:
-        n = diag.numel()
-        positions = self._packed_positions(n, diag.device)
-        g_diag = torch.zeros_like(diag) if diag.grad is None else diag.grad / torch.sigmoid(diag)  # ∂/∂L_ii
-        g_off = torch.zeros_like(off) if off.grad is None else off.grad
-        L = unpack_lower(torch.cat([positive(diag), off]), positions, n)
-        D = lower_part_of_transposed_product(L, unpack_lower(torch.cat([g_diag, g_off]), positions, n))
-        state = self.state[diag]  # "step" too, which torch.optim.Adam's load_state_dict expects in every state
-        if "factor_momentum" not in state:
-            state["factor_momentum"], state["step"] = torch.zeros_like(D), torch.tensor(0.0)
-        state["step"] += 1
-        m = state["factor_momentum"]
-        m.mul_(momentum).add_(D, alpha=1 - momentum)
-        size = m.norm()
-        if size == 0:
-            return
+    def _factor_steps(self, factors: list[tuple[Tensor, Tensor]], lr: float, momentum: float) -> None:
+        """The step of the module docstring for N factors of one size at once, as a stack (N, n, n)."""
+        diags, offs = [diag for diag, _ in factors], [off for _, off in factors]
+        n = diags[0].numel()
+        positions = self._packed_positions(n, diags[0].device)
+        diag, off = torch.stack(diags), torch.stack(offs)
+        g_diag = torch.stack([torch.zeros_like(d) if d.grad is None else d.grad for d in diags]) / torch.sigmoid(diag)
+        g_off = torch.stack([torch.zeros_like(o) if o.grad is None else o.grad for o in offs])  # ∂/∂L_ij
+        L = _unpack_stack(torch.cat([positive(diag), off], dim=1), positions, n)
+        D = lower_part_of_transposed_product(L, _unpack_stack(torch.cat([g_diag, g_off], dim=1), positions, n))
+        states = [self.state[d] for d in diags]  # "step" too, which torch.optim.Adam's load_state_dict expects
+        for state in states:
+            if "factor_momentum" not in state:
+                state["factor_momentum"], state["step"] = torch.zeros_like(D[0]), torch.tensor(0.0)
+        momenta = [state["factor_momentum"] for state in states]
+        torch._foreach_add_([state["step"] for state in states], 1)
+        m = torch.stack(momenta).mul_(momentum).add_(D, alpha=1 - momentum)
+        torch._foreach_copy_(momenta, list(m.unbind()))
+        size = torch.linalg.matrix_norm(m)
+        moving = (size > 0).tolist()  # one synchronisation; a factor whose momentum is zero does not move
+        size = size.clamp_min(torch.finfo(m.dtype).tiny)[:, None, None]
         L = L + lower_product(L, m * (-lr / size))
-        diag.copy_(inverse_softplus(L.diagonal().clone()))
-        off.copy_(L.view(-1)[positions[n:]])
+        new_diags = inverse_softplus(L.diagonal(dim1=-2, dim2=-1).clone()).unbind()
+        new_offs = L.view(len(factors), -1)[:, positions[n:]].unbind()
+        chosen = [i for i, ok in enumerate(moving) if ok]
+        if chosen:
+            torch._foreach_copy_([diags[i] for i in chosen], [new_diags[i] for i in chosen])
+            torch._foreach_copy_([offs[i] for i in chosen], [new_offs[i] for i in chosen])
 
     def _packed_positions(self, n: int, device: torch.device) -> Tensor:
         """``packed_positions(n)``, made once per size and device."""
@@ -139,9 +152,9 @@ def lower_product(A: Tensor, B: Tensor, min_size: int = 128) -> Tensor:
         return torch.tril(A @ B)
     h = n // 2
     return _lower_blocks(
-        lower_product(A[:h, :h], B[:h, :h], min_size),
-        A[h:, :h] @ B[:h, :h] + A[h:, h:] @ B[h:, :h],
-        lower_product(A[h:, h:], B[h:, h:], min_size),
+        lower_product(A[..., :h, :h], B[..., :h, :h], min_size),
+        A[..., h:, :h] @ B[..., :h, :h] + A[..., h:, h:] @ B[..., h:, :h],
+        lower_product(A[..., h:, h:], B[..., h:, h:], min_size),
     )
 
 
@@ -154,13 +167,19 @@ def lower_part_of_transposed_product(L: Tensor, G: Tensor, min_size: int = 128) 
         return torch.tril(L.mT @ G)
     h = n // 2
     return _lower_blocks(
-        lower_part_of_transposed_product(L[:h, :h], G[:h, :h], min_size) + torch.tril(L[h:, :h].mT @ G[h:, :h]),
-        L[h:, h:].mT @ G[h:, :h],
-        lower_part_of_transposed_product(L[h:, h:], G[h:, h:], min_size),
+        lower_part_of_transposed_product(L[..., :h, :h], G[..., :h, :h], min_size)
+        + torch.tril(L[..., h:, :h].mT @ G[..., h:, :h]),
+        L[..., h:, h:].mT @ G[..., h:, :h],
+        lower_part_of_transposed_product(L[..., h:, h:], G[..., h:, h:], min_size),
     )
 
 
 def _lower_blocks(top: Tensor, bottom_left: Tensor, bottom_right: Tensor) -> Tensor:
-    """[[top, 0], [bottom_left, bottom_right]]."""
-    zeros = top.new_zeros(top.shape[0], bottom_right.shape[1])
-    return torch.cat([torch.cat([top, zeros], 1), torch.cat([bottom_left, bottom_right], 1)])
+    """[[top, 0], [bottom_left, bottom_right]] (on the last two dimensions)."""
+    zeros = top.new_zeros(*top.shape[:-1], bottom_right.shape[-1])
+    return torch.cat([torch.cat([top, zeros], -1), torch.cat([bottom_left, bottom_right], -1)], -2)
+
+
+def _unpack_stack(packed: Tensor, positions: Tensor, n: int) -> Tensor:
+    """``unpack_lower`` for a stack of packed factors (N, n(n+1)/2) -> (N, n, n)."""
+    return packed.new_zeros(len(packed), n * n).scatter(1, positions.expand(len(packed), -1), packed).view(-1, n, n)

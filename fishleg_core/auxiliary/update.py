@@ -53,6 +53,7 @@ class AuxiliaryUpdate:
         self.output_fn = output_fn
         self.optimizer = build_aux_optimizer(optimizer, q)
         self.last_loss: Tensor | None = None
+        self._lambda = list(q.named_parameters())  # fixed with Q; walking its modules at every step costs
 
     def step(self, u: ParamDict, u_factors: LowRankFactors, inputs: Inputs, targets: Tensor | None) -> Tensor:
         """One step at the unit direction ``u`` (``u_factors``: low-rank factors of its blocks) with F_γ on
@@ -83,7 +84,7 @@ class AuxiliaryUpdate:
             except (TypeError, ValueError, RuntimeError) as error:
                 raise type(error)(_in_context(error, inputs, targets)) from error
             loss.surrogate.backward()
-        grads = {name: p.grad for name, p in self.q.named_parameters() if p.grad is not None}
+        grads = {name: p.grad for name, p in self._lambda if p.grad is not None}
         if self.distributed:
             average_across_ranks(list(grads.values()))
         checked = {"auxiliary loss": loss.value, **grads}

@@ -7,6 +7,9 @@ from fishleg_core.coupled.low_rank import LowRank
 from fishleg_core.coupled.registry import COUPLED_FORMS
 from fishleg_core.coupled.tridiag_kron import TridiagKronQ
 
+# after tridiag_kron: registration order is the order of COUPLED_FORMS.names()
+from fishleg_core.coupled.tridiag_ekfac import TridiagEKFACQ  # isort: skip
+
 __all__ = [
     "BlockQ",
     "BlockVector",
@@ -16,6 +19,7 @@ __all__ = [
     "LowRankFactors",
     "COUPLED_FORMS",
     "CoupledQ",
+    "TridiagEKFACQ",
     "TridiagKronQ",
     "adjacent_linear_chains",
     "block_q",

@@ -86,6 +86,16 @@ class CoupledQ(nn.Module, ABC):
             result.update(zip(block.param_names, block.layout.unpack(QG)))
         return result
 
+    def set_kronecker(self, pairs: Sequence[tuple[Tensor, Tensor]]) -> bool:
+        """Set Q from one (left, right) Cholesky pair per block (in block order; stacked per band for a
+        block in bands), each the damped inverse KFAC factors' (``fishleg_core.kfac.start``): the group's own
+        version of ``QForm.set_kronecker``.
+
+        Returns:
+            True when set; False, with Q unchanged, for a group without such a start (the default).
+        """
+        return False
+
     @abstractmethod
     def multiply(self, x: list[BlockVector]) -> list[Tensor]:
         """The block matrices of Q·x, one per block, each of the block's shape."""

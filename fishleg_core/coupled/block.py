@@ -31,6 +31,11 @@ class BlockQ(CoupledQ):
         self.label = label or (name if len(forms) == 1 else f"{len(forms)}×{name}")
         self.init_deviation = form.init_deviation
 
+    def set_kronecker(self, pairs: Sequence[tuple[Tensor, Tensor]]) -> bool:
+        """The form's own start (``QForm.set_kronecker``) on the block's pair."""
+        ((left, right),) = pairs
+        return self.form.set_kronecker(left, right)
+
     def multiply(self, x: list[BlockVector]) -> list[Tensor]:
         (vector,) = x
         product = None

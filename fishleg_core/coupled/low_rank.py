@@ -33,6 +33,9 @@ def sandwich(A: Tensor, X: Matrix, B: Tensor) -> Matrix:
         if factored_pays(A, X, B):
             return LowRank(A @ X.left, B @ X.right)
         X = X.dense()
+    # (A X) Bᵀ by hand, not torch.einsum("ij,jk,lk->il", ...): einsum would pick the cheaper order, but its
+    # contraction-path search (opt_einsum) runs at every call; it measured slower on two of the three A.6
+    # sandwiches (python -m benchmarks.bench_einsum)
     return A @ X @ B.mT
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -65,6 +67,31 @@ class TridiagKronQ(CoupledQ):
         self.D = nn.ParameterList(
             [_random_with_norm((n1, n0), coupling_norm, factory) for (_, n0), (_, n1) in zip(shapes, shapes[1:])]
         )
+
+    @torch.no_grad()
+    def set_kronecker(self, pairs: Sequence[tuple[Tensor, Tensor]]) -> bool:
+        """Diagonal blocks L_i ⊗ R_i from the pairs; each coupling C_i ⊗ D_i rescaled to spectral norms
+        √(coupling_init)·‖L_{i+1}‖₂ and √(coupling_init)·‖R_{i+1}‖₂, small against the block it feeds, as built."""
+        shapes = [
+            ((L.n, L.n), (R.n, R.n)) for L, R in zip(self._diagonal_factors(), self._diagonal_factors(right=True))
+        ]
+        if len(pairs) != len(shapes) or any(
+            (tuple(left.shape), tuple(right.shape)) != shape for (left, right), shape in zip(pairs, shapes)
+        ):
+            return False
+        for L, R, (left, right) in zip(self._diagonal_factors(), self._diagonal_factors(right=True), pairs):
+            L.assign_(left)
+            R.assign_(right)
+        for i, (C, D) in enumerate(zip(self.C, self.D)):
+            left, right = pairs[i + 1]
+            for coupling, target in ((C, left), (D, right)):
+                norm = math.sqrt(self.coupling_init) * torch.linalg.matrix_norm(target, ord=2)
+                coupling.mul_(norm / torch.linalg.matrix_norm(coupling, ord=2))
+        return True
+
+    def _diagonal_factors(self, right: bool = False) -> list[TriangularFactor]:
+        """The L_i (or the R_i), typed (a ModuleList yields plain Modules)."""
+        return [cast(TriangularFactor, factor) for factor in (self.R if right else self.L)]
 
     def multiply(self, x: list[BlockVector]) -> list[Tensor]:
         L, R = [f() for f in self.L], [f() for f in self.R]

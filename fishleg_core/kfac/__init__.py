@@ -1,9 +1,11 @@
-"""KFAC in FishLeg: the Kronecker factors G = E[δδᵀ], A = E[āāᵀ] of the Linear blocks, and the damped-KFAC
-start Q₀ of the Kronecker forms (``kfac_start``, ``kfac_warm_start``)."""
+"""KFAC in FishLeg: the Kronecker factors G = E[δδᵀ], A = E[āāᵀ] of every block whose layer adapter captures
+them, and the damped-KFAC start Q₀ of the forms that own one (``kfac_start``, ``kfac_warm_start``)."""
 
 from fishleg_core.kfac.start import (
-    KRONECKER_STARTS,
     KroneckerFactors,
+    NoKroneckerStart,
+    damped_inverse_cholesky,
+    kfac_blocks,
     kfac_start,
     kfac_warm_start,
     kronecker_factors,
@@ -11,8 +13,10 @@ from fishleg_core.kfac.start import (
 )
 
 __all__ = [
-    "KRONECKER_STARTS",
     "KroneckerFactors",
+    "NoKroneckerStart",
+    "damped_inverse_cholesky",
+    "kfac_blocks",
     "kfac_start",
     "kfac_warm_start",
     "kronecker_factors",

@@ -2,8 +2,12 @@
 
 For a Linear block X = [W | b] (out × in(+1)), the per-example gradient is δ āᵀ, with ā the layer's input
 (a 1 appended with a bias) and δ = ∂ℓ/∂s the gradient of the per-example NLL, at model-sampled targets, in
-the layer's output s. KFAC's factors are G = E[δδᵀ] and A = E[āāᵀ]. With factored damping
-π = sqrt((tr G / dim G) / (tr A / dim A)) the start is
+the layer's output s. KFAC's factors are G = E[δδᵀ] and A = E[āāᵀ]. A layer applied at several positions
+(a convolution: KFC, Grosse & Martens 2016, with the unfolded patches as ā; a Linear layer on a sequence)
+has the gradient Σ_t δ_t ā_tᵀ, and G = E_x[Σ_t δ_t δ_tᵀ], A = the mean of ā_t ā_tᵀ over examples and
+positions. Each layer adapter says what ā and δ are (``LayerAdapter.kfac_capture``): per band of rows for
+attention's q/k/v and grouped convolutions, and with a diagonal input factor on the rows of an embedding
+table. With factored damping π = sqrt((tr G / dim G) / (tr A / dim A)) the start is
 
 .. math::
 
@@ -18,38 +22,45 @@ left as they are and v₁ = Q₀ u on the started ones, the minimiser of Σ_u A(
 
     s = \\frac{\\sum_u u^\\top v_1 - v_0^\\top F_\\gamma v_1}{\\sum_u v_1^\\top F_\\gamma v_1}.
 
-A QForm takes the start through a function registered in ``KRONECKER_STARTS`` under its class (``kron``,
-``ekfac``, ``kron_sum``'s first term, ``diagonal`` as the diagonal of the product); a coupled form of several
-blocks through ``COUPLED_STARTS`` (``tridiag_kron``: its diagonal blocks, the coupling kept small). Other
-groups, and blocks other than nn.Linear, keep the Q they have (c·I as built).
+A form takes the start by its own ``set_kronecker`` (``QForm.set_kronecker(left, right)``,
+``CoupledQ.set_kronecker(pairs)``), which returns False where it has none; such groups, and blocks without
+factors (normalisation layers, parameters no adapter covers), keep the Q they have (c·I as built).
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable, Container, Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from fishleg_core._vectors import ParamDict, axpy, dot
 from fishleg_core.auxiliary.loss import DampedFisher
-from fishleg_core.coupled import CoupledQ, TridiagKronQ
-from fishleg_core.coupled.block import BlockQ
+from fishleg_core.coupled import CoupledQ
 from fishleg_core.fisher import fisher_vp
 from fishleg_core.frozen.fitting import normalized_gradients
+from fishleg_core.layers.adapters import KFACCapture, LayerAdapter, adapter_for
+from fishleg_core.layers.mapping import Block, map_blocks
 from fishleg_core.likelihoods import Likelihood, resolve_likelihood
 from fishleg_core.model_q import ModelQ
-from fishleg_core.qforms import EKFACQ, DiagonalQ, KronQ, KronSumQ, QForm
-from fishleg_core.qforms.positive import TriangularFactor, inverse_softplus
-from fishleg_core.registry import Registry
+
+
+class NoKroneckerStart(ValueError):
+    """No group of Q takes a KFAC start: no form with ``set_kronecker`` on a block with KFAC factors."""
 
 
 @dataclass(frozen=True)
 class KroneckerFactors:
-    """G (out × out) and A (in(+1) × in(+1)) of one Linear block."""
+    """G on a block's rows and A on its columns, F_block ≈ G ⊗ A (row-major vec): (rows × rows) and
+    (cols × cols), or one per band of rows, stacked, for a block in bands (attention, grouped convolutions):
+    (bands, rows/bands, rows/bands) and (bands, cols, cols). For a layer whose rows are its outputs G is the
+    output-gradient factor E[δδᵀ] and A the input factor E[āāᵀ]; for an embedding table, whose rows the input
+    indexes, G is the (diagonal) input factor and A the output-gradient factor."""
 
     G: Tensor
     A: Tensor
@@ -63,37 +74,55 @@ def kronecker_factors(
     generator: torch.Generator,
     chunk_size: int = 1000,
 ) -> dict[str, KroneckerFactors]:
-    """A = mean_x ā āᵀ and G = mean_{x, ŷ} δ δᵀ per nn.Linear module with trainable parameters (keyed by
-    module name), over ``inputs`` (a batch of examples) in chunks, with
-    ``samples`` targets ŷ ~ p(y | x, θ) per input drawn from ``generator`` (chunk by chunk, then sample by
-    sample)."""
+    """The KFAC factors of every block of ``model`` whose layer adapter has them (``takes_kfac``), keyed by
+    block name, over ``inputs`` (a batch of examples) in chunks, with ``samples`` targets ŷ ~ p(y | x, θ) per
+    input drawn from ``generator`` (chunk by chunk, then sample by sample): the input factor is the mean of
+    ā āᵀ over the rows (examples × positions), the output-gradient factor Σ_rows δ δᵀ / (examples · samples)."""
     likelihood = resolve_likelihood(likelihood)
-    modules = _linear_modules(model)
-    G_sum: dict[str, Tensor] = {}
-    A_sum: dict[str, Tensor] = {}
+    with warnings.catch_warnings():  # parameters without an adapter simply get no factors here
+        warnings.simplefilter("ignore")
+        blocks = {block.name: block for block in map_blocks(model)}
+    modules = _kfac_modules(model)
+    input_sums: dict[str, list[Tensor]] = {}
+    delta_sums: dict[str, list[Tensor]] = {}
+    rows: dict[str, int] = {}
+    on_rows: dict[str, bool] = {}
     for chunk in torch.split(inputs, chunk_size):
-        layer_inputs, layer_outputs, outputs = _record(model, modules, chunk)
-        for name, a in layer_inputs.items():
-            a = a.reshape(-1, a.shape[-1])
-            a_bar = torch.cat([a, torch.ones_like(a[:, :1])], 1) if modules[name].bias is not None else a
-            A_sum[name] = A_sum.get(name, 0) + a_bar.mT @ a_bar
+        captures, outputs = _record(model, modules, chunk)
+        captures = [(name, c) for name, c in captures if _fits(blocks.get(name), c)]
+        for name, capture in captures:
+            input_sums[name] = _added(input_sums.get(name), capture.input_grams)
+            rows[name] = rows.get(name, 0) + capture.rows
+            on_rows[name] = capture.input_on_rows
+        tape = [t for _, capture in captures for t in capture.outputs]
         for _ in range(samples):
             targets = likelihood.sample(outputs, generator)
             total_nll = likelihood.nll(outputs, targets) * len(chunk)  # Σ_b ℓ_b: its gradient in s_b is δ_b
-            deltas = torch.autograd.grad(total_nll, list(layer_outputs.values()), retain_graph=True)
-            for name, delta in zip(layer_outputs, deltas):
-                delta = delta.reshape(-1, delta.shape[-1])
-                G_sum[name] = G_sum.get(name, 0) + delta.mT @ delta
+            grads = list(torch.autograd.grad(total_nll, tape, retain_graph=True, allow_unused=True))
+            for name, capture in captures:
+                own = [g if g is not None else torch.zeros_like(t) for g, t in zip(grads, capture.outputs)]
+                del grads[: len(capture.outputs)]
+                delta_sums[name] = _added(delta_sums.get(name), [d.mT @ d for d in capture.deltas(own)])
     n = len(inputs)
-    return {name: KroneckerFactors(G=G_sum[name] / (n * samples), A=A_sum[name] / n) for name in modules}
+    factors = {}
+    for name in input_sums:
+        inputs_factor = _stacked([s / rows[name] for s in input_sums[name]])
+        deltas_factor = _stacked([s / (n * samples) for s in delta_sums[name]])
+        pair = (inputs_factor, deltas_factor) if on_rows[name] else (deltas_factor, inputs_factor)
+        factors[name] = KroneckerFactors(G=pair[0], A=pair[1])
+    return factors
 
 
 def damped_inverse_cholesky(factors: KroneckerFactors, damping: float) -> tuple[Tensor, Tensor]:
-    """(C_G, C_A): lower Cholesky factors of (G + √γ·π·I)⁻¹ and (A + √γ/π·I)⁻¹ (factored damping).
+    """(C_G, C_A): lower Cholesky factors of (G + √γ·π·I)⁻¹ and (A + √γ/π·I)⁻¹ (factored damping, π per
+    band for a block in bands, the factors then stacked like G and A).
 
     Each shift is at least ``_jitter`` (n·ε of the dtype times the factor's mean diagonal), so that a factor
     estimated from fewer samples than its size stays invertible with γ = 0 (the paper's setting); for
     γ > 0 the jitter is far below √γ·π and changes nothing. π = 1 when either factor is zero."""
+    if factors.G.dim() == 3:
+        pairs = [damped_inverse_cholesky(KroneckerFactors(G, A), damping) for G, A in zip(factors.G, factors.A)]
+        return torch.stack([left for left, _ in pairs]), torch.stack([right for _, right in pairs])
     G, A = factors.G, factors.A
     mean_g, mean_a = G.trace().item() / G.shape[0], A.trace().item() / A.shape[0]
     pi = math.sqrt(mean_g / mean_a) if mean_g > 0 and mean_a > 0 else 1.0
@@ -112,73 +141,35 @@ def _jitter(M: Tensor) -> float:
     return n * torch.finfo(M.dtype).eps * (mean if mean > 0 else 1.0)
 
 
-KroneckerStart = Callable[[QForm, Tensor, Tensor], None]
-"""Sets a form to (left leftᵀ) ⊗ (right rightᵀ) (row-major vec), or to the closest it can hold."""
-
-KRONECKER_STARTS: Registry[KroneckerStart] = Registry("Kronecker start")
-
-CoupledStart = Callable[[CoupledQ, Sequence[tuple[Tensor, Tensor]]], None]
-"""Sets a coupled form from one (left, right) Cholesky pair per block (in the group's block order)."""
-
-COUPLED_STARTS: Registry[CoupledStart] = Registry("group Kronecker start")
-
-
-@KRONECKER_STARTS.register(KronQ)
-@KRONECKER_STARTS.register(EKFACQ)  # with A = B² = 1 (as built) it is L Lᵀ ⊗ R Rᵀ
-def _kronecker_factors(form: QForm, left: Tensor, right: Tensor) -> None:
-    kron = cast("KronQ | EKFACQ", form)  # registered for these classes only
-    kron.L.assign_(left)
-    kron.R.assign_(right)
+def kfac_blocks(model: nn.Module) -> set[str]:
+    """The names of the blocks of ``model`` that ``kronecker_factors`` gives factors for, from the model's
+    structure alone: each module's own block where its adapter ``takes_kfac`` (and ``<attention>.out_proj``,
+    whose factors its attention captures)."""
+    names = set()
+    for name, (module, _) in _kfac_modules(model).items():
+        names.add(name)
+        if isinstance(module, nn.MultiheadAttention):
+            names.add(f"{name}.out_proj" if name else "out_proj")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return names & {block.name for block in map_blocks(model)}
 
 
-@KRONECKER_STARTS.register(KronSumQ)
-def _first_term(form: QForm, left: Tensor, right: Tensor) -> None:
-    """Term 1 takes the product; the small random terms k ≥ 2 stay as built (0.5 % of init_scale)."""
-    kron_sum = cast(KronSumQ, form)  # registered for this class only
-    cast(TriangularFactor, kron_sum.L[0]).assign_(left)
-    cast(TriangularFactor, kron_sum.R[0]).assign_(right)
-
-
-@KRONECKER_STARTS.register(DiagonalQ)
-def _diagonal_of_product(form: QForm, left: Tensor, right: Tensor) -> None:
-    """The diagonal of the product: D_ij = (C_G C_Gᵀ)_ii (C_A C_Aᵀ)_jj."""
-    with torch.no_grad():
-        cast(DiagonalQ, form).D.raw.copy_(inverse_softplus(torch.outer(left.square().sum(1), right.square().sum(1))))
-
-
-@COUPLED_STARTS.register(BlockQ)
-def _block_start(group: CoupledQ, pairs: Sequence[tuple[Tensor, Tensor]]) -> None:
-    form = cast(BlockQ, group).form
-    cast(KroneckerStart, kronecker_start_for(form))(form, *pairs[0])
-
-
-@COUPLED_STARTS.register(TridiagKronQ)
-def _tridiagonal_start(group: CoupledQ, pairs: Sequence[tuple[Tensor, Tensor]]) -> None:
-    """Diagonal blocks L_i ⊗ R_i from the pairs; each coupling C_i ⊗ D_i rescaled to spectral norms
-    √(coupling_init)·‖L_{i+1}‖₂ and √(coupling_init)·‖R_{i+1}‖₂, small against the block it feeds, as built."""
-    tridiag = cast(TridiagKronQ, group)
-    for L, R, (left, right) in zip(tridiag.L, tridiag.R, pairs):
-        cast(TriangularFactor, L).assign_(left)
-        cast(TriangularFactor, R).assign_(right)
-    with torch.no_grad():
-        for i, (C, D) in enumerate(zip(tridiag.C, tridiag.D)):
-            left, right = pairs[i + 1]
-            for coupling, target in ((C, left), (D, right)):
-                norm = math.sqrt(tridiag.coupling_init) * torch.linalg.matrix_norm(target, ord=2)
-                coupling.mul_(norm / torch.linalg.matrix_norm(coupling, ord=2))
-
-
-def kronecker_start_for(form: QForm) -> KroneckerStart | None:
-    """The registered start of ``form``'s class (or of its nearest registered base class), or None."""
-    return _registered(KRONECKER_STARTS, form)
-
-
-def takes_kfac_start(group: CoupledQ, with_factors: Container[str]) -> bool:
-    """Whether ``group`` has a registered start (a ``BlockQ`` through its form's) and every block of it is
-    in ``with_factors`` (block names, e.g. the keys of ``kronecker_factors``)."""
-    if isinstance(group, BlockQ) and kronecker_start_for(group.form) is None:
-        return False
-    return _registered(COUPLED_STARTS, group) is not None and all(block.name in with_factors for block in group.blocks)
+@torch.no_grad()
+def takes_kfac_start(group: CoupledQ) -> bool:
+    """Whether ``group`` has a KFAC start: its ``set_kronecker`` accepts identity factors of its blocks'
+    shapes (tried on a copy, so the group is left as it is)."""
+    like = next(group.parameters())
+    pairs = []
+    for block in group.blocks:
+        rows, cols = block.shape
+        band = rows // block.row_parts
+        left = torch.eye(band, dtype=like.dtype, device=like.device)
+        right = torch.eye(cols, dtype=like.dtype, device=like.device)
+        if block.row_parts > 1:
+            left, right = left.expand(block.row_parts, band, band), right.expand(block.row_parts, cols, cols)
+        pairs.append((left, right))
+    return copy.deepcopy(group).set_kronecker(pairs)
 
 
 @torch.no_grad()
@@ -189,18 +180,27 @@ def kfac_start(
     directions: Sequence[ParamDict],
     damped_fishers: Sequence[DampedFisher],
 ) -> tuple[float, list[str]]:
-    """Set every group of ``q`` that takes it to its damped-KFAC start, rescaled by the best scalar s on
-    ``directions`` (each with its own F_γ) with the other groups as they are (module docstring). Returns s
-    and the groups started, each named by its blocks ("0", "0+2+4" for a group over three)."""
-    pairs = {
+    """Set every group of ``q`` that takes it (its ``set_kronecker`` returns True, with factors for each of
+    its blocks) to its damped-KFAC start, rescaled by the best scalar s on ``directions`` (each with its own
+    F_γ) with the other groups as they are (module docstring).
+
+    Returns:
+        s and the groups started, each named by its blocks ("0", "0+2+4" for a group over three).
+
+    Raises:
+        NoKroneckerStart: no group takes the start.
+        ValueError: the best scale is not positive.
+    """
+    candidates = {
         group: [_like(damped_inverse_cholesky(factors[block.name], damping), group) for block in group.blocks]
         for group in q.groups
-        if takes_kfac_start(group, factors)
+        if all(block.name in factors for block in group.blocks)
     }
+    pairs = {group: group_pairs for group, group_pairs in candidates.items() if _start(group, group_pairs, 1.0)}
     if not pairs:
-        raise ValueError("kfac_start: no group of q takes a KFAC start (Kronecker forms on nn.Linear blocks)")
-    for group, group_pairs in pairs.items():
-        _start(group, group_pairs, 1.0)
+        raise NoKroneckerStart(
+            "kfac_start: no group of q takes a KFAC start (a form with set_kronecker on blocks with KFAC factors)"
+        )
     started = {name for group in pairs for name in group.param_names}
     numerator, curvature = torch.zeros(()), torch.zeros(())
     for u, fisher in zip(directions, damped_fishers):
@@ -231,7 +231,7 @@ def kfac_warm_start(
     (``FishLeg(..., q=q)``, with the same ``damping``): G and A from the inputs of ``batches`` ((inputs,
     targets) pairs; ``samples`` targets drawn from the model per input), the scale s from the batches'
     normalised gradients, each with F_γ on its own inputs. Returns s and the groups started (by block names);
-    the others (forms without a start, blocks other than nn.Linear) keep their Q."""
+    the others (forms without a start, blocks without KFAC factors) keep their Q."""
     if not batches:
         raise ValueError("kfac_warm_start: give at least one (inputs, targets) batch")
     likelihood = resolve_likelihood(likelihood)
@@ -243,10 +243,9 @@ def kfac_warm_start(
     return kfac_start(q, factors, damping, directions, fishers)
 
 
-def _start(group: CoupledQ, pairs: Sequence[tuple[Tensor, Tensor]], s: float) -> None:
+def _start(group: CoupledQ, pairs: Sequence[tuple[Tensor, Tensor]], s: float) -> bool:
     """The group's start with Q scaled by s: each factor of a B Bᵀ = (L Lᵀ) ⊗ (R Rᵀ) scaled by s^¼."""
-    scaled = [(left * s**0.25, right * s**0.25) for left, right in pairs]
-    cast(CoupledStart, _registered(COUPLED_STARTS, group))(group, scaled)
+    return group.set_kronecker([(left * s**0.25, right * s**0.25) for left, right in pairs])
 
 
 def _like(pair: tuple[Tensor, Tensor], group: CoupledQ) -> tuple[Tensor, Tensor]:
@@ -254,42 +253,61 @@ def _like(pair: tuple[Tensor, Tensor], group: CoupledQ) -> tuple[Tensor, Tensor]
     return pair[0].to(like), pair[1].to(like)
 
 
-def _registered(registry: Registry, obj: object) -> Callable | None:
-    return next((registry.get(cls) for cls in type(obj).__mro__ if cls in registry), None)
-
-
 def _inverse_cholesky(M: Tensor) -> Tensor:
     """The lower Cholesky factor of M⁻¹ for symmetric positive-definite M."""
     return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(M)))
 
 
-def _linear_modules(model: nn.Module) -> dict[str, nn.Linear]:
-    return {
-        name: module
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and any(p.requires_grad for p in module.parameters(recurse=False))
-    }
+def _kfac_modules(model: nn.Module) -> dict[str, tuple[nn.Module, LayerAdapter]]:
+    """The modules with trainable parameters whose adapter gives KFAC factors, by module name."""
+    found = {}
+    for name, module in model.named_modules():
+        adapter = adapter_for(module)
+        if adapter is not None and adapter.takes_kfac(module) and any(p.requires_grad for p in module.parameters()):
+            found[name] = (module, adapter)
+    return found
+
+
+def _fits(block: Block | None, capture: KFACCapture) -> bool:
+    """Whether the capture describes ``block`` (its bands and its side's width; a block joined by tied
+    parameters of another module, or cut otherwise, gets no factors)."""
+    if block is None or len(capture.input_grams) != block.row_parts:
+        return False
+    width = capture.input_grams[0].shape[0]
+    return width == (block.shape[0] if capture.input_on_rows else block.shape[1])
+
+
+def _added(total: list[Tensor] | None, terms: list[Tensor]) -> list[Tensor]:
+    return terms if total is None else [t + term for t, term in zip(total, terms)]
+
+
+def _stacked(bands: list[Tensor]) -> Tensor:
+    return bands[0] if len(bands) == 1 else torch.stack(bands)
 
 
 def _record(
-    model: nn.Module, modules: dict[str, nn.Linear], inputs: Tensor
-) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor]:
-    """One forward pass: each Linear module's input (detached) and output (on the tape), and the model's output."""
-    layer_inputs: dict[str, Tensor] = {}
-    layer_outputs: dict[str, Tensor] = {}
+    model: nn.Module, modules: dict[str, tuple[nn.Module, LayerAdapter]], inputs: Tensor
+) -> tuple[list[tuple[str, KFACCapture]], Tensor]:
+    """One forward pass: each module's captures (by block name, one per call of the module), and the model's
+    output."""
+    captures: list[tuple[str, KFACCapture]] = []
 
-    def hook(name: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
-        def record(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
-            layer_inputs[name] = args[0].detach()
-            layer_outputs[name] = output
+    def hook(name: str, adapter: LayerAdapter) -> Callable[..., Any]:
+        def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
+            output, found = adapter.kfac_capture(module, args, kwargs, output)
+            captures.extend(((name + c.suffix).lstrip("."), c) for c in found)
+            return output
 
         return record
 
-    handles = [module.register_forward_hook(hook(name)) for name, module in modules.items()]
+    handles = [
+        module.register_forward_hook(hook(name, adapter), with_kwargs=True)
+        for name, (module, adapter) in modules.items()
+    ]
     try:
         with torch.enable_grad():
             outputs = model(inputs)
     finally:
         for handle in handles:
             handle.remove()
-    return layer_inputs, layer_outputs, outputs
+    return captures, outputs

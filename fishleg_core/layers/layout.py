@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 
@@ -85,13 +86,15 @@ class BlockLayout:
 
     def _piece(self, tensor: Tensor, index: int) -> Tensor:
         groups = self._groups(index)
-        if groups:  # (g·a, b, K) -> (g, b, a, K) -> (g·b, a·K)
-            shape = self.param_shapes[index]
-            tensor = tensor.reshape(groups, shape[0] // groups, shape[1], -1).transpose(1, 2)
+        if groups:  # W (in, out/g, *kernel) -> rows: output channels, columns: a group's inputs and kernel
+            weight = tensor.reshape(self.param_shapes[index])  # also given flat (``permutation``)
+            return rearrange(weight, "(g inputs) outputs ... -> (g outputs) (inputs ...)", g=groups)
         return tensor.reshape((self.size, -1) if self.axis == 1 else (-1, self.size))
 
     def _unpiece(self, piece: Tensor, index: int) -> Tensor:
         shape, groups = self.param_shapes[index], self._groups(index)
         if groups:
-            piece = piece.reshape(groups, shape[1], shape[0] // groups, -1).transpose(1, 2)
+            piece = rearrange(
+                piece, "(g outputs) (inputs kernel) -> (g inputs) outputs kernel", g=groups, inputs=shape[0] // groups
+            )
         return piece.reshape(shape)

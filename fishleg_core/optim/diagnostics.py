@@ -69,6 +69,7 @@ class QMonitor:
         """(group, scale, update) of the largest scale above ``explode``/γ at the latest update, else None."""
         self._recent: deque[tuple[dict[str, float | None], float | None, float | None]] = deque(maxlen=window)
         self.warned: set[str] = set()
+        self._segment_index: Tensor | None = None
 
     @torch.no_grad()
     def record(
@@ -80,10 +81,10 @@ class QMonitor:
     ) -> None:
         """One auxiliary update's u, v = Q u, h = F_γ v and (optionally) its auxiliary loss A."""
         loss = [aux_loss.detach().reshape(()).to(dtype=torch.float64)] if aux_loss is not None else []
-        values = torch.stack(
-            [statistic for _, names in self.groups for statistic in (_dot(u, qu, names), _dot(u, u, names))]
-            + [dot(qu, fisher_qu), dot(qu, qu)]
-            + loss
+        totals = torch.stack([dot(qu, fisher_qu), dot(qu, qu)])
+        values = torch.cat(
+            [self._group_dots(u, qu).reshape(-1).to(torch.float64), totals.to(torch.float64)]
+            + [t.reshape(1) for t in loss]
         ).tolist()  # one synchronisation
         a = values.pop() if loss else None
         *pairs, vh, vv = values
@@ -102,6 +103,22 @@ class QMonitor:
         if len(self._recent) == self._recent.maxlen:
             self._check()
 
+    def _group_dots(self, a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Tensor:
+        """Per group [⟨a_b, b_b⟩, ‖a_b‖²], of shape (groups, 2), by one segmented sum over the flattened vectors."""
+        names = [name for _, group_names in self.groups for name in group_names]
+        flat_a = torch.cat([a[name].reshape(-1) for name in names])
+        flat_b = torch.cat([b[name].reshape(-1) for name in names])
+        products = torch.stack([flat_a * flat_b, flat_a * flat_a], 1)
+        return flat_a.new_zeros(len(self.groups), 2).index_add_(0, self._segments(names, a), products)
+
+    def _segments(self, names: list[str], like: Mapping[str, Tensor]) -> Tensor:
+        """The index of the group of every entry of the flattened vector (made once per device)."""
+        device = like[names[0]].device
+        if self._segment_index is None or self._segment_index.device != device:
+            sizes = [sum(like[name].numel() for name in group_names) for _, group_names in self.groups]
+            self._segment_index = torch.repeat_interleave(torch.arange(len(sizes), device=device), torch.tensor(sizes))
+        return self._segment_index
+
     def state(self) -> dict[str, Any]:
         """The latest measurements and the warnings given so far."""
         return {
@@ -116,9 +133,7 @@ class QMonitor:
     def check_updated(self, g: Mapping[str, Tensor], qg: Mapping[str, Tensor]) -> None:
         """The explosion check on Q as the latest update left it, from g and Q·g (the product the step takes
         anyway): a λ step that blows Q up is named before θ moves with it."""
-        values = torch.stack(
-            [statistic for _, names in self.groups for statistic in (_dot(g, qg, names), _dot(g, g, names))]
-        ).tolist()  # one synchronisation
+        values = self._group_dots(g, qg).reshape(-1).tolist()  # one synchronisation
         scales = {
             name: uv / uu / self.init_scale
             for (name, _), uv, uu in zip(self.groups, values[::2], values[1::2])
@@ -198,7 +213,3 @@ class QMonitor:
                 "optimizer.diagnostics())",
                 RuntimeWarning,
             )
-
-
-def _dot(a: Mapping[str, Tensor], b: Mapping[str, Tensor], names: tuple[str, ...]) -> Tensor:
-    return dot({name: a[name] for name in names}, b)

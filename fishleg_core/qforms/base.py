@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from fishleg_core._validation import check_number
+
+if TYPE_CHECKING:
+    from fishleg_core.qforms.stacked import StackedForm
 
 
 class QForm(nn.Module, ABC):
@@ -62,6 +67,35 @@ class QForm(nn.Module, ABC):
         these factors cheaper than ``multiply`` on the dense block at this rank r; else None (the default),
         and the caller multiplies the dense block."""
         return None
+
+    def set_kronecker(self, left: Tensor, right: Tensor) -> bool:
+        """Set Q to (left leftᵀ) ⊗ (right rightᵀ) (row-major vec), or to the closest Q the form holds: the
+        damped-KFAC start (``fishleg_core.kfac.start``).
+
+        Args:
+            left: (rows × rows) lower-triangular with a positive diagonal (a Cholesky factor).
+            right: (cols × cols), likewise.
+
+        Returns:
+            True when set; False, with Q unchanged, for a form without such a start (the default) or factors
+            of other shapes.
+        """
+        return False
+
+    def _kronecker_shapes(self, left: Tensor, right: Tensor) -> bool:
+        """Whether ``left`` and ``right`` are (rows × rows) and (cols × cols)."""
+        return tuple(left.shape) == (self.rows, self.rows) and tuple(right.shape) == (self.cols, self.cols)
+
+    def batch_key(self) -> Hashable | None:
+        """Forms with equal keys (not None) can multiply a stack of blocks as one batch (``stack``); None (the
+        default): this form multiplies its block alone."""
+        return None
+
+    @classmethod
+    def stack(cls, forms: Sequence[QForm]) -> StackedForm:
+        """The forms (of equal ``batch_key``) as one ``StackedForm`` whose ``multiply`` on a (N, rows, cols)
+        stack equals each form's ``multiply`` on its block. Forms with a ``batch_key`` implement it."""
+        raise NotImplementedError(f"{cls.__name__} has no batch_key, so it cannot be stacked")
 
     @abstractmethod
     def multiply(self, G: Tensor) -> Tensor:

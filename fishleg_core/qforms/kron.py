@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
+from typing import cast
+
 import torch
 from torch import Tensor
 
 from fishleg_core.qforms.base import QForm
 from fishleg_core.qforms.positive import DiagonalFactor, TriangularFactor
 from fishleg_core.qforms.registry import QFORMS
+from fishleg_core.qforms.stacked import StackedFactors
 
 
 def kron_low_rank_pays(shape: tuple[int, int], rank: int) -> bool:
@@ -73,6 +77,14 @@ class KronQ(QForm):
         factor = TriangularFactor if full_factor(size, other, self.max_size, self.max_skew) else DiagonalFactor
         return factor.scaled_identity(size, root, device=device, dtype=dtype)
 
+    def set_kronecker(self, left: Tensor, right: Tensor) -> bool:
+        """L = left, R = right."""
+        if not self._kronecker_shapes(left, right):
+            return False
+        self.L.assign_(left)
+        self.R.assign_(right)
+        return True
+
     def multiply(self, G: Tensor) -> Tensor:
         return self.L.gram_matmul(self.R.gram_matmul(G.mT).mT)
 
@@ -88,3 +100,24 @@ class KronQ(QForm):
     def extra_repr(self) -> str:
         diagonal = [side for side, f in (("L", self.L), ("R", self.R)) if isinstance(f, DiagonalFactor)]
         return super().extra_repr() + (f", diagonal factors: {', '.join(diagonal)}" if diagonal else "")
+
+    def batch_key(self) -> Hashable | None:
+        """Kronecker forms with two full triangular factors stack (a diagonal factor multiplies alone)."""
+        if not (isinstance(self.L, TriangularFactor) and isinstance(self.R, TriangularFactor)):
+            return None
+        return ("kron", self.shape, self.L.diag.dtype, self.L.diag.device)
+
+    @classmethod
+    def stack(cls, forms: Sequence[QForm]) -> StackedKron:
+        return StackedKron([cast(KronQ, form) for form in forms])
+
+
+class StackedKron:
+    """N ``KronQ`` of one shape: Q_i G_i = M_L,i G_i M_R,i for the whole stack in four batched products."""
+
+    def __init__(self, forms: Sequence[KronQ]) -> None:
+        self.L = StackedFactors([cast(TriangularFactor, form.L) for form in forms])
+        self.R = StackedFactors([cast(TriangularFactor, form.R) for form in forms])
+
+    def multiply(self, G: Tensor) -> Tensor:
+        return self.L.gram_matmul(self.R.gram_matmul(G.mT).mT)

@@ -51,15 +51,29 @@ class KronSumQ(QForm):
         """The pairs (L⁽ᵏ⁾, R⁽ᵏ⁾) of factors of all K terms (typed: a ModuleList yields plain Modules)."""
         return [(cast(TriangularFactor, L), cast(TriangularFactor, R)) for L, R in zip(self.L, self.R)]
 
+    def set_kronecker(self, left: Tensor, right: Tensor) -> bool:
+        """Term 1 takes the product; the small random terms k ≥ 2 stay as built (0.5 % of init_scale)."""
+        if not self._kronecker_shapes(left, right):
+            return False
+        L, R = self._factors()[0]
+        L.assign_(left)
+        R.assign_(right)
+        return True
+
     def grams(self) -> list[tuple[Tensor, Tensor]]:
         """The pairs (M_L⁽ᵏ⁾, M_R⁽ᵏ⁾) of all K terms."""
         return [(L.gram(), R.gram()) for L, R in self._factors()]
 
     def multiply(self, G: Tensor) -> Tensor:
+        """Σ_k M_L⁽ᵏ⁾ G M_R⁽ᵏ⁾ term by term, each as L(Lᵀ X) while λ changes at every step. Not one torch.einsum
+        over the stacked Gram matrices: that forms M = L Lᵀ on the autograd tape and measured slower with
+        autograd on every A.6 block (1.29× or more, python -m benchmarks.bench_einsum)."""
         return cast(Tensor, sum(L.gram_matmul(R.gram_matmul(G.mT).mT) for L, R in self._factors()))
 
     def multiply_low_rank(self, left: Tensor, right: Tensor) -> Tensor | None:
-        """Σ_k (M_L⁽ᵏ⁾ left)(M_R⁽ᵏ⁾ right)ᵀ, when it pays as for ``kron``."""
+        """Σ_k (M_L⁽ᵏ⁾ left)(M_R⁽ᵏ⁾ right)ᵀ, when it pays as for ``kron``. Hand-ordered: with λ changing at every
+        step, L(Lᵀ left) costs 4m²r and never forms M = L Lᵀ (m³), which a contraction over stacked Gram
+        matrices needs."""
         if not kron_low_rank_pays(self.shape, left.shape[-1]):
             return None
         return cast(Tensor, sum(L.gram_matmul(left) @ R.gram_matmul(right).mT for L, R in self._factors()))

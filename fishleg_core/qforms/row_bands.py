@@ -31,6 +31,17 @@ class RowBandsQ(QForm):
         """The bands' forms, top to bottom."""
         return [cast(QForm, band) for band in self.bands]
 
+    def set_kronecker(self, left: Tensor, right: Tensor) -> bool:
+        """Band i to (left[i] left[i]ᵀ) ⊗ (right[i] right[i]ᵀ), for ``left`` (bands, band rows, band rows)
+        and ``right`` (bands, cols, cols) (one KFAC pair per band); False, Q unchanged, where a band's form
+        has no such start (the bands' forms are all of one kind, as ``block_q`` builds them)."""
+        if left.dim() != 3 or len(left) != len(self.bands) or right.shape[:1] != left.shape[:1]:
+            return False
+        forms = self.forms
+        if not forms[0].set_kronecker(left[0], right[0]):
+            return False
+        return all([form.set_kronecker(L, R) for form, L, R in zip(forms[1:], left[1:], right[1:])])
+
     def multiply(self, G: Tensor) -> Tensor:
         pieces = torch.split(G, self.band_rows, dim=-2)
         return torch.cat([band.multiply(piece) for band, piece in zip(self.forms, pieces)], dim=-2)
