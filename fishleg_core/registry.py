@@ -33,7 +33,19 @@ class Registry(Generic[T]):
         return list(cls._instances)
 
     def register(self, key: Hashable, *, replace: bool = False) -> Callable[[T], T]:
-        """Decorator registering ``factory`` under ``key``; re-registering a key needs ``replace=True``."""
+        """Decorator registering ``factory`` under ``key``.
+
+        Args:
+            key: a name (or, for layer adapters, a module type); hashable.
+            replace: allow replacing a factory already registered under ``key``.
+
+        Returns:
+            The decorator, which registers its argument and returns it unchanged.
+
+        Raises:
+            TypeError: ``key`` is not hashable.
+            ValueError: (when decorating) ``key`` is already registered and ``replace`` is False.
+        """
         try:
             hash(key)
         except TypeError:

@@ -33,7 +33,21 @@ def auxiliary_loss(
 
     v = Q(λ) u (on the autograd tape), h = F_γ v.detach() (off the tape), surrogate s = ⟨v, (h − u).detach()⟩.
     Since ∇_λ A = (∂v/∂λ)ᵀ (F_γ v − u) for symmetric F_γ and Q, ∇_λ s = ∇_λ A; the value is ½⟨v, h⟩ − ⟨v, u⟩.
-    ``u_factors`` (low-rank factors of blocks of u) lets Q·u use the cheaper low-rank product.
+
+    Args:
+        q: Q(λ) of the model.
+        u: the direction, a dict of tensors keyed by parameter name (unit norm in FishLeg).
+        damped_fisher: v ↦ F_γ v on dicts keyed like ``u`` (e.g. ``fisher_vp`` with ``damping=γ``).
+        u_factors: low-rank factors of blocks of u, for the cheaper low-rank product Q·u.
+
+    Returns:
+        An ``AuxiliaryLoss``: ``surrogate`` to call ``backward()`` on, and the detached ``value`` A, Q u and
+        F_γ Q u.
+
+    Raises:
+        TypeError: ``q`` is not a ``ModelQ``, ``u`` not a mapping or ``damped_fisher`` not callable (or it
+            returns no mapping).
+        ValueError: ``damped_fisher`` returns entries that do not match Q u.
     """
     check_type("q", q, ModelQ, "a ModelQ (see build_model_q)")
     check_mapping("u", u)
