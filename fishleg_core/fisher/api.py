@@ -26,15 +26,31 @@ def fisher_vp(
     """(F + damping·I)·vector on the batch ``inputs`` (a tensor, or a ``ModelCall`` with the model's
     positional and keyword arguments), F = (1/B) Σ_b J_bᵀ H_b J_b (J = ∂outputs/∂θ).
 
-    ``vector`` and the result are dicts keyed by the names of the model's trainable parameters (tied ones
-    once, as ``named_parameters`` gives them), shaped like them, and, for a ``ParametricLikelihood``, its
-    parameters as ``"likelihood.<name>"`` (F then is the Fisher in (θ, φ); method "exact" only).
-    ``likelihood`` is an instance or a registered name; ``method`` a name in ``FISHER_METHODS`` ("exact",
-    "sampled" and "empirical" built in); ``generator`` drives sampling methods; ``targets`` are the batch's
-    data targets, used only by methods that need them ("empirical"); ``output_fn`` selects the output tensor
-    of a model whose forward returns a tuple or a dict (``lambda out: out["logits"]``). The model's
-    parameters, buffers and the global RNG state are left
-    unchanged, and the result carries no autograd graph.
+    The model's parameters, buffers and the global RNG state are left unchanged.
+
+    Args:
+        model: the network.
+        likelihood: a ``Likelihood`` or a registered name (``LIKELIHOODS``).
+        inputs: the batch: a tensor, or a ``ModelCall`` with the model's positional and keyword arguments.
+        vector: v, a dict keyed by the names of the model's trainable parameters (tied ones once, as
+            ``named_parameters`` gives them), shaped like them, and, for a ``ParametricLikelihood``, its
+            parameters as ``"likelihood.<name>"`` (F then is the Fisher in (θ, φ); method "exact" only).
+        method: a name in ``FISHER_METHODS`` ("exact", "sampled" and "empirical" built in).
+        damping: γ >= 0.
+        generator: drives sampling methods.
+        targets: the batch's data targets, used only by methods that need them ("empirical").
+        output_fn: selects the output tensor of a model whose forward returns a tuple or a dict
+            (``lambda out: out["logits"]``).
+
+    Returns:
+        (F + γ I)·v, keyed and shaped like ``vector``, without an autograd graph.
+
+    Raises:
+        UnknownNameError: ``method`` or ``likelihood`` is not registered.
+        ValueError: ``damping`` < 0, ``vector`` misses, adds or misshapes a trainable parameter, or the
+            likelihood does not fit the outputs.
+        TypeError: an argument of the wrong kind (``inputs`` not a tensor or ``ModelCall``, ``vector`` not a
+            dict, ...).
     """
     compute = FISHER_METHODS.get(method)
     likelihood = resolve_likelihood(likelihood)
