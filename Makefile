@@ -14,8 +14,8 @@ help:  ## this list
 study: $(INSTALLED)  ## the Appendix A.6 study on the embedded MNIST digits -> results/a6/ (ARGS="--quick": smoke run; ARGS="--model cnn" or "--model transformer" -> results/a6-<model>/)
 	$(PY) -m experiments.a6 $(ARGS)
 
-test: lint  ## lint, format check and type check, then the test-suite (ARGS: extra pytest arguments)
-	$(PY) -m pytest -q $(ARGS)
+test: lint  ## lint, format check and type check, then the test-suite on every core (pytest-xdist; ARGS: extra pytest arguments)
+	$(PY) -m pytest -q -n auto $(ARGS)
 
 deep-linear: $(INSTALLED)  ## Figure 1 (deep linear network) -> results/deep_linear/ (ARGS="--quick": smoke run)
 	$(PY) -m experiments.deep_linear $(ARGS)
