@@ -22,6 +22,7 @@ from torch import nn
 from fishleg_core.fisher import FISHER_METHODS, fisher_vp
 from fishleg_core.likelihoods import LIKELIHOODS
 from fishleg_core.registry import UnknownNameError
+from fishleg_core.testing import check_fisher_method
 
 BATCH = 3
 SIGMA = 0.7
@@ -234,6 +235,75 @@ REFERENCE_TESTS = {
 
 def test_every_registered_method_has_a_dense_reference_test():
     assert sorted(REFERENCE_TESTS) == sorted(FISHER_METHODS.names())
+
+
+# ---------------------------------------------------------------- every method: the public contract checker
+
+
+@pytest.mark.parametrize("likelihood_name", list(LIKELIHOOD_SETUPS))
+@pytest.mark.parametrize("method", FISHER_METHODS.names())
+def test_every_method_passes_the_contract_checker(method, likelihood_name):
+    check_fisher_method(method, likelihood=likelihood_name)
+
+
+def exact_product(**arguments):
+    return FISHER_METHODS.get("exact")(**arguments)
+
+
+def twice_exact(**arguments):
+    return {name: 2 * t for name, t in exact_product(**arguments).items()}
+
+
+def negated_exact(**arguments):
+    return {name: -t for name, t in exact_product(**arguments).items()}
+
+
+def squared_exact(**arguments):  # F v ‖v‖: symmetric in direction, but not linear
+    scale = torch.cat([t.reshape(-1) for t in arguments["vector"].values()]).norm()
+    return {name: scale * t for name, t in exact_product(**arguments).items()}
+
+
+def asymmetric_exact(**arguments):  # F v + A v with A moving v's first parameter into its last
+    product = exact_product(**arguments)
+    first, *_, last = arguments["vector"]
+    moved = arguments["vector"][first].reshape(-1)[: product[last].numel()]
+    product[last] = product[last] + moved.reshape(product[last].shape)
+    return product
+
+
+def single_precision_exact(**arguments):
+    return {name: t.float() for name, t in exact_product(**arguments).items()}
+
+
+def unseeded_sampled(**arguments):  # ignores its generator
+    return FISHER_METHODS.get("sampled")(**{**arguments, "generator": None})
+
+
+@pytest.mark.parametrize(
+    "method, check",
+    [
+        (single_precision_exact, "output"),
+        (unseeded_sampled, "reproducible"),
+        (squared_exact, "linear"),
+        (asymmetric_exact, "symmetric"),
+        (negated_exact, "positive semi-definite"),
+        (twice_exact, "dense Fisher"),
+    ],
+)
+def test_a_broken_method_is_named_by_the_check_it_fails(method, check):
+    with pytest.raises(AssertionError, match=f"Fisher method {method.__name__}: check {check!r} failed"):
+        check_fisher_method(method, exact=True, semi_definite=method is not unseeded_sampled)
+    assert method not in dict(FISHER_METHODS.items()).values()  # the temporary registration is undone
+
+
+def test_the_checker_checks_the_dense_fisher_of_exact_only_by_default():
+    twice = FISHER_METHODS.register("twice_exact_for_checker")(twice_exact)
+    try:
+        check_fisher_method("twice_exact_for_checker")  # linear, symmetric, semi-definite: passes without exact
+        with pytest.raises(AssertionError, match="check 'dense Fisher' failed"):
+            check_fisher_method(twice, exact=True)
+    finally:
+        FISHER_METHODS.unregister("twice_exact_for_checker")
 
 
 # ---------------------------------------------------------------- every method: the model is left untouched

@@ -6,6 +6,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import torch
+from torch import Tensor
+
 
 def raises(error: type[Exception], pattern: str, action: Callable[[], Any]) -> None:
     """Assert that ``action()`` raises ``error`` with a message matching ``pattern`` (``re.search``)."""
@@ -15,3 +18,10 @@ def raises(error: type[Exception], pattern: str, action: Callable[[], Any]) -> N
         assert re.search(pattern, str(raised)), f"{error.__name__} {str(raised)!r} does not match {pattern!r}"
         return
     raise AssertionError(f"expected {error.__name__} matching {pattern!r}; nothing was raised")
+
+
+def close(got: Tensor, expected: Tensor, what: str, tolerance: float) -> None:
+    """Assert ‖got − expected‖ ≤ tolerance · ‖expected‖ (2-norms over every entry)."""
+    error = torch.linalg.vector_norm(got - expected).item()
+    scale = max(torch.linalg.vector_norm(expected).item(), 1e-300)
+    assert error <= tolerance * scale, f"{what}: relative error {error / scale:.3g}"

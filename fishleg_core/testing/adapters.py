@@ -21,7 +21,6 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jacrev
 
 from fishleg_core.auxiliary.gradient_factors import GradientFactors
 from fishleg_core.fisher import fisher_vp
@@ -29,6 +28,8 @@ from fishleg_core.layers import Block, map_blocks
 from fishleg_core.layers.adapters import adapter_for
 from fishleg_core.likelihoods import Likelihood, resolve_likelihood
 from fishleg_core.model_q import build_model_q
+from fishleg_core.testing._assertions import close
+from fishleg_core.testing._dense import dense_fisher, flatten, random_vector, trainable
 
 TOLERANCE = 1e-9
 """Relative tolerance of every comparison (float64)."""
@@ -78,16 +79,12 @@ def check_adapter(
             raise AssertionError(f"{name}: check {label!r} failed: {type(error).__name__}: {error}") from error
 
 
-def _trainable(model: nn.Module) -> dict[str, Tensor]:
-    return {name: p for name, p in model.named_parameters() if p.requires_grad}
-
-
 def _blocks(model: nn.Module) -> list[Block]:
     return map_blocks(model, strict=True)
 
 
 def _check_coverage(model: nn.Module) -> None:
-    params = _trainable(model)
+    params = trainable(model)
     assert params, "the module has no trainable parameters"
     covered = [name for block in _blocks(model) for name in block.param_names]
     twice = sorted({name for name in covered if covered.count(name) > 1})
@@ -102,31 +99,12 @@ def _check_coverage(model: nn.Module) -> None:
             assert torch.equal(back, t), f"block {block.name!r}: unpacking does not give {param_name!r} back"
 
 
-def _random_vector(params: dict[str, Tensor], seed: int) -> dict[str, Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    return {name: torch.randn(p.shape, generator=generator, dtype=p.dtype) for name, p in params.items()}
-
-
 def _check_fisher(model: nn.Module, inputs: Tensor, likelihood: Likelihood, seed: int) -> None:
-    params = {name: p.detach() for name, p in _trainable(model).items()}
-    names = list(params)
-    theta = torch.cat([p.reshape(-1) for p in params.values()])
-
-    def outputs_of(flat: Tensor) -> Tensor:
-        pieces = torch.split(flat, [p.numel() for p in params.values()])
-        values = {name: piece.reshape(params[name].shape) for name, piece in zip(names, pieces)}
-        return functional_call(model, values, (inputs,))
-
-    outputs = outputs_of(theta).detach()
-    J = jacrev(outputs_of)(theta).reshape(outputs.numel(), -1)  # rows: every output of every example
-    basis = torch.eye(outputs.numel(), dtype=outputs.dtype).reshape(-1, *outputs.shape)
-    H = torch.stack([likelihood.hessian_vp(outputs, e).reshape(-1) for e in basis], 1)
-    dense = J.T @ H @ J / outputs.shape[0]
-    v = _random_vector(params, seed)
-    expected = dense @ torch.cat([v[name].reshape(-1) for name in names])
+    names = list(trainable(model))
+    v = random_vector(trainable(model), seed)
+    expected = dense_fisher(model, inputs, likelihood) @ flatten(v, names)
     product = fisher_vp(model, likelihood, inputs, v, method="exact")
-    got = torch.cat([product[name].reshape(-1) for name in names])
-    _close(got, expected, "F·v against (1/B) Σ_b J_bᵀ H_b J_b v")
+    _close(flatten(product, names), expected, "F·v against (1/B) Σ_b J_bᵀ H_b J_b v")
 
 
 def _check_q(model: nn.Module, form: str, seed: int) -> None:
@@ -136,8 +114,8 @@ def _check_q(model: nn.Module, form: str, seed: int) -> None:
         with torch.no_grad():
             for p in q.parameters():
                 p.add_(0.1 * torch.randn_like(p))
-    params = _trainable(model)
-    v = _random_vector(params, seed + 1)
+    params = trainable(model)
+    v = random_vector(params, seed + 1)
     qv = q(v)
     for group in q.groups:
         x = torch.cat([v[name].reshape(-1) for name in group.param_names])
@@ -155,7 +133,7 @@ def _check_factors(model: nn.Module, inputs: Tensor, likelihood: Likelihood, see
             targets = likelihood.sample(outputs)
         model.zero_grad(set_to_none=True)
         likelihood.nll(outputs, targets).backward()
-        gradient = {name: p.grad for name, p in _trainable(model).items() if p.grad is not None}
+        gradient = {name: p.grad for name, p in trainable(model).items() if p.grad is not None}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             factors = capture.factors(gradient)
@@ -171,6 +149,4 @@ def _check_factors(model: nn.Module, inputs: Tensor, likelihood: Likelihood, see
 
 
 def _close(got: Tensor, expected: Tensor, what: str) -> None:
-    error = torch.linalg.vector_norm(got - expected).item()
-    scale = torch.linalg.vector_norm(expected).item()
-    assert error <= TOLERANCE * max(scale, 1e-300), f"{what}: relative error {error / max(scale, 1e-300):.3g}"
+    close(got, expected, what, TOLERANCE)
