@@ -60,6 +60,25 @@ class ProbeEvaluator:
     ``output_fn`` selects the output tensor of a model returning a tuple or a dict. ``preconditioner``, a
     symmetric positive-definite map P ≈ F_γ⁻¹ (a fitted Q, a KFAC inverse), preconditions CG: fewer
     iterations to the same residual ‖u − F_γx‖ ≤ cg_rtol·‖u‖, the same solution.
+
+    Args:
+        model: the frozen network.
+        likelihood: a ``Likelihood`` or a registered name (``LIKELIHOODS``).
+        probes: the probe directions u, dicts keyed by the trainable parameters' names; at least one.
+        curvature_inputs: the inputs of F_γ, at least one example.
+        damping: γ >= 0.
+        chunk_size: examples per ``fisher_vp`` call (all at once when None).
+        cg_rtol: CG's relative residual (default 1e-10 in float64, 1e-5 in float32).
+        cg_maxiter: CG's iteration limit (scipy's default when None).
+        output_fn: selects the output tensor of a model returning a tuple or a dict.
+        preconditioner: P ≈ F_γ⁻¹, symmetric positive-definite, for CG.
+        solutions: F_γ⁻¹u for every probe, computed before (skips CG).
+
+    Raises:
+        ValueError: no probes, empty ``curvature_inputs``, a probe or solution that does not match the
+            parameters, as many solutions as probes not given, or a number out of range.
+        TypeError: an argument of the wrong kind.
+        UnknownNameError: ``likelihood`` is not registered.
     """
 
     def __init__(

@@ -123,15 +123,36 @@ def fit_q(
 ) -> FitResult:
     """Minimise A(λ; u) on a frozen model, one optimizer step per (direction, curvature batch) pair.
 
-    ``directions`` yields unit vectors u, alone or with low-rank factors of their blocks (e.g.
-    ``normalized_gradients`` of fresh minibatches, with ``factors_for=q``), and
-    ``curvature_batches`` the batches on which F_γ v is evaluated (other minibatches: input tensors or
-    (inputs, targets) pairs, as ``FishLeg``'s aux_data). ``aux_optimizer`` names the optimizer of λ in
-    ``AUX_OPTIMIZERS`` (Adam by default; ``betas`` are its default betas), alone or as
-    ``{"name": ..., **options}``. ``schedule`` builds an LR scheduler for it; ``stop(curve)`` may end the
-    fit early (``stopped_early``). A stream that runs out before ``steps`` ends the fit with a warning (the
-    curve is shorter). ``progress`` shows a progress bar (a string names it). ``output_fn`` selects the
-    output tensor of a model returning a tuple or a dict.
+    A stream that runs out before ``steps`` ends the fit with a warning (the curve is then shorter).
+
+    Args:
+        model: the frozen network (its parameters are not changed).
+        likelihood: a ``Likelihood`` or a registered name (``LIKELIHOODS``).
+        q: the ``ModelQ`` whose λ is fitted in place.
+        directions: unit vectors u, alone or with low-rank factors of their blocks (e.g.
+            ``normalized_gradients`` of fresh minibatches, with ``factors_for=q``).
+        curvature_batches: the batches on which F_γ v is evaluated (other minibatches: input tensors or
+            (inputs, targets) pairs, as ``FishLeg``'s aux_data).
+        steps: the number of optimizer steps.
+        lr: the learning rate of λ's optimizer.
+        betas: the default betas of Adam (λ's default optimizer).
+        damping: γ >= 0 of F_γ = F + γ I.
+        method: a name in ``FISHER_METHODS``.
+        schedule: builds an LR scheduler for λ's optimizer, stepped after each step.
+        stop: ``stop(curve)`` may end the fit early (``FitResult.stopped_early``).
+        generator: drives sampling Fisher methods.
+        progress: show a progress bar (a string names it).
+        output_fn: selects the output tensor of a model returning a tuple or a dict.
+        aux_optimizer: the optimizer of λ: a name in ``AUX_OPTIMIZERS`` or ``{"name": ..., **options}``.
+
+    Returns:
+        A ``FitResult``: the auxiliary loss after each step (``curve``), the wall time and whether ``stop``
+        ended the fit.
+
+    Raises:
+        UnknownNameError: ``likelihood``, ``method`` or ``aux_optimizer`` is not registered.
+        ValueError: ``steps``, ``lr``, ``betas`` or ``damping`` out of range.
+        TypeError: an argument of the wrong kind (``q`` not a ``ModelQ``, a non-callable ``schedule``, ...).
     """
     check_module(model)
     likelihood = resolve_likelihood(likelihood)

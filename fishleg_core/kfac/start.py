@@ -184,6 +184,13 @@ def kfac_start(
     its blocks) to its damped-KFAC start, rescaled by the best scalar s on ``directions`` (each with its own
     F_γ) with the other groups as they are (module docstring).
 
+    Args:
+        q: the ``ModelQ`` whose groups are started in place.
+        factors: the KFAC factors (G and A) of each block, by block name (``kronecker_factors``).
+        damping: γ of the damped inverses (G + √γ π I)⁻¹ ⊗ (A + √γ/π I)⁻¹ (module docstring), as F_γ's.
+        directions: the directions u of the scale's fit.
+        damped_fishers: F_γ for each direction (v ↦ (F + γ I) v).
+
     Returns:
         s and the groups started, each named by its blocks ("0", "0+2+4" for a group over three).
 
@@ -228,10 +235,27 @@ def kfac_warm_start(
     generator: torch.Generator | None = None,
 ) -> tuple[float, list[str]]:
     """Start ``q`` (built on ``model``) from the damped KFAC factors, before training with it
-    (``FishLeg(..., q=q)``, with the same ``damping``): G and A from the inputs of ``batches`` ((inputs,
-    targets) pairs; ``samples`` targets drawn from the model per input), the scale s from the batches'
-    normalised gradients, each with F_γ on its own inputs. Returns s and the groups started (by block names);
-    the others (forms without a start, blocks without KFAC factors) keep their Q."""
+    (``FishLeg(..., q=q)``, with the same ``damping``): G and A from the inputs of ``batches``, the scale s
+    from the batches' normalised gradients, each with the exact F_γ on its own inputs (``kfac_start``).
+
+    Args:
+        q: the ``ModelQ`` built on ``model``, started in place.
+        model: the network.
+        likelihood: a ``Likelihood`` or a registered name (``LIKELIHOODS``).
+        batches: (inputs, targets) pairs, at least one.
+        damping: γ >= 0, the same as the training's.
+        samples: targets drawn from the model per input for G.
+        generator: drives those draws (seeded with 0 when None).
+
+    Returns:
+        s and the groups started, each named by its blocks; the others (forms without a start, blocks
+        without KFAC factors) keep their Q.
+
+    Raises:
+        ValueError: ``batches`` is empty, or the best scale is not positive.
+        NoKroneckerStart: no group of ``q`` takes the start.
+        UnknownNameError: ``likelihood`` is not registered.
+    """
     if not batches:
         raise ValueError("kfac_warm_start: give at least one (inputs, targets) batch")
     likelihood = resolve_likelihood(likelihood)

@@ -61,6 +61,20 @@ def map_blocks(
     of its own, overriding the adapter's ``row_parts``: a fused q, k, v projection ``nn.Linear`` (timm's
     ``qkv``: ``bands={"*.qkv": 3}``), which cannot be told from any other linear layer by its type.
     Parameters named in ``exclude`` are left out, as if frozen (another optimizer steps them).
+
+    Args:
+        model: the network.
+        strict: raise instead of giving uncovered parameters diagonal blocks.
+        bands: module-name patterns (``fnmatch``) -> the number of equal row bands of their blocks.
+        exclude: names of trainable parameters to leave out.
+
+    Returns:
+        The blocks, in parameter order, each with its name, module type, parameter names, layout, default
+        form and row parts.
+
+    Raises:
+        UnsupportedLayerError: ``strict`` and a trainable parameter that no adapter covers.
+        TypeError: ``strict`` is not a bool.
     """
     check_type("strict", strict, bool, "True or False")
     params = {name: p for name, p in trainable_parameters(model).items() if name not in exclude}
