@@ -69,7 +69,7 @@ class QMonitor:
         """(group, scale, update) of the largest scale above ``explode``/γ at the latest update, else None."""
         self._recent: deque[tuple[dict[str, float | None], float | None, float | None]] = deque(maxlen=window)
         self.warned: set[str] = set()
-        self._segment_index: Tensor | None = None
+        self._group_sizes: list[int] | None = None
 
     @torch.no_grad()
     def record(
@@ -104,20 +104,19 @@ class QMonitor:
             self._check()
 
     def _group_dots(self, a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Tensor:
-        """Per group [⟨a_b, b_b⟩, ‖a_b‖²], of shape (groups, 2), by one segmented sum over the flattened vectors."""
+        """Per group [⟨a_b, b_b⟩, ‖a_b‖²], of shape (groups, 2): the products of the flattened vectors, split by
+        group and summed (a split beats ``index_add_``'s segmented sum, which measured slower on CPU)."""
         names = [name for _, group_names in self.groups for name in group_names]
         flat_a = torch.cat([a[name].reshape(-1) for name in names])
         flat_b = torch.cat([b[name].reshape(-1) for name in names])
         products = torch.stack([flat_a * flat_b, flat_a * flat_a], 1)
-        return flat_a.new_zeros(len(self.groups), 2).index_add_(0, self._segments(names, a), products)
+        return torch.stack([part.sum(0) for part in products.split(self._sizes(a))])
 
-    def _segments(self, names: list[str], like: Mapping[str, Tensor]) -> Tensor:
-        """The index of the group of every entry of the flattened vector (made once per device)."""
-        device = like[names[0]].device
-        if self._segment_index is None or self._segment_index.device != device:
-            sizes = [sum(like[name].numel() for name in group_names) for _, group_names in self.groups]
-            self._segment_index = torch.repeat_interleave(torch.arange(len(sizes), device=device), torch.tensor(sizes))
-        return self._segment_index
+    def _sizes(self, like: Mapping[str, Tensor]) -> list[int]:
+        """The number of entries of every group (counted once)."""
+        if self._group_sizes is None:
+            self._group_sizes = [sum(like[name].numel() for name in group_names) for _, group_names in self.groups]
+        return self._group_sizes
 
     def state(self) -> dict[str, Any]:
         """The latest measurements and the warnings given so far."""
