@@ -44,7 +44,55 @@ def unpack_lower(packed: Tensor, positions: Tensor, n: int) -> Tensor:
     return packed.new_zeros(n * n).scatter(0, positions, packed).view(n, n)
 
 
-class TriangularFactor(nn.Module):
+class CachedGram:
+    """L, M = L Lᵀ and M X for a (batch of) lower-triangular factor(s), with the caching rules of
+    ``TriangularFactor``: outside autograd L and M are kept until the parameters' versions change, and M X
+    uses the cached M when the Gram cache is on, else L (Lᵀ X). A subclass supplies ``_build`` (L from the
+    parameters), ``_tracking_gradients``, ``_parameter_versions`` and ``_uses_gram_cache``, and a ``_cache``
+    dict."""
+
+    _cache: dict[str, tuple[tuple[int, ...], Tensor]]
+
+    def _build(self) -> Tensor:
+        raise NotImplementedError
+
+    def _tracking_gradients(self) -> bool:
+        raise NotImplementedError
+
+    def _parameter_versions(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def _uses_gram_cache(self) -> bool:
+        raise NotImplementedError
+
+    def factor(self) -> Tensor:
+        """L as a dense lower-triangular matrix (or stack of them)."""
+        if self._tracking_gradients():
+            return self._build()
+        return self._cached("L", self._build)
+
+    def gram(self) -> Tensor:
+        """M = L Lᵀ (symmetric positive definite)."""
+        if self._tracking_gradients():
+            return triangular_gram(self.factor())
+        return self._cached("M", lambda: triangular_gram(self.factor()))
+
+    def gram_matmul(self, X: Tensor) -> Tensor:
+        """M X for X of shape (..., n, r): outside autograd with the cached M if the Gram cache is on, else
+        as L (Lᵀ X)."""
+        if self._uses_gram_cache() and not self._tracking_gradients():
+            return self.gram() @ X
+        L = self.factor()
+        return L @ (L.mT @ X)
+
+    def _cached(self, key: str, build: Callable[[], Tensor]) -> Tensor:
+        versions = self._parameter_versions()
+        if key not in self._cache or self._cache[key][0] != versions:
+            self._cache[key] = (versions, build().detach())
+        return self._cache[key][1]
+
+
+class TriangularFactor(CachedGram, nn.Module):
     """A lower-triangular n×n matrix L with positive diagonal: L = strict_lower(off) + diag(positive(d)).
 
     Only the n(n+1)/2 free entries are parameters, so every parameter counts and moves. The Gram matrix
@@ -95,23 +143,7 @@ class TriangularFactor(nn.Module):
 
     def forward(self) -> Tensor:
         """L as a dense lower-triangular matrix."""
-        if self._tracking_gradients():
-            return self._build()
-        return self._cached("L", self._build)
-
-    def gram(self) -> Tensor:
-        """M = L Lᵀ (symmetric positive definite)."""
-        if self._tracking_gradients():
-            return triangular_gram(self())
-        return self._cached("M", lambda: triangular_gram(self()))
-
-    def gram_matmul(self, X: Tensor) -> Tensor:
-        """M X for X of shape (..., n, r): outside autograd with the cached M if ``cache_gram``, else as
-        L (Lᵀ X)."""
-        if self.cache_gram and not self._tracking_gradients():
-            return self.gram() @ X
-        L = self()
-        return L @ (L.mT @ X)
+        return self.factor()
 
     def _build(self) -> Tensor:
         entries = torch.cat([positive(self.diag), self.off])
@@ -123,13 +155,8 @@ class TriangularFactor(nn.Module):
     def _parameter_versions(self) -> tuple[int, ...]:
         return tuple(v for p in (self.diag, self.off) for v in (p.data_ptr(), p._version))
 
-    def _has_cached(self, key: str) -> bool:
-        return key in self._cache and self._cache[key][0] == self._parameter_versions()
-
-    def _cached(self, key: str, build: Callable[[], Tensor]) -> Tensor:
-        if not self._has_cached(key):
-            self._cache[key] = (self._parameter_versions(), build().detach())
-        return self._cache[key][1]
+    def _uses_gram_cache(self) -> bool:
+        return self.cache_gram
 
 
 class DiagonalFactor(nn.Module):

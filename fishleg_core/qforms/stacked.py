@@ -9,13 +9,13 @@ is made on every product, on the autograd tape, so the gradients reach each form
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from fishleg_core.qforms.positive import TriangularFactor, positive, triangular_gram
+from fishleg_core.qforms.positive import CachedGram, TriangularFactor, positive
 
 
 class StackedForm(Protocol):
@@ -26,7 +26,7 @@ class StackedForm(Protocol):
         ...
 
 
-class StackedFactors:
+class StackedFactors(CachedGram):
     """N triangular factors of one size as one batch: L of shape (N, n, n), built from the stacked
     parameters with one softplus and one scatter; the products of ``TriangularFactor`` batched, with the
     same caching rules (the stacked Gram matrices are cached outside autograd while no parameter changes and
@@ -41,22 +41,7 @@ class StackedFactors:
 
     def __call__(self) -> Tensor:
         """L_1..L_N stacked, (N, n, n), lower-triangular with positive diagonals."""
-        if self._tracking_gradients():
-            return self._build()
-        return self._cached("L", self._build)
-
-    def gram(self) -> Tensor:
-        """M_i = L_i L_iᵀ stacked."""
-        if self._tracking_gradients():
-            return triangular_gram(self())
-        return self._cached("M", lambda: triangular_gram(self()))
-
-    def gram_matmul(self, X: Tensor) -> Tensor:
-        """M_i X_i for X of shape (N, n, r), as ``TriangularFactor.gram_matmul`` chooses."""
-        if self.factors[0].cache_gram and not self._tracking_gradients():
-            return self.gram() @ X
-        L = self()
-        return L @ (L.mT @ X)
+        return self.factor()
 
     def _build(self) -> Tensor:
         diag = torch.stack([f.diag for f in self.factors])
@@ -69,11 +54,8 @@ class StackedFactors:
     def _tracking_gradients(self) -> bool:
         return torch.is_grad_enabled() and any(f._tracking_gradients() for f in self.factors)
 
-    def _versions(self) -> tuple[int, ...]:
+    def _parameter_versions(self) -> tuple[int, ...]:
         return tuple(v for f in self.factors for v in f._parameter_versions())
 
-    def _cached(self, key: str, build: Callable[[], Tensor]) -> Tensor:
-        versions = self._versions()
-        if key not in self._cache or self._cache[key][0] != versions:
-            self._cache[key] = (versions, build().detach())
-        return self._cache[key][1]
+    def _uses_gram_cache(self) -> bool:
+        return self.factors[0].cache_gram
