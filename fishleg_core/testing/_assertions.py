@@ -25,3 +25,14 @@ def close(got: Tensor, expected: Tensor, what: str, tolerance: float) -> None:
     error = torch.linalg.vector_norm(got - expected).item()
     scale = max(torch.linalg.vector_norm(expected).item(), 1e-300)
     assert error <= tolerance * scale, f"{what}: relative error {error / scale:.3g}"
+
+
+def run_check(subject: str, label: str, check: Callable[..., Any], *args: Any) -> None:
+    """Run one contract check, ``check(*args)``. A failure, an assertion or an error the extension's own
+    code raised inside it, becomes ``AssertionError("<subject>: check '<label>' failed: ...")``."""
+    try:
+        check(*args)
+    except AssertionError as error:
+        raise AssertionError(f"{subject}: check {label!r} failed: {error}") from error
+    except Exception as error:  # the extension's own code failed inside the check: the check fails
+        raise AssertionError(f"{subject}: check {label!r} failed: {type(error).__name__}: {error}") from error

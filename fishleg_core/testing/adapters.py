@@ -28,7 +28,7 @@ from fishleg_core.layers import Block, map_blocks
 from fishleg_core.layers.adapters import adapter_for
 from fishleg_core.likelihoods import Likelihood, resolve_likelihood
 from fishleg_core.model_q import build_model_q
-from fishleg_core.testing._assertions import close
+from fishleg_core.testing._assertions import close, run_check
 from fishleg_core.testing._dense import dense_fisher, flatten, random_vector, trainable
 
 TOLERANCE = 1e-9
@@ -71,12 +71,7 @@ def check_adapter(
     if adapter.captures_factors(model):
         checks["gradient factors"] = lambda: _check_factors(model, batch, resolved, seed)
     for label, check in checks.items():
-        try:
-            check()
-        except AssertionError as error:
-            raise AssertionError(f"{name}: check {label!r} failed: {error}") from error
-        except Exception as error:  # the adapter's or the module's code failed inside the check
-            raise AssertionError(f"{name}: check {label!r} failed: {type(error).__name__}: {error}") from error
+        run_check(name, label, check)
 
 
 def _blocks(model: nn.Module) -> list[Block]:

@@ -31,6 +31,7 @@ from torch.func import functional_call, jacrev
 from fishleg_core.auxiliary.loss import auxiliary_loss
 from fishleg_core.auxiliary.optimizers import AUX_OPTIMIZERS, AuxOptimizerSpec, build_aux_optimizer, split_spec
 from fishleg_core.model_q import ModelQ, build_model_q
+from fishleg_core.testing._assertions import run_check
 
 DAMPING = 0.1
 
@@ -49,14 +50,7 @@ def check_auxiliary_optimizer(spec: AuxOptimizerSpec) -> None:
             spec and the check.
     """
     for label, check in AUX_OPTIMIZER_CHECKS.items():
-        try:
-            check(spec)
-        except AssertionError as error:
-            raise AssertionError(f"auxiliary optimizer {spec!r}: check {label!r} failed: {error}") from error
-        except Exception as error:
-            raise AssertionError(
-                f"auxiliary optimizer {spec!r}: check {label!r} failed: {type(error).__name__}: {error}"
-            ) from error
+        run_check(f"auxiliary optimizer {spec!r}", label, check, spec)
 
 
 class Problem:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from fishleg_core.fisher import FISHER_METHODS, fisher_vp
 from fishleg_core.likelihoods import Likelihood, resolve_likelihood
-from fishleg_core.testing._assertions import close
+from fishleg_core.testing._assertions import close, run_check
 from fishleg_core.testing._dense import dense_fisher, flatten, random_vector, trainable
 
 TOLERANCE = 1e-10
@@ -88,14 +88,7 @@ def check_fisher_method(
             checks["dense Fisher"] = _check_dense_fisher
         label = f"Fisher method {name!r}" if isinstance(method, str) else f"Fisher method {function.__name__}"
         for check_name, check in checks.items():
-            try:
-                check(case)
-            except AssertionError as error:
-                raise AssertionError(f"{label}: check {check_name!r} failed: {error}") from error
-            except Exception as error:  # the method's own code failed inside the check
-                raise AssertionError(
-                    f"{label}: check {check_name!r} failed: {type(error).__name__}: {error}"
-                ) from error
+            run_check(label, check_name, check, case)
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from fishleg_core.likelihoods import Likelihood
-from fishleg_core.testing._assertions import raises
+from fishleg_core.testing._assertions import raises, run_check
 
 SHAPE = (5, 4)
 
@@ -46,14 +46,7 @@ def check_likelihood(likelihood: Likelihood, shape: tuple[int, ...] = SHAPE) -> 
             likelihood and the check.
     """
     for label, check in LIKELIHOOD_CHECKS.items():
-        try:
-            check(likelihood, shape)
-        except AssertionError as error:
-            raise AssertionError(f"likelihood {likelihood!r}: check {label!r} failed: {error}") from error
-        except Exception as error:
-            raise AssertionError(
-                f"likelihood {likelihood!r}: check {label!r} failed: {type(error).__name__}: {error}"
-            ) from error
+        run_check(f"likelihood {likelihood!r}", label, check, likelihood, shape)
 
 
 def random_outputs(shape: tuple[int, ...], seed: int = 0, requires_grad: bool = False) -> Tensor:

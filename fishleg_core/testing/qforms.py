@@ -35,7 +35,7 @@ from torch.func import functional_call
 
 from fishleg_core.auxiliary.optimizers import AuxiliaryAdam
 from fishleg_core.qforms import QFORMS, QForm
-from fishleg_core.testing._assertions import raises
+from fishleg_core.testing._assertions import raises, run_check
 
 SHAPE = (3, 4)
 INIT_SCALE = 0.7
@@ -49,14 +49,7 @@ def check_qform(name: str, **options: Any) -> None:
     QFORMS.get(name)  # an unknown name fails here, listing the known forms
     with float64():
         for label, check in QFORM_CHECKS.items():
-            try:
-                check(name, options)
-            except AssertionError as error:
-                raise AssertionError(f"QForm {name!r} {options}: check {label!r} failed: {error}") from error
-            except Exception as error:  # the form's own code failed inside the check: the check fails
-                raise AssertionError(
-                    f"QForm {name!r} {options}: check {label!r} failed: {type(error).__name__}: {error}"
-                ) from error
+            run_check(f"QForm {name!r} {options}", label, check, name, options)
 
 
 @contextmanager
