@@ -20,6 +20,7 @@ from reference import flat, gaussian_fisher, trainable
 from torch import nn
 
 from fishleg_core.fisher import FISHER_METHODS, fisher_vp
+from fishleg_core.fisher.exact import exact_fisher_quadratic
 from fishleg_core.likelihoods import LIKELIHOODS
 from fishleg_core.registry import UnknownNameError
 from fishleg_core.testing import check_fisher_method
@@ -410,3 +411,53 @@ def test_likelihood_that_does_not_fit_the_outputs_is_rejected(method):
     needs_2d = r"needs outputs of shape \(B, C, \*extra\) \(at least 2 dims\); got shape \(3,\)"
     with pytest.raises(ValueError, match=needs_2d):
         fisher_vp(model, "categorical", inputs, random_vector(model, 1), method=method, targets=targets)
+
+
+# ---------------------------------------------------------------- quadratic form vᵀFv (forward passes alone)
+
+
+@pytest.mark.parametrize("likelihood_name", list(LIKELIHOOD_SETUPS))
+@pytest.mark.parametrize("model_kind", list(MODELS))
+def test_exact_quadratic_matches_the_dense_fisher(model_kind, likelihood_name):
+    model, likelihood, inputs = build(model_kind, likelihood_name)
+    fisher = dense_fisher(model, likelihood_name, inputs)
+    for seed in [1, 2]:
+        v = random_vector(model, seed)
+        x = flat(v, trainable(model))
+        torch.testing.assert_close(
+            exact_fisher_quadratic(model, likelihood, inputs, v), x @ fisher @ x, rtol=1e-10, atol=1e-12
+        )
+
+
+class _SelfAttention(nn.Module):
+    """nn.MultiheadAttention over 3 tokens of width 4, mean-pooled to 2 outputs (its fused kernel has no
+    forward-mode rule: the quadratic form takes the math kernel, as the product does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = nn.MultiheadAttention(4, 2, batch_first=True)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.reshape(len(x), 3, 4)
+        return self.head(self.attention(h, h, h, need_weights=False)[0].mean(1))
+
+
+@pytest.mark.filterwarnings("ignore:exact Fisher-vector product")
+def test_exact_quadratic_on_attention_and_with_likelihood_parameters_is_v_dot_fv():
+    torch.manual_seed(0)
+    attention = _SelfAttention().double()
+    inputs = torch.randn(5, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    categorical = LIKELIHOODS.build("categorical")
+    v = random_vector(attention, 3)
+    expected = dot(v, fisher_vp(attention, categorical, inputs, v))
+    torch.testing.assert_close(
+        exact_fisher_quadratic(attention, categorical, inputs, v), expected, rtol=1e-10, atol=0.0
+    )
+
+    model = tiny_mlp(3)
+    learned = LIKELIHOODS.build("gaussian_learned_sigma", sigma=0.3, dtype=torch.float64)
+    w = {**random_vector(model, 4), "likelihood.sigma": torch.tensor(0.7, dtype=torch.float64)}
+    inputs = random_inputs(MLP_INPUT, BATCH)
+    expected = dot(w, fisher_vp(model, learned, inputs, w))
+    torch.testing.assert_close(exact_fisher_quadratic(model, learned, inputs, w), expected, rtol=1e-10, atol=0.0)

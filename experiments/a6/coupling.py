@@ -20,7 +20,7 @@ from torch import nn
 
 import fishleg_core as fl
 from fishleg_core.coupled import adjacent_linear_chains
-from fishleg_core.param_vectors import ParamDict, dot
+from fishleg_core.param_vectors import ParamDict
 
 MULTI_BLOCK_FORMS = tuple(name for name in fl.COUPLED_FORMS.names() if name != "block")
 """Coupled forms the study can fit by name: one group over each chain of adjacent linear layers."""
@@ -44,7 +44,8 @@ def build_study_q(model: nn.Module, name: str, init_scale: float = 1.0, **option
 @torch.no_grad()
 def layer_split(evaluator: fl.ProbeEvaluator, q: Callable[[ParamDict], ParamDict]) -> dict[str, float]:
     """Means over the evaluator's probes of vᵀF_γv (v = Qu), of its within-layer part Σ_l v_lᵀF_γv_l and of
-    its between-layer part (the rest), with the between-layer share of the total. Layers: the model's blocks."""
+    its between-layer part (the rest), with the between-layer share of the total. Layers: the model's blocks.
+    Each quadratic form by ``damped_quadratic`` (forward passes carrying J v alone)."""
     blocks = fl.map_blocks(evaluator.model)
     totals, withins = [], []
     for u in evaluator.probes:
@@ -52,8 +53,8 @@ def layer_split(evaluator: fl.ProbeEvaluator, q: Callable[[ParamDict], ParamDict
         within = 0.0
         for block in blocks:
             v_l = {name: t if name in block.param_names else torch.zeros_like(t) for name, t in v.items()}
-            within += dot(v_l, evaluator.damped_fisher(v_l)).item()
-        totals.append(dot(v, evaluator.damped_fisher(v)).item())
+            within += evaluator.damped_quadratic(v_l).item()
+        totals.append(evaluator.damped_quadratic(v).item())
         withins.append(within)
     total, within = statistics.fmean(totals), statistics.fmean(withins)
     return {"total": total, "within": within, "between": total - within, "between_share": (total - within) / total}

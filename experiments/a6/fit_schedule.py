@@ -6,7 +6,6 @@ import itertools
 import math
 import statistics
 from collections.abc import Callable, Generator, Iterator, Sequence
-from functools import partial
 from typing import Any, cast
 
 import torch
@@ -14,6 +13,7 @@ from torch import Tensor, nn
 
 import fishleg_core as fl
 from experiments.common.data import Examples, as_pair, disjoint_pairs, inputs_of
+from fishleg_core.fisher.exact import exact_fisher_quadratic
 from fishleg_core.frozen import Direction
 from fishleg_core.param_vectors import ParamDict, dot
 
@@ -87,20 +87,16 @@ class Monitor:
             self._measure(len(curve))
         return False
 
-    def _damped_fisher(self, inputs: Tensor, v: ParamDict) -> ParamDict:
-        """F_γ v with the exact Fisher on ``inputs``."""
-        return fl.fisher_vp(self.model, self.likelihood, inputs, v, "exact", self.damping)
+    def _aux_loss(self, u: ParamDict, inputs: Tensor) -> float:
+        """A(Q; u) = ½ vᵀF_γv − uᵀv, v = Qu, with the exact Fisher on ``inputs`` (its quadratic form alone:
+        forward passes carrying J v, ``exact_fisher_quadratic``)."""
+        v = self.q(u)
+        quadratic = exact_fisher_quadratic(self.model, self.likelihood, inputs, v) + self.damping * dot(v, v)
+        return (0.5 * quadratic - dot(u, v)).item()
 
     @torch.no_grad()
     def _measure(self, step: int) -> None:
-        values = [
-            fl.auxiliary_loss(
-                self.q,
-                u,
-                partial(self._damped_fisher, x),
-            ).value.item()
-            for u, x in zip(self.directions, self.curvature)
-        ]
+        values = [self._aux_loss(u, x) for u, x in zip(self.directions, self.curvature)]
         self.record["steps"].append(step)
         self.record["aux_loss"].append(statistics.fmean(values))
 
