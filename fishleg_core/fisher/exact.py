@@ -59,9 +59,16 @@ def linearise(model: nn.Module, inputs: Inputs, vector: dict[str, Tensor], tape:
 def _forward_mode(
     model: nn.Module, inputs: Inputs, vector: dict[str, Tensor], leaves: dict[str, Tensor]
 ) -> Linearisation:
+    """J v by forward-mode AD; parameters whose entry of v is zero enter as plain tensors (the same J v, and
+    the layers before the first nonzero entry carry no tangent: cheaper per-layer products)."""
     tape = any(leaf.requires_grad for leaf in leaves.values())
     with torch.set_grad_enabled(tape), model_function(model, inputs) as f, forward_ad.dual_level():
-        dual_outputs = f({name: forward_ad.make_dual(leaf, vector[name]) for name, leaf in leaves.items()})
+        dual_outputs = f(
+            {
+                name: forward_ad.make_dual(leaf, vector[name]) if bool(vector[name].any()) else leaf
+                for name, leaf in leaves.items()
+            }
+        )
         outputs, jv = forward_ad.unpack_dual(dual_outputs)
         jv = torch.zeros_like(outputs) if jv is None else jv.detach()
     return Linearisation(leaves, outputs, jv)
