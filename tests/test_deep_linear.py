@@ -139,3 +139,9 @@ def test_the_kfac_refresh_restarts_q_from_the_current_network():
         torch.testing.assert_close(refreshed[key], value)
     with pytest.raises(ValueError, match="kfac_refresh_every needs kfac_start_damping"):
         deep_linear.contender("fishleg", model, likelihood, replace(config, kfac_start_damping=None), iter(()), data)
+
+
+def test_an_unknown_regime_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        deep_linear.main(["--quick", "--regimes", "small,huge"])
+    assert "unknown regime(s) huge; known: large, small" in capsys.readouterr().err
