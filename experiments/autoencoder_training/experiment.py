@@ -104,6 +104,19 @@ PSGD_COMPRESSED = {"flat_start": 25, "decay": 0.02, "min_prob": 0.03}
 """PSGD's default update-probability schedule (flat to step 500, then exp(−0.001 n), floor 0.03) compressed
 20× in time for runs of a few hundred steps."""
 
+FAST_FISHLEG = {
+    "kind": "fishleg",
+    "kfac_start": 1.0,
+    "damping": 0.0,
+    "aux_optimizer": {"name": "multiplicative", "lr": 0.03},
+    "psgd_schedule": PSGD_COMPRESSED,
+    "aux_batch": 100,
+    "momentum": MOMENTUM,
+}
+"""FishLeg that learns Q fast from the start: Q₀ = a damped KFAC (γ 1) on 4 auxiliary batches, λ by
+multiplicative normalised steps (relative step 0.03) on every step and then on PSGD's compressed schedule,
+curvature batches of 100, no damping: the best of the screening in docs/results/training.md."""
+
 
 def fold_aux_options(spec: dict[str, Any]) -> None:
     """The contenders' ``aux_lr``, ``aux_eps`` and ``aux_betas`` folded into FishLeg's ``aux_optimizer`` spec
@@ -128,6 +141,7 @@ def paper_config() -> AutoencoderConfig:
             "psgd_kron": [1e-4, 3e-4, 1e-3],
             "fishleg": [0.003, 0.01, 0.03],
             "fishleg_table1": [0.03, 0.07, 0.2],
+            "fishleg_fast": [0.003, 0.01, 0.03],
         },
         contenders={
             "sgdm": {"kind": "sgdm"},
@@ -145,6 +159,7 @@ def paper_config() -> AutoencoderConfig:
                 "aux_batch": 10,
                 "momentum": MOMENTUM,
             },
+            "fishleg_fast": dict(FAST_FISHLEG),
         },
     )
 
@@ -189,6 +204,7 @@ def variants_config() -> AutoencoderConfig:
         "fishleg_kl_clip": {**paper, "kl_clip": 1.0},
         "fishleg_aux_batch100": {**paper, "aux_batch": 100},
         "fishleg_weight_decay": {**paper, "weight_decay": 1e-5},
+        "fishleg_fast": dict(FAST_FISHLEG),
     }
     config = paper_config()
     config.seconds = 0.0  # an iteration budget only: the variants are compared per iteration and per second
@@ -197,10 +213,21 @@ def variants_config() -> AutoencoderConfig:
     return config
 
 
+def long_config() -> AutoencoderConfig:
+    """The issue's budget: 3,000 iterations, 2 seeds, evaluations every 50, no time extension, for the paper
+    preset's contenders and FishLeg with PSGD's schedule for λ, each swept as in ``paper`` / ``variants``."""
+    config = paper_config()
+    config.sweep["fishleg_psgd_schedule"] = [0.003, 0.01, 0.03]
+    config.contenders["fishleg_psgd_schedule"] = {**PAPER_FISHLEG, "psgd_schedule": PSGD_COMPRESSED}
+    config.iterations, config.seconds, config.every = 3000, 0.0, 50
+    return config
+
+
 PRESETS: dict[str, Callable[[], AutoencoderConfig]] = {
     "paper": paper_config,
     "a6": a6_config,
     "variants": variants_config,
+    "long": long_config,
 }
 
 
@@ -307,10 +334,13 @@ class Experiment:
         budgets and contender settings instead of running them again; returns how many were taken.
 
         Raises:
-            ValueError: the report's configuration differs in anything but its list of contenders."""
+            ValueError: the report's configuration differs in anything but its contenders, seeds and target
+                (which contender the report measures the others against: it changes no run)."""
         theirs, mine = report["config"], json.loads(json.dumps(asdict(self.config)))
         different = [
-            key for key in mine if key not in ("sweep", "contenders", "seeds") and theirs.get(key) != mine[key]
+            key
+            for key in mine
+            if key not in ("sweep", "contenders", "seeds", "target") and theirs.get(key) != mine[key]
         ]
         if different:
             raise ValueError(f"--resume: the report's configuration differs in {different}")
