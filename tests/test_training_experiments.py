@@ -145,7 +145,7 @@ def test_autoencoder_resumes_the_runs_of_a_report(autoencoder_run, tmp_path):
     assert again["runs"]["fishleg"] == json.loads(json.dumps(report["runs"]["fishleg"]))  # taken over, not re-run
     with pytest.raises(SystemExit):
         autoencoder_training.main(
-            ["--quick", "--preset", "a6", "--resume", str(out / "results.json"), "--out", str(tmp_path)]
+            ["--quick", "--iterations", "30", "--resume", str(out / "results.json"), "--out", str(tmp_path)]
         )
     target = tmp_path / "target.json"  # another target changes no run: its report's runs are taken over
     target.write_text(json.dumps({"target": "fishleg"}))

@@ -458,13 +458,14 @@ def taken_over(experiment: Experiment) -> dict[str, Any]:
     best: dict[str, float] = {}
     runs: dict[str, list] = {}
     for name in config.sweep:
-        sweeps[name] = [
+        swept = [
             run
             for (who, _, _, iterations, _), run in experiment.done.items()
             if who == name and iterations == config.sweep_iterations and run["seed"] == 0
         ]
-        if not sweeps[name]:
+        if not swept:
             continue
+        sweeps[name] = swept
         best[name] = best_rate(sweeps[name])
         key = (name, best[name])
         seeds = [experiment.done.get((*key, seed, config.iterations, config.seconds)) for seed in range(config.seeds)]
