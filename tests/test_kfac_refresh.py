@@ -83,9 +83,9 @@ def test_fishleg_keeps_the_moving_average_of_its_auxiliary_batches_factors():
             replay.load_state_dict(model.state_dict())
             fresh = kronecker_factors(replay, LIKELIHOOD, _aux_batches()[step // 2], 1, generator)
             expected = {
-                name: f if name not in expected else KroneckerFactors(
-                    G=0.6 * expected[name].G + 0.4 * f.G, A=0.6 * expected[name].A + 0.4 * f.A
-                )
+                name: f
+                if name not in expected
+                else KroneckerFactors(G=0.6 * expected[name].G + 0.4 * f.G, A=0.6 * expected[name].A + 0.4 * f.A)
                 for name, f in fresh.items()
             }
         _train(model, optimizer, 1, start=step)

@@ -105,7 +105,7 @@ def test_kfac_keeps_its_inverses_when_the_factors_break():
     LIKELIHOOD.nll(model(torch.rand(6, 3, dtype=torch.float64)), torch.zeros(6, 3, dtype=torch.float64)).backward()
     optimizer.step()
     kept = optimizer.inverses["0"]
-    factors = optimizer.factors["0"]
-    optimizer.factors["0"] = type(factors)(G=factors.G * float("nan"), A=factors.A)
+    factors = optimizer.running.factors["0"]
+    optimizer.running.factors["0"] = type(factors)(G=factors.G * float("nan"), A=factors.A)
     optimizer._invert()
     assert optimizer.inverses["0"] is kept and optimizer.failed_inversions == 1

@@ -64,10 +64,11 @@ class AutoencoderConfig:
     keyword arguments, and ``aux_batch`` (rows of the auxiliary / curvature batches), ``sgd_lr`` (a number:
     Q₀ = (sgd_lr / lr)·I, or ``"sgdm"``: the best SGD-with-momentum rate of the sweep), ``kfac_start`` (γ of a
     damped-KFAC start on 4 auxiliary batches, its time counted), ``form`` (Q's form on every layer, e.g.
-    ``"ekfac"`` with FishLeg's ``refresh``), ``kl_clip`` (κ of ``KLClipped``) and ``psgd_schedule`` ({flat_start, decay, min_prob} of ``psgd_schedule`` as ``aux_every``). Of ``"kfac"``:
-    ``KFAC``'s keyword arguments and ``curvature_batch``. Of ``"adam"``: ``betas``, ``eps``. Of
-    ``"psgd_kron"``: ``psgd_schedule`` of its update probability. Every run trains ``iterations`` steps and
-    on while its training time is below ``seconds`` (the common time budget of the seconds panel).
+    ``"ekfac"`` with FishLeg's ``refresh``), ``kl_clip`` (κ of ``KLClipped``) and ``psgd_schedule``
+    ({flat_start, decay, min_prob} of ``psgd_schedule`` as ``aux_every``). Of ``"kfac"``: ``KFAC``'s
+    keyword arguments and ``curvature_batch``. Of ``"adam"``: ``betas``, ``eps``. Of ``"psgd_kron"``:
+    ``psgd_schedule`` of its update probability. Every run trains ``iterations`` steps and on while its
+    training time is below ``seconds`` (the common time budget of the seconds panel).
     """
 
     sizes: tuple[int, ...] = PAPER_SIZES
@@ -207,7 +208,8 @@ def variants_config() -> AutoencoderConfig:
     """FishLeg variants on the paper's autoencoder, next to the paper's FishLeg and Adam: PSGD's schedule of
     update probabilities for λ, KL clipping of the step, curvature batches of 100, the network's weight
     decay 1e-5 of ``mnist.ml``, a damped-KFAC start, and an ``ekfac`` Q refreshed from running KFAC factors
-    (``refresh_variants``, swept at KFAC's rates)."""
+    (``refresh_variants``: right after a refresh Q is KFAC's damped inverse, and FishLeg's step η·m with
+    m ← βm + (1 − β)Qg is KFAC's with m ← βm + Δ at η(1 − β), so they are swept at 10× KFAC's rates)."""
     paper = dict(PAPER_FISHLEG)
     rates = [0.003, 0.01, 0.03]
     refreshed = refresh_variants()
@@ -223,7 +225,7 @@ def variants_config() -> AutoencoderConfig:
     config.sweep = {
         "adam": config.sweep["adam"],
         **{name: list(rates) for name in variants},
-        **{name: list(config.sweep["kfac"]) for name in refreshed},
+        **{name: [0.3, 1.0, 3.0] for name in refreshed},
     }
     config.contenders = {"adam": config.contenders["adam"], **variants, **refreshed}
     return config
@@ -310,8 +312,8 @@ def make_optimizer(
     else:
         # torch's SGD(lr=s, momentum=β) is Algorithm 1's convention at s / (1 − β)
         start = sgd_lr / (1 - MOMENTUM) if reference == "sgdm" else float(reference)
-        q = {"init_scale": start / lr, **forms}
-        optimizer = fl.FishLeg(model, LIKELIHOOD, lr=lr, q=q, aux_data=aux, seed=0, **spec)
+        options = {"init_scale": start / lr, **forms}
+        optimizer = fl.FishLeg(model, LIKELIHOOD, lr=lr, q=options, aux_data=aux, seed=0, **spec)
     return optimizer if kl_clip is None else KLClipped(optimizer, kl_clip)
 
 

@@ -2,6 +2,13 @@
 them, the damped-KFAC start Q₀ of the forms that own one (``kfac_start``, ``kfac_warm_start``), and their running
 averages, from which FishLeg's ``refresh`` option re-sets Q while it trains (``KFACRefresh``)."""
 
+from fishleg_core.kfac.running import (
+    KFACRefresh,
+    RefreshOptions,
+    RunningKronecker,
+    refresh_options,
+    safe_damped_inverse,
+)
 from fishleg_core.kfac.start import (
     KroneckerFactors,
     NoKroneckerStart,
@@ -11,13 +18,6 @@ from fishleg_core.kfac.start import (
     kfac_warm_start,
     kronecker_factors,
     takes_kfac_start,
-)
-from fishleg_core.kfac.running import (
-    KFACRefresh,
-    RefreshOptions,
-    RunningKronecker,
-    refresh_options,
-    safe_damped_inverse,
 )
 
 __all__ = [
