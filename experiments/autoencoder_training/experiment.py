@@ -209,7 +209,8 @@ def variants_config() -> AutoencoderConfig:
     update probabilities for λ, KL clipping of the step, curvature batches of 100, the network's weight
     decay 1e-5 of ``mnist.ml``, a damped-KFAC start, and an ``ekfac`` Q refreshed from running KFAC factors
     (``refresh_variants``: right after a refresh Q is KFAC's damped inverse, and FishLeg's step η·m with
-    m ← βm + (1 − β)Qg is KFAC's with m ← βm + Δ at η(1 − β), so they are swept at 10× KFAC's rates)."""
+    m ← βm + (1 − β)Qg is KFAC's with m ← βm + Δ at η(1 − β): they are swept about 10× KFAC's rates, γ = 100
+    at 30× more)."""
     paper = dict(PAPER_FISHLEG)
     rates = [0.003, 0.01, 0.03]
     refreshed = refresh_variants()
@@ -225,7 +226,7 @@ def variants_config() -> AutoencoderConfig:
     config.sweep = {
         "adam": config.sweep["adam"],
         **{name: list(rates) for name in variants},
-        **{name: [0.3, 1.0, 3.0] for name in refreshed},
+        **{name: [3.0, 10.0, 30.0] if name == "fishleg_refresh_g100" else [0.1, 0.3, 1.0] for name in refreshed},
     }
     config.contenders = {"adam": config.contenders["adam"], **variants, **refreshed}
     return config
