@@ -11,3 +11,12 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(previous)
+
+
+@pytest.fixture(autouse=True)
+def study_in_one_process(monkeypatch):
+    """The A.6 study in the test's own process unless a test asks for ``--jobs``: the tests that count or
+    replace its functions (``monkeypatch``) see every call, and forms registered in a test are there."""
+    from experiments.a6 import parallel
+
+    monkeypatch.setattr(parallel, "default_jobs", lambda: 1)
