@@ -5,7 +5,8 @@ the same study on a small CNN or transformer classifying the digits (``--model``
                                    [--forms diagonal,kron,...] [--steps N]
                                    [--aux-optimizer NAME] [--init kfac|identity]
                                    [--damping G] [--seed S] [--seeds N] [--data-dir DIR] [--config FILE]
-                                   [--plugins MODULE_OR_FILE,...] [--force] [--long-run]
+                                   [--plugins MODULE_OR_FILE,...] [--force] [--long-run] [--jobs N]
+                                   [--threads T]
 
 Pre-trains the model (``experiments.a6.study_models``: the autoencoder on (pixels, pixels) with a Bernoulli
 likelihood, or a classifier on (pixels, labels) with a Categorical one), then for each form fits Q (from the
@@ -27,8 +28,10 @@ computes its own (and keeps the others'), and ``--force`` recomputes. ``--long-r
 ``LONG_RUN_FACTOR`` (8) × the steps: its rows, cached like any other, are the references of the default run,
 whose rows then carry ``long_run`` (the long run's held-out A and e, and how far the default's A is from it)
 and whose summary compares the two rankings. Bad input gives one ``a6_study: error: ...``
-line per problem and exit status 2, before anything is written. In Python: ``run_study(config)`` returns the
-results.
+line per problem and exit status 2, before anything is written. ``--jobs N`` (default: the CPU cores) computes
+the rows that are not cached in N worker processes (``experiments.a6.parallel``), with the same numbers as one
+process; ``--threads T`` (default 1) sets the torch threads of every process. In Python: ``run_study(config)``
+returns the results.
 """
 
 from __future__ import annotations
