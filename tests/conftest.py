@@ -13,10 +13,13 @@ def float64():
     torch.set_default_dtype(previous)
 
 
-@pytest.fixture(autouse=True)
-def study_in_one_process(monkeypatch):
-    """The A.6 study in the test's own process unless a test asks for ``--jobs``: the tests that count or
-    replace its functions (``monkeypatch``) see every call, and forms registered in a test are there."""
+@pytest.fixture(autouse=True, scope="session")
+def study_in_one_process():
+    """The A.6 study in the test's own process unless a test asks for ``--jobs`` (session-wide, so that the
+    module-scoped study runs see it too): the tests that count or replace its functions see every call, and
+    forms registered in a test are there."""
     from experiments.a6 import parallel
 
-    monkeypatch.setattr(parallel, "default_jobs", lambda: 1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(parallel, "default_jobs", lambda: 1)
+        yield

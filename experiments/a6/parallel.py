@@ -4,7 +4,7 @@ Every row is computed by the same functions as in the serial run (``experiments.
 seeded streams: a form's fit, its evaluation and certificate, a reference, and the probes' CG solves depend
 on the settings alone, not on what ran before them in the process. The work is split into tasks:
 
-- ``cg``: F_γ⁻¹u for every probe (saved in ``out/cg-<key>.pt``), when not cached;
+- ``cg``: F_γ⁻¹u for every probe (saved in ``out/cg-<key>.pt`` by the main process), when not cached;
 - ``fit`` per form: its start and fit (``start_and_fit``), which needs no CG solution, so it runs while CG
   does;
 - ``finish`` per form: its held-out evaluation and certificate (``finish_form``), once CG and its fit are done;
@@ -14,22 +14,22 @@ At most ``jobs`` tasks run at a time, each in a worker process with the main pro
 study's default: 1, so that ``jobs`` processes fill as many cores; float32 rounding can depend on the number
 of threads, so the same number gives the same results whatever ``jobs``); the next task is the
 ready one first in the order CG, fits (in the order of the forms), finishes (longest fit first), references,
-so that the long tasks start early and short ones fill the end. Each worker rebuilds the frozen model, the
-monitor's directions and the evaluator from the cache of ``out`` (the pre-trained model is saved before any
-task starts) and keeps them for its next task. A fitted Q goes from its fit's worker to its finish's worker by
-pickling (exact). Rows are saved as they are finished. A task that fails stops the run with an error that
-names it.
+so that the long tasks start early and short ones fill the end. Each worker is handed the pre-trained
+model's state (and, once solved, the CG solutions), rebuilds the frozen model, the monitor's directions and the
+evaluator, and keeps them for its next task; it never reads the cache nor computes a key. A fitted Q goes from
+its fit's worker to its finish's worker by pickling (exact). The main process saves every row, and the CG
+solutions, as they are done. A task that fails stops the run with an error that names it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,6 +41,7 @@ from experiments.a6.config import StudyConfig
 from experiments.a6.results import Row
 from experiments.a6.study_models import MODELS
 from experiments.common.data import Split
+from fishleg_core.param_vectors import ParamDict
 from fishleg_core.plugins import load_plugins
 
 
@@ -56,14 +57,16 @@ class StudyTaskError(RuntimeError):
 @dataclass(frozen=True)
 class SeedJob:
     """What a worker needs to rebuild one seed's state: the seed's configuration (CG, references), the one the
-    forms are fitted with (``common_start``) and why, the data split, the output folder and ``--force``."""
+    forms are fitted with (``common_start``) and why, the data split, the pre-trained model's state and the
+    probes' CG solutions (None until solved). Workers are handed these rather than finding them in the cache,
+    so they never compute a cache key (whose code hashes could differ from the main process's)."""
 
     config: StudyConfig
     started: StudyConfig
     start: study.CommonStart
     data: Split
-    out: Path
-    force: bool
+    state: dict[str, torch.Tensor]
+    solutions: list[ParamDict] | None = None
 
 
 @dataclass
@@ -77,11 +80,10 @@ class _Context:
     monitor_set: tuple[list[Any], list[torch.Tensor]]
     evaluator: fl.ProbeEvaluator | None = None
 
-    def held_out(self) -> fl.ProbeEvaluator:
-        """The evaluator, its CG solutions read from the cache (or solved here, with ``force``, by ``cg``)."""
+    def held_out(self, job: SeedJob) -> fl.ProbeEvaluator:
+        """The evaluator with the CG solutions of ``job``."""
         if self.evaluator is None:
-            job = self.job
-            self.evaluator = study.probe_evaluator(job.config, self.model, self.likelihood, job.data, job.out, False)
+            self.evaluator = study.held_out(job.config, self.model, self.likelihood, job.data, job.solutions)
         return self.evaluator
 
 
@@ -97,20 +99,19 @@ def _initialize(threads: int, plugins: str | None) -> None:
 
 
 def _context(job: SeedJob) -> _Context:
-    if _CONTEXT and (_CONTEXT[0].job.config, _CONTEXT[0].job.out) == (job.config, job.out):
+    if _CONTEXT and _CONTEXT[0].job.config == job.config:
         return _CONTEXT[0]
     likelihood = fl.LIKELIHOODS.build(MODELS[job.config.model].likelihood)
-    model, _ = study.pretrained_model(job.config, job.data, job.out, likelihood, False, False)
+    model = MODELS[job.config.model].build(job.config.seed)
+    model.load_state_dict(job.state)
     monitor_set = study.fixed_directions(job.config, model, likelihood, job.data.train_set)
     _CONTEXT[:] = [_Context(job, likelihood, model, monitor_set)]
     return _CONTEXT[0]
 
 
-def _cg(job: SeedJob) -> None:
+def _cg(job: SeedJob) -> list[ParamDict]:
     context = _context(job)
-    context.evaluator = study.probe_evaluator(
-        job.config, context.model, context.likelihood, job.data, job.out, job.force
-    )
+    return study.held_out(job.config, context.model, context.likelihood, job.data).solutions
 
 
 def _fit(job: SeedJob, name: str) -> study.FittedForm:
@@ -123,14 +124,14 @@ def _fit(job: SeedJob, name: str) -> study.FittedForm:
 def _finish(job: SeedJob, fitted: study.FittedForm) -> Row:
     context = _context(job)
     return study.finish_form(
-        fitted, job.started, context.model, context.likelihood, job.data.train_set, context.held_out()
+        fitted, job.started, context.model, context.likelihood, job.data.train_set, context.held_out(job)
     )
 
 
 def _reference(job: SeedJob, name: str) -> Row:
     context = _context(job)
     return study.reference_row(
-        name, job.config, context.model, context.likelihood, job.data.train_set, context.held_out()
+        name, job.config, context.model, context.likelihood, job.data.train_set, context.held_out(job)
     )
 
 
@@ -160,22 +161,23 @@ _RANKS = {"cg": 0, "fit": 1, "finish": 2, "reference": 3}
 def compute_rows(
     job: SeedJob,
     pending: Sequence[str],
-    cg_cached: bool,
     jobs: int,
     threads: int,
     plugins: str | None,
     progress: bool,
     save: Callable[[str, Row], None],
+    save_solutions: Callable[[list[ParamDict]], None],
 ) -> dict[str, Row]:
     """The rows ``pending`` (``forms/<label>``, ``references/<name>``) of the seed ``job``, computed by ``jobs``
     worker processes of ``threads`` torch threads each (see the module docstring); each is passed to ``save``
-    as soon as it is done.
-    ``cg_cached``: the probes' CG solutions are in the cache (no ``cg`` task)."""
+    as soon as it is done. Without ``job.solutions``, a ``cg`` task solves them first and they are passed to
+    ``save_solutions``."""
     queue: list[_Task] = []
+    current = [job]  # the job, with the CG solutions once solved
 
     def add(kind: str, label: str, function: Callable[..., Any], *args: Any, row: str | None = None) -> None:
         weight = args[0].fit_seconds if kind == "finish" else 0.0
-        queue.append(_Task(_RANKS[kind], -weight, len(queue), label, function, (job, *args), row))
+        queue.append(_Task(_RANKS[kind], -weight, len(queue), label, function, (current[0], *args), row))
 
     forms = [name.partition("/")[2] for name in pending if name.startswith("forms/")]
     references = [name.partition("/")[2] for name in pending if name.startswith("references/")]
@@ -191,6 +193,7 @@ def compute_rows(
         label = f"evaluation and certificate {fitted.name}"
         add("finish", label, _finish, fitted, row=f"forms/{fitted.name}")
 
+    cg_cached = job.solutions is not None
     if cg_cached:
         after_cg()
     else:
@@ -225,6 +228,8 @@ def compute_rows(
                     bar.set_postfix_str(f"{task.label}: {cpu:.1f} CPU s", refresh=False)
                     bar.update()
                     if task.function is _cg:
+                        save_solutions(result)
+                        current[0] = dataclasses.replace(job, solutions=result)
                         after_cg()
                         cg_cached = True
                     elif task.function is _fit:

@@ -383,9 +383,14 @@ def run_seed(
         _note(f"every form starts from c·I: {start.reason}")
     if pending and jobs > 1:
         key = config.reference_key()
-        cg_cached = not force and load_keyed(out / f"cg-{key}.pt", key, "CG solutions") is not None
-        job = parallel.SeedJob(config, started, start, data, out, force)
-        parallel.compute_rows(job, pending, cg_cached, jobs, torch.get_num_threads(), plugins, progress, save)
+        cg_path = out / f"cg-{key}.pt"
+        solutions = None if force else load_keyed(cg_path, key, "CG solutions F_γ⁻¹u of the probes")
+        job = parallel.SeedJob(config, started, start, data, model.state_dict(), solutions)
+        if solutions is None:
+            _note(f"evaluating on held-out probes: CG on F_γ x = u for {config.n_probes} probes (in a worker) ...")
+        parallel.compute_rows(
+            job, pending, jobs, torch.get_num_threads(), plugins, progress, save, lambda x: save_keyed(cg_path, key, x)
+        )
     elif pending:
         evaluator = probe_evaluator(config, model, likelihood, data, out, force)
         monitor_set = fixed_directions(config, model, likelihood, train)
@@ -421,7 +426,25 @@ def probe_evaluator(
     key = config.reference_key()
     path = out / f"cg-{key}.pt"
     solutions = None if force else load_keyed(path, key, "CG solutions F_γ⁻¹u of the probes")
-    evaluator = heldout_evaluator(
+    evaluator = held_out(config, model, likelihood, data, solutions)
+    if solutions is None:
+        _note(f"evaluating on held-out probes: CG on F_γ x = u for {config.n_probes} probes ...")
+        start = time.perf_counter()
+        save_keyed(path, key, evaluator.solutions)
+        _note(f"CG done in {time.perf_counter() - start:.1f} s")
+    return evaluator
+
+
+def held_out(
+    config: StudyConfig,
+    model: nn.Module,
+    likelihood: fl.Likelihood,
+    data: Split,
+    solutions: list[ParamDict] | None = None,
+) -> fl.ProbeEvaluator:
+    """The held-out evaluator of ``config`` (its probes and curvature set), with the probes' F_γ⁻¹u
+    ``solutions``, or solved by CG when first needed (``evaluator.solutions``)."""
+    return heldout_evaluator(
         model,
         likelihood,
         data.heldout_set,
@@ -433,12 +456,6 @@ def probe_evaluator(
         config.seed + PROBE_SEED_OFFSET,
         solutions,
     )
-    if solutions is None:
-        _note(f"evaluating on held-out probes: CG on F_γ x = u for {config.n_probes} probes ...")
-        start = time.perf_counter()
-        save_keyed(path, key, evaluator.solutions)
-        _note(f"CG done in {time.perf_counter() - start:.1f} s")
-    return evaluator
 
 
 def reference_row(
