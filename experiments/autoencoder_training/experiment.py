@@ -40,7 +40,7 @@ from experiments.autoencoder_training.report import plot_figures, summary_table
 from experiments.common.autoencoder import SIZES, build_autoencoder
 from experiments.common.data import DataError, load_pixels, minibatches, split
 from experiments.common.kfac_optimizer import KFAC
-from experiments.common.step_control import KLClipped, psgd_schedule
+from experiments.common.step_control import KLClipped, QuadraticControl, psgd_schedule
 from experiments.common.store import save_json, write_report
 from experiments.common.training import finished, jsonable, train
 
@@ -177,11 +177,30 @@ def a6_config() -> AutoencoderConfig:
     )
 
 
+LM_DAMPING = {"lm_every": 5}
+"""Levenberg-Marquardt damping (``QuadraticControl``) every T₁ = 5 steps, ω = (19/20)⁵ (Martens & Grosse)."""
+RESCALED = {"rescale": "momentum", "momentum": 0.0}
+"""The step α*Δ + μ*δ₀ of the quadratic model over the proposed step and the previous one (``QuadraticControl``),
+in place of the optimizer's own momentum; it does not depend on the learning rate (one rate, no sweep)."""
+VARIANT_DAMPING = 1.0
+"""γ of the FishLeg variants that damp (the starting γ of Levenberg-Marquardt damping), as the ``a6`` preset."""
+
+
 def variants_config() -> AutoencoderConfig:
     """FishLeg variants on the paper's autoencoder, next to the paper's FishLeg and Adam: PSGD's schedule of
     update probabilities for λ, KL clipping of the step, curvature batches of 100, the network's weight
-    decay 1e-5 of ``mnist.ml``, and a damped-KFAC start."""
+    decay 1e-5 of ``mnist.ml``, a damped-KFAC start with multiplicative λ steps, and KFAC's step controls
+    (Levenberg-Marquardt damping, quadratic-model rescaling) around FishLeg and around the paper preset's
+    KFAC."""
     paper = dict(PAPER_FISHLEG)
+    damped = {**paper, "damping": VARIANT_DAMPING}
+    kfac_start = {
+        **{key: value for key, value in paper.items() if key not in ("aux_lr", "aux_eps", "sgd_lr")},
+        "damping": VARIANT_DAMPING,
+        "kfac_start": VARIANT_DAMPING,
+        "aux_optimizer": {"name": "multiplicative", "lr": 0.03},
+    }
+    kfac = paper_config().contenders["kfac"]
     rates = [0.003, 0.01, 0.03]
     variants = {
         "fishleg": paper,
@@ -189,10 +208,21 @@ def variants_config() -> AutoencoderConfig:
         "fishleg_kl_clip": {**paper, "kl_clip": 1.0},
         "fishleg_aux_batch100": {**paper, "aux_batch": 100},
         "fishleg_weight_decay": {**paper, "weight_decay": 1e-5},
+        "fishleg_lm": {**damped, **LM_DAMPING},
+        "fishleg_rescale": {**damped, **RESCALED},
+        "fishleg_kfac_start": kfac_start,
+        "fishleg_kfac_start_lm": {**kfac_start, **LM_DAMPING},
+        "fishleg_kfac_start_rescale": {**kfac_start, **RESCALED},
+        "kfac_lm": {**kfac, **LM_DAMPING},
+        "kfac_rescale": {**kfac, **RESCALED},
     }
     config = paper_config()
     config.seconds = 0.0  # an iteration budget only: the variants are compared per iteration and per second
-    config.sweep = {"adam": config.sweep["adam"], **{name: list(rates) for name in variants}}
+    config.sweep = {
+        "adam": config.sweep["adam"],
+        **{name: [0.01] if "rescale" in spec else list(rates) for name, spec in variants.items()},
+        "kfac_lm": config.sweep["kfac"],
+    }
     config.contenders = {"adam": config.contenders["adam"], **variants}
     return config
 
@@ -252,9 +282,11 @@ def make_optimizer(
         probability = None if schedule is None else _probability(**schedule)
         return Kron(model.parameters(), lr=lr, weight_decay=decay, preconditioner_update_probability=probability)
     curvature = torch.Generator().manual_seed(1_000 + seed)
+    control = {key: spec.pop(key) for key in ("rescale", "lm_every") if key in spec}
     if kind == "kfac":
         batches = minibatches(data, spec.pop("curvature_batch"), curvature)
-        return KFAC(model, LIKELIHOOD, lr, curvature_data=batches, momentum=MOMENTUM, seed=seed, **spec)
+        kfac = KFAC(model, LIKELIHOOD, lr, curvature_data=batches, seed=seed, **{"momentum": MOMENTUM, **spec})
+        return QuadraticControl(kfac, model, LIKELIHOOD, reconstruction_loss, **control) if control else kfac
     if kind != "fishleg":
         raise ValueError(f"contender {name!r}: unknown kind {kind!r}; known: {', '.join(KINDS)}")
     aux = minibatches(data, spec.pop("aux_batch", config.batch), curvature)
@@ -277,6 +309,8 @@ def make_optimizer(
         # torch's SGD(lr=s, momentum=β) is Algorithm 1's convention at s / (1 − β)
         start = sgd_lr / (1 - MOMENTUM) if reference == "sgdm" else float(reference)
         optimizer = fl.FishLeg(model, LIKELIHOOD, lr=lr, q={"init_scale": start / lr}, aux_data=aux, seed=0, **spec)
+    if control:
+        optimizer = QuadraticControl(optimizer, model, LIKELIHOOD, reconstruction_loss, **control)
     return optimizer if kl_clip is None else KLClipped(optimizer, kl_clip)
 
 
@@ -340,11 +374,15 @@ class Experiment:
         optimizer = make_optimizer(name, lr, model, config, sgd_lr, seed, data.train)
         setup_seconds = CLOCK() - start  # a KFAC start's time counts
         inputs = minibatches(data.train, config.batch, torch.Generator().manual_seed(seed))
+        batches = ((x, x) for x in inputs)
+        control = optimizer.inner if isinstance(optimizer, KLClipped) else optimizer
+        if isinstance(control, QuadraticControl):  # it needs the current minibatch
+            batches = control.watch(batches)
         curve = train(
             model,
             optimizer,
             reconstruction_loss,
-            ((x, x) for x in inputs),
+            batches,
             iterations,
             config.every,
             lambda _: self._heldout(model),
