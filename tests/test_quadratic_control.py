@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
+from reference import flat, gaussian_fisher, trainable
 from torch import nn
 
 import fishleg_core as fl
 from experiments.common.kfac_optimizer import KFAC
 from experiments.common.step_control import QuadraticControl, damping_of, set_damping
-from tests.reference import flat, gaussian_fisher, trainable
 
 LIKELIHOOD = fl.LIKELIHOODS.build("gaussian")
 
