@@ -118,7 +118,7 @@ def test_quadratic_control_rejects_bad_input():
     with pytest.raises(ValueError, match="choose rescale"):
         QuadraticControl(sgd, model, LIKELIHOOD, loss_fn)
     with pytest.raises(ValueError, match="rescale must be"):
-        QuadraticControl(sgd, model, LIKELIHOOD, loss_fn, rescale="line")  # type: ignore[arg-type]
+        QuadraticControl(sgd, model, LIKELIHOOD, loss_fn, rescale="line")
     with pytest.raises(ValueError, match="lm_every"):
         QuadraticControl(sgd, model, LIKELIHOOD, loss_fn, lm_every=0)
     with pytest.raises(ValueError, match="omega"):

@@ -26,7 +26,7 @@ import itertools
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -380,7 +380,7 @@ class Experiment:
         optimizer = make_optimizer(name, lr, model, config, sgd_lr, seed, data.train)
         setup_seconds = CLOCK() - start  # a KFAC start's time counts
         inputs = minibatches(data.train, config.batch, torch.Generator().manual_seed(seed))
-        batches = ((x, x) for x in inputs)
+        batches: Iterator[tuple[Tensor, Tensor]] = ((x, x) for x in inputs)
         control = optimizer.inner if isinstance(optimizer, KLClipped) else optimizer
         if isinstance(control, QuadraticControl):  # it needs the current minibatch
             batches = control.watch(batches)

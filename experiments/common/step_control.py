@@ -208,13 +208,14 @@ class QuadraticControl(torch.optim.Optimizer):
                 self.last_scale = coefficients[0]
             else:
                 f_step = products[0]
+        start = model_change = math.nan
         if check:
             f_step = f_step if f_step is not None else self._fisher(inputs, step)
+            model_change = 0.5 * _dot(step, f_step) + _dot(grad, step)
             start = float(self.loss_fn(self.model, inputs, targets))
         for name, p in self.params.items():
             p.add_(step[name])
         if check:
-            model_change = 0.5 * _dot(step, f_step) + _dot(grad, step)
             after = float(self.loss_fn(self.model, inputs, targets))
             self.last_rho = (after - start) / model_change if model_change < 0 else -math.inf
             if self.last_rho < 0.25:
