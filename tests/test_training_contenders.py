@@ -121,10 +121,10 @@ def test_kfac_keeps_its_factors_once_the_run_has_diverged():
     x = torch.rand(6, 3, dtype=torch.float64)
     LIKELIHOOD.nll(model(x), torch.zeros(6, 3, dtype=torch.float64)).backward()
     optimizer.step()
-    factors, inverses = dict(optimizer.factors), dict(optimizer.inverses)
+    factors, inverses = dict(optimizer.running.factors), dict(optimizer.inverses)
     with torch.no_grad():
         model[0].weight.fill_(float("nan"))
     optimizer.zero_grad()
     LIKELIHOOD.nll(model(x), torch.zeros(6, 3, dtype=torch.float64)).backward()
     optimizer.step()
-    assert optimizer.factors == factors and optimizer.inverses == inverses
+    assert optimizer.running.factors == factors and optimizer.inverses == inverses
