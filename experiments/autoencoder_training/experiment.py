@@ -26,7 +26,7 @@ import itertools
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from experiments.autoencoder_training.report import plot_figures, summary_table
 from experiments.common.autoencoder import SIZES, build_autoencoder
 from experiments.common.data import DataError, load_pixels, minibatches, split
 from experiments.common.kfac_optimizer import KFAC
-from experiments.common.step_control import KLClipped, psgd_schedule
+from experiments.common.step_control import KLClipped, QuadraticControl, psgd_schedule
 from experiments.common.store import save_json, write_report
 from experiments.common.training import finished, jsonable, train
 
@@ -66,9 +66,10 @@ class AutoencoderConfig:
     damped-KFAC start on 4 auxiliary batches, its time counted), ``form`` (Q's form on every layer, e.g.
     ``"ekfac"`` with FishLeg's ``refresh``), ``kl_clip`` (κ of ``KLClipped``) and ``psgd_schedule``
     ({flat_start, decay, min_prob} of ``psgd_schedule`` as ``aux_every``). Of ``"kfac"``: ``KFAC``'s
-    keyword arguments and ``curvature_batch``. Of ``"adam"``: ``betas``, ``eps``. Of ``"psgd_kron"``:
-    ``psgd_schedule`` of its update probability. Every run trains ``iterations`` steps and on while its
-    training time is below ``seconds`` (the common time budget of the seconds panel).
+    keyword arguments and ``curvature_batch``. Of both: ``rescale`` and ``lm_every`` of ``QuadraticControl``
+    (KFAC's step rescaling and Levenberg-Marquardt damping). Of ``"adam"``: ``betas``, ``eps``. Of
+    ``"psgd_kron"``: ``psgd_schedule`` of its update probability. Every run trains ``iterations`` steps and
+    on while its training time is below ``seconds`` (the common time budget of the seconds panel).
     """
 
     sizes: tuple[int, ...] = PAPER_SIZES
@@ -100,6 +101,17 @@ PAPER_FISHLEG = {
 }
 """FishLeg as ``mnist.ml`` runs it: Q₀ = (0.03 / 0.01)·I at η = 0.01, no damping, λ by Adam (lr 1e-3,
 ε 1e-4, weight decay 1e-3) every 10 steps on curvature batches of 10."""
+
+KFAC_DAMPED = {"kind": "kfac", "damping": 10.0, "stats_every": 10, "invert_every": 10, "curvature_batch": 100}
+"""KFAC with a fixed damping γ = 10, its factors refreshed and re-inverted every 10 steps on batches of 100:
+the base of the KFAC contenders. The paper preset's KFAC adds quadratic-model rescaling (``RESCALED``): the
+best of a damping sweep γ ∈ {0.01, …, 100} without it and of Levenberg-Marquardt damping
+(docs/results/training.md, "Damping and step-size control")."""
+LM_DAMPING = {"lm_every": 5}
+"""Levenberg-Marquardt damping (``QuadraticControl``) every T₁ = 5 steps, ω = (19/20)⁵ (Martens & Grosse)."""
+RESCALED = {"rescale": "momentum", "momentum": 0.0}
+"""The step α*Δ + μ*δ₀ of the quadratic model over the proposed step and the previous one (``QuadraticControl``),
+in place of the optimizer's own momentum; it does not depend on the learning rate (one rate, no sweep)."""
 
 PSGD_COMPRESSED = {"flat_start": 25, "decay": 0.02, "min_prob": 0.03}
 """PSGD's default update-probability schedule (flat to step 500, then exp(−0.001 n), floor 0.03) compressed
@@ -138,7 +150,7 @@ def paper_config() -> AutoencoderConfig:
             "sgdm": [0.001, 0.003, 0.01],
             "adam": [1e-4, 3e-4, 1e-3],
             "soap": [1e-3, 3e-3, 1e-2],
-            "kfac": [0.03, 0.1, 0.3],
+            "kfac": [0.01],
             "psgd_kron": [1e-4, 3e-4, 1e-3],
             "fishleg": [0.003, 0.01, 0.03],
             "fishleg_table1": [0.03, 0.07, 0.2],
@@ -148,7 +160,7 @@ def paper_config() -> AutoencoderConfig:
             "sgdm": {"kind": "sgdm"},
             "adam": {"kind": "adam", "betas": (0.9, 0.9), "eps": 1e-4},
             "soap": {"kind": "soap"},
-            "kfac": {"kind": "kfac", "damping": 10.0, "stats_every": 10, "invert_every": 10, "curvature_batch": 100},
+            "kfac": {**KFAC_DAMPED, **RESCALED},
             "psgd_kron": {"kind": "psgd_kron", "psgd_schedule": PSGD_COMPRESSED},
             "fishleg": dict(PAPER_FISHLEG),
             "fishleg_table1": {
@@ -193,6 +205,10 @@ def a6_config() -> AutoencoderConfig:
     )
 
 
+VARIANT_DAMPING = 1.0
+"""γ of the FishLeg variants that damp (the starting γ of Levenberg-Marquardt damping), as the ``a6`` preset."""
+
+
 def refresh_variants() -> dict[str, dict[str, Any]]:
     """FishLeg with an ``ekfac`` Q refreshed from running KFAC factors (``refresh``), otherwise the paper's
     settings: γ of the damped inverse 1, 10, 100 (T = 10 steps between refreshes, λ's scales reset at each),
@@ -222,11 +238,19 @@ def refresh_variants() -> dict[str, dict[str, Any]]:
 def variants_config() -> AutoencoderConfig:
     """FishLeg variants on the paper's autoencoder, next to the paper's FishLeg and Adam: PSGD's schedule of
     update probabilities for λ, KL clipping of the step, curvature batches of 100, the network's weight
-    decay 1e-5 of ``mnist.ml``, a damped-KFAC start, and an ``ekfac`` Q refreshed from running KFAC factors
-    (``refresh_variants``: right after a refresh Q is KFAC's damped inverse, and FishLeg's step η·m with
-    m ← βm + (1 − β)Qg is KFAC's with m ← βm + Δ at η(1 − β): they are swept about 10× KFAC's rates, γ = 100
-    at 30× more)."""
+    decay 1e-5 of ``mnist.ml``, a damped-KFAC start (also with multiplicative λ steps), KFAC's step controls
+    (Levenberg-Marquardt damping, quadratic-model rescaling) around FishLeg and around KFAC, and an ``ekfac`` Q
+    refreshed from running KFAC factors (``refresh_variants``: right after a refresh Q is KFAC's damped
+    inverse, and FishLeg's step η·m with m ← βm + (1 − β)Qg is KFAC's with m ← βm + Δ at η(1 − β): they are
+    swept about 10× KFAC's rates, γ = 100 at 30× more)."""
     paper = dict(PAPER_FISHLEG)
+    damped = {**paper, "damping": VARIANT_DAMPING}
+    kfac_start = {
+        **{key: value for key, value in paper.items() if key not in ("aux_lr", "aux_eps", "sgd_lr")},
+        "damping": VARIANT_DAMPING,
+        "kfac_start": VARIANT_DAMPING,
+        "aux_optimizer": {"name": "multiplicative", "lr": 0.03},
+    }
     rates = [0.003, 0.01, 0.03]
     refreshed = refresh_variants()
     variants = {
@@ -236,12 +260,20 @@ def variants_config() -> AutoencoderConfig:
         "fishleg_aux_batch100": {**paper, "aux_batch": 100},
         "fishleg_weight_decay": {**paper, "weight_decay": 1e-5},
         "fishleg_fast": dict(FAST_FISHLEG),
+        "fishleg_lm": {**damped, **LM_DAMPING},
+        "fishleg_rescale": {**damped, **RESCALED},
+        "fishleg_kfac_start": kfac_start,
+        "fishleg_kfac_start_lm": {**kfac_start, **LM_DAMPING},
+        "fishleg_kfac_start_rescale": {**kfac_start, **RESCALED},
+        "kfac_lm": {**KFAC_DAMPED, **LM_DAMPING},
+        "kfac_rescale": {**KFAC_DAMPED, **RESCALED},
     }
     config = paper_config()
     config.seconds = 0.0  # an iteration budget only: the variants are compared per iteration and per second
     config.sweep = {
         "adam": config.sweep["adam"],
-        **{name: list(rates) for name in variants},
+        **{name: [0.01] if "rescale" in spec else list(rates) for name, spec in variants.items()},
+        "kfac_lm": [0.03, 0.1, 0.3],
         **{name: [3.0, 10.0, 30.0] if name == "fishleg_refresh_g100" else [0.1, 0.3, 1.0] for name in refreshed},
     }
     config.contenders = {"adam": config.contenders["adam"], **variants, **refreshed}
@@ -314,9 +346,11 @@ def make_optimizer(
         probability = None if schedule is None else _probability(**schedule)
         return Kron(model.parameters(), lr=lr, weight_decay=decay, preconditioner_update_probability=probability)
     curvature = torch.Generator().manual_seed(1_000 + seed)
+    control = {key: spec.pop(key) for key in ("rescale", "lm_every") if key in spec}
     if kind == "kfac":
         batches = minibatches(data, spec.pop("curvature_batch"), curvature)
-        return KFAC(model, LIKELIHOOD, lr, curvature_data=batches, momentum=MOMENTUM, seed=seed, **spec)
+        kfac = KFAC(model, LIKELIHOOD, lr, curvature_data=batches, seed=seed, **{"momentum": MOMENTUM, **spec})
+        return QuadraticControl(kfac, model, LIKELIHOOD, reconstruction_loss, **control) if control else kfac
     if kind != "fishleg":
         raise ValueError(f"contender {name!r}: unknown kind {kind!r}; known: {', '.join(KINDS)}")
     aux = minibatches(data, spec.pop("aux_batch", config.batch), curvature)
@@ -342,6 +376,8 @@ def make_optimizer(
         start = sgd_lr / (1 - MOMENTUM) if reference == "sgdm" else float(reference)
         options = {"init_scale": start / lr, **forms}
         optimizer = fl.FishLeg(model, LIKELIHOOD, lr=lr, q=options, aux_data=aux, seed=0, **spec)
+    if control:
+        optimizer = QuadraticControl(optimizer, model, LIKELIHOOD, reconstruction_loss, **control)
     return optimizer if kl_clip is None else KLClipped(optimizer, kl_clip)
 
 
@@ -408,11 +444,15 @@ class Experiment:
         optimizer = make_optimizer(name, lr, model, config, sgd_lr, seed, data.train)
         setup_seconds = CLOCK() - start  # a KFAC start's time counts
         inputs = minibatches(data.train, config.batch, torch.Generator().manual_seed(seed))
+        batches: Iterator[tuple[Tensor, Tensor]] = ((x, x) for x in inputs)
+        control = optimizer.inner if isinstance(optimizer, KLClipped) else optimizer
+        if isinstance(control, QuadraticControl):  # it needs the current minibatch
+            batches = control.watch(batches)
         curve = train(
             model,
             optimizer,
             reconstruction_loss,
-            ((x, x) for x in inputs),
+            batches,
             iterations,
             config.every,
             lambda _: self._heldout(model),

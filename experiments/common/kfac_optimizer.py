@@ -134,9 +134,11 @@ class KFAC(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self.steps % self.stats_every == 0:
+        # a diverged run (non-finite gradients) keeps its factors: the targets cannot be sampled from it
+        finite = all(bool(torch.isfinite(_grad(p)).all()) for group in self.param_groups for p in group["params"])
+        if self.steps % self.stats_every == 0 and (finite or not self.running.factors):
             self._refresh_factors()
-        if self.steps % self.invert_every == 0:
+        if self.steps % self.invert_every == 0 and (finite or not self.inverses):
             self._invert()
         directions = self.preconditioned()
         for group in self.param_groups:
