@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from experiments.autoencoder_training import experiment as autoencoder_training
-from experiments.autoencoder_training.report import reach_ratios
+from experiments.autoencoder_training.report import milestones_table, reach_ratios
 from experiments.common.training import finished, time_to_reach, train
 from experiments.deep_linear import experiment as deep_linear
 
@@ -145,8 +145,15 @@ def test_autoencoder_resumes_the_runs_of_a_report(autoencoder_run, tmp_path):
     assert again["runs"]["fishleg"] == json.loads(json.dumps(report["runs"]["fishleg"]))  # taken over, not re-run
     with pytest.raises(SystemExit):
         autoencoder_training.main(
-            ["--quick", "--preset", "a6", "--resume", str(out / "results.json"), "--out", str(tmp_path)]
+            ["--quick", "--iterations", "30", "--resume", str(out / "results.json"), "--out", str(tmp_path)]
         )
+    target = tmp_path / "target.json"  # another target changes no run: its report's runs are taken over
+    target.write_text(json.dumps({"target": "fishleg"}))
+    alone = autoencoder_training.main(
+        ["--quick", "--config", str(target), "--contenders", "fishleg", "--resume", str(out / "results.json")]
+        + ["--report-only", "--out", str(tmp_path / "alone")]
+    )
+    assert alone["runs"] == {"fishleg": again["runs"]["fishleg"]}
 
 
 def test_autoencoder_variants_quick_run(tmp_path):
@@ -158,6 +165,23 @@ def test_autoencoder_variants_quick_run(tmp_path):
 def test_a6_preset_keeps_the_kfac_start_on_the_clock(tmp_path):
     report = autoencoder_training.main(["--quick", "--preset", "a6", "--out", str(tmp_path)])
     assert report["runs"]["fishleg_kfac"][0]["curve"]["seconds"][0] > 0  # the KFAC start's time is on the clock
+
+
+def test_the_long_preset_is_the_issue_budget():
+    config = autoencoder_training.long_config()
+    assert (config.iterations, config.seeds, config.every) == (3000, 2, 50)
+    assert not autoencoder_training._problems(config)
+    assert {"fishleg_psgd_schedule", "fishleg_fast", "adam", "kfac"} <= set(config.sweep)
+
+
+def test_milestones_table_reports_mean_and_sd_where_the_seeds_got():
+    def run(losses: list[float]) -> dict:
+        return {"curve": {"iteration": [0, 100, 200], "minibatch_loss": [None, *losses]}}
+
+    config = autoencoder_training.AutoencoderConfig(iterations=300, every=100)
+    lines = milestones_table(config, {"adam": [run([4.0, 2.0]), run([6.0, 3.0])]})
+    assert lines[0] == "| optimizer | training loss at 100 | training loss at 300 |"
+    assert lines[2] == "| Adam | 5.00 ± 1 | – |"  # mean ± sd of 4 and 6; neither seed got to 300
 
 
 def test_the_sweep_extends_past_an_edge():

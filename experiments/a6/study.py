@@ -5,7 +5,8 @@ the same study on a small CNN or transformer classifying the digits (``--model``
                                    [--forms diagonal,kron,...] [--steps N]
                                    [--aux-optimizer NAME] [--init kfac|identity]
                                    [--damping G] [--seed S] [--seeds N] [--data-dir DIR] [--config FILE]
-                                   [--plugins MODULE_OR_FILE,...] [--force] [--long-run]
+                                   [--plugins MODULE_OR_FILE,...] [--force] [--long-run] [--jobs N]
+                                   [--threads T]
 
 Pre-trains the model (``experiments.a6.study_models``: the autoencoder on (pixels, pixels) with a Bernoulli
 likelihood, or a classifier on (pixels, labels) with a Categorical one), then for each form fits Q (from the
@@ -27,8 +28,10 @@ computes its own (and keeps the others'), and ``--force`` recomputes. ``--long-r
 ``LONG_RUN_FACTOR`` (8) × the steps: its rows, cached like any other, are the references of the default run,
 whose rows then carry ``long_run`` (the long run's held-out A and e, and how far the default's A is from it)
 and whose summary compares the two rankings. Bad input gives one ``a6_study: error: ...``
-line per problem and exit status 2, before anything is written. In Python: ``run_study(config)`` returns the
-results.
+line per problem and exit status 2, before anything is written. ``--jobs N`` (default: the CPU cores) computes
+the rows that are not cached in N worker processes (``experiments.a6.parallel``), with the same numbers as one
+process; ``--threads T`` (default 1) sets the torch threads of every process. In Python: ``run_study(config)``
+returns the results.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import torch
 from torch import Tensor, nn
 
 import fishleg_core as fl
+from experiments.a6 import parallel  # which imports this module: use its names as parallel.<name>
 from experiments.a6.certificate import continuation_certificate
 from experiments.a6.config import (
     OWNER,
@@ -143,7 +147,19 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"fit every form with {LONG_RUN_FACTOR}× the steps: the references that the default run's rows "
         "are compared with (cached in the same folder)",
     )
-    parser.add_argument("--threads", type=_positive_int, default=2, help="torch CPU threads (default: 2)")
+    parser.add_argument(
+        "--jobs",
+        type=_positive_int,
+        help="worker processes for the forms, references and CG solves (default: the CPU cores; 1: all in "
+        "this process); the numbers do not depend on it",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        help="torch CPU threads of this process and of each worker (default: 1); float32 rounding, and so the "
+        "last digits of the numbers, can depend on it",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -182,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{OWNER}: {error}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    run_study(config, args.out, args.force, progress=not args.no_progress, data=data)
+    jobs = parallel.default_jobs() if args.jobs is None else args.jobs
+    run_study(config, args.out, args.force, progress=not args.no_progress, data=data, jobs=jobs, plugins=args.plugins)
     return 0
 
 
@@ -313,27 +330,41 @@ def run_study(
     force: bool = False,
     progress: bool = True,
     data: Sequence[Split] | None = None,
+    jobs: int = 1,
+    plugins: str | None = None,
 ) -> StudyResults:
     """The study in Python (for notebooks): for each seed, pre-train (or reuse), fit and evaluate every form
     and reference not in the cache of ``out``; write ``results.json``, ``figure4.png`` and ``summary.md``
     there and return the results (combined over seeds). Forms of your own are registered beforehand
-    (``load_plugins``, or ``QFORMS.register`` in the notebook). ``data``: what ``prepare(config)`` gives
-    (loaded here if None). ``out``: by default ``default_out(config.model)``."""
+    (``load_plugins``, or ``QFORMS.register`` in the notebook; with ``jobs`` > 1 only forms that ``plugins``
+    registers reach the worker processes). ``data``: what ``prepare(config)`` gives (loaded here if None).
+    ``out``: by default ``default_out(config.model)``. ``jobs``: worker processes (``experiments.a6.parallel``;
+    1: all in this process; each worker takes this process's ``torch.get_num_threads()``), the same numbers
+    either way."""
     out = default_out(config.model) if out is None else Path(out)
     data = prepare(config) if data is None else data
     runs = []
     for seed_config, seed_data in zip(config.seed_configs(), data):
         if config.seeds > 1:
             _note(f"seed {seed_config.seed} ({seed_config.seed - config.seed + 1} of {config.seeds})")
-        runs.append(run_seed(seed_config, seed_data, out, force, progress))
+        runs.append(run_seed(seed_config, seed_data, out, force, progress, jobs, plugins))
     results = combine(config, runs)
     write_reports(results)
     _note(f"results in {out}/ (results.json, figure4.png, summary.md)")
     return results
 
 
-def run_seed(config: StudyConfig, data: Split, out: Path, force: bool, progress: bool) -> StudyResults:
-    """The study for one seed (``config.seed``), its results cached in ``out`` and reused from there."""
+def run_seed(
+    config: StudyConfig,
+    data: Split,
+    out: Path,
+    force: bool,
+    progress: bool,
+    jobs: int = 1,
+    plugins: str | None = None,
+) -> StudyResults:
+    """The study for one seed (``config.seed``), its results cached in ``out`` and reused from there; the
+    rows not cached computed here (``jobs`` = 1) or by ``jobs`` worker processes (``compute_rows``)."""
     likelihood = fl.LIKELIHOODS.build(MODELS[config.model].likelihood)
     model, pretraining = pretrained_model(config, data, out, likelihood, force, progress)
     train = data.train_set
@@ -343,18 +374,32 @@ def run_seed(config: StudyConfig, data: Split, out: Path, force: bool, progress:
     paths = {name: out / f"{file_name(name)}-{key}.json" for name, key in keys.items()}
     rows = {name: None if force else load_keyed(paths[name], key, name) for name, key in keys.items()}
     pending = [name for name, row in rows.items() if row is None]
-    if pending:
+
+    def save(name: str, row: Row) -> None:
+        rows[name] = row
+        save_keyed(paths[name], keys[name], row)
+
+    if start.reason is not None and any(name.startswith("forms/") for name in pending):
+        _note(f"every form starts from c·I: {start.reason}")
+    if pending and jobs > 1:
+        key = config.reference_key()
+        cg_path = out / f"cg-{key}.pt"
+        solutions = None if force else load_keyed(cg_path, key, "CG solutions F_γ⁻¹u of the probes")
+        job = parallel.SeedJob(config, started, start, data, model.state_dict(), solutions)
+        if solutions is None:
+            _note(f"evaluating on held-out probes: CG on F_γ x = u for {config.n_probes} probes (in a worker) ...")
+        parallel.compute_rows(
+            job, pending, jobs, torch.get_num_threads(), plugins, progress, save, lambda x: save_keyed(cg_path, key, x)
+        )
+    elif pending:
         evaluator = probe_evaluator(config, model, likelihood, data, out, force)
         monitor_set = fixed_directions(config, model, likelihood, train)
-        if start.reason is not None and any(name.startswith("forms/") for name in pending):
-            _note(f"every form starts from c·I: {start.reason}")
         for name in pending:
             kind, _, short = name.partition("/")
             if kind == "references":
-                rows[name] = reference_row(short, config, model, likelihood, train, evaluator)
+                save(name, reference_row(short, config, model, likelihood, train, evaluator))
             else:
-                rows[name] = fit_form(short, monitor_set, started, model, likelihood, train, evaluator, progress, start)
-            save_keyed(paths[name], keys[name], rows[name])
+                save(name, fit_form(short, monitor_set, started, model, likelihood, train, evaluator, progress, start))
     names = list(keys)
     filled = cast(dict[str, dict[str, Any]], rows)  # every row is loaded or computed by now
     for label in config.forms:
@@ -381,7 +426,25 @@ def probe_evaluator(
     key = config.reference_key()
     path = out / f"cg-{key}.pt"
     solutions = None if force else load_keyed(path, key, "CG solutions F_γ⁻¹u of the probes")
-    evaluator = heldout_evaluator(
+    evaluator = held_out(config, model, likelihood, data, solutions)
+    if solutions is None:
+        _note(f"evaluating on held-out probes: CG on F_γ x = u for {config.n_probes} probes ...")
+        start = time.perf_counter()
+        save_keyed(path, key, evaluator.solutions)
+        _note(f"CG done in {time.perf_counter() - start:.1f} s")
+    return evaluator
+
+
+def held_out(
+    config: StudyConfig,
+    model: nn.Module,
+    likelihood: fl.Likelihood,
+    data: Split,
+    solutions: list[ParamDict] | None = None,
+) -> fl.ProbeEvaluator:
+    """The held-out evaluator of ``config`` (its probes and curvature set), with the probes' F_γ⁻¹u
+    ``solutions``, or solved by CG when first needed (``evaluator.solutions``)."""
+    return heldout_evaluator(
         model,
         likelihood,
         data.heldout_set,
@@ -393,12 +456,6 @@ def probe_evaluator(
         config.seed + PROBE_SEED_OFFSET,
         solutions,
     )
-    if solutions is None:
-        _note(f"evaluating on held-out probes: CG on F_γ x = u for {config.n_probes} probes ...")
-        start = time.perf_counter()
-        save_keyed(path, key, evaluator.solutions)
-        _note(f"CG done in {time.perf_counter() - start:.1f} s")
-    return evaluator
 
 
 def reference_row(
@@ -474,6 +531,20 @@ def fixed_directions(
     return [cast(ParamDict, u) for _, u, _ in pairs], [inputs for _, _, inputs in pairs]  # no q: plain vectors
 
 
+@dataclass
+class FittedForm:
+    """A form after its start and fit, before its evaluation and certificate (``finish_form``); picklable, so
+    that the parallel runner (``experiments.a6.parallel``) can fit and finish a form in different processes."""
+
+    name: str
+    q: fl.ModelQ
+    initial: dict[str, Any]
+    start_seconds: float
+    fit_seconds: float
+    curve: list[float]
+    monitor: dict[str, list]
+
+
 def fit_form(
     name: str,
     monitor_set: tuple[list[ParamDict], list[Tensor]],
@@ -485,12 +556,27 @@ def fit_form(
     progress: bool,
     start: CommonStart | None = None,
 ) -> Row:
-    """Q of the form labelled ``name`` (``kron_sum:K=3``) on every block, started at Q₀ (``initial_q``: with
+    """Q of the form labelled ``name`` (``kron_sum:K=3``) on every block, started, fitted (``start_and_fit``),
+    then evaluated and certified (``finish_form``)."""
+    fitted = start_and_fit(name, monitor_set, config, model, likelihood, train, progress, start)
+    return finish_form(fitted, config, model, likelihood, train, evaluator)
+
+
+def start_and_fit(
+    name: str,
+    monitor_set: tuple[list[ParamDict], list[Tensor]],
+    config: StudyConfig,
+    model: nn.Module,
+    likelihood: fl.Likelihood,
+    train: Examples,
+    progress: bool,
+    start: CommonStart | None = None,
+) -> FittedForm:
+    """Q of the form labelled ``name`` on every block, started at Q₀ (``initial_q``: with
     ``config.init == "kfac"`` the rescaled damped-KFAC start, else the best identity multiple c·I on the
     monitor's directions; ``common_start`` gives the config, and ``start`` why it is c·I), fitted for
     ``steps`` steps of ``aux_optimizer`` on the same seeded stream of (u, curvature batch) pairs as every
-    other form, evaluated in float64, then certified by a constant-rate continuation
-    (``continuation_certificate``)."""
+    other form. Needs no held-out probe: it can run while their CG solves do."""
     directions, curvature = monitor_set
     started = time.perf_counter()
     q, initial = initial_q(
@@ -525,14 +611,28 @@ def fit_form(
             progress=name if progress else False,
             aux_optimizer=config.optimizer(name),
         )
+    return FittedForm(name, q, initial, start_seconds, fit.seconds, fit.curve, monitor.record)
+
+
+def finish_form(
+    fitted: FittedForm,
+    config: StudyConfig,
+    model: nn.Module,
+    likelihood: fl.Likelihood,
+    train: Examples,
+    evaluator: fl.ProbeEvaluator,
+) -> Row:
+    """The row of a fitted form: Q evaluated in float64 on the held-out probes, then certified by a
+    constant-rate continuation (``continuation_certificate``)."""
+    name, q, initial = fitted.name, fitted.q, fitted.initial
     q64 = float64_copy(q)
     evaluation = evaluator.evaluate(q64)
     certificate = continuation_certificate(
         name, q, evaluation.mean_aux_loss, config, model, likelihood, train, evaluator
     )
-    seconds = start_seconds + fit.seconds
+    seconds = fitted.start_seconds + fitted.fit_seconds
     _note(
-        f"{name}: start ({initial['init']}) {start_seconds:.1f} s + fit {fit.seconds:.1f} s, held-out "
+        f"{name}: start ({initial['init']}) {fitted.start_seconds:.1f} s + fit {fitted.fit_seconds:.1f} s, held-out "
         f"e = {evaluation.mean_normalized_error:.3f}{start_words(initial)}; "
         f"certificate {certificate['seconds']:.1f} s: "
         f"{'certified' if certificate['certified'] else 'NOT certified'} "
@@ -544,10 +644,10 @@ def fit_form(
         evaluation,
         sum(p.numel() for p in q.parameters()),
         seconds,
-        fit.curve,
-        plateau(monitor.record["steps"], monitor.record["aux_loss"], config.plateau_tolerance),
+        fitted.curve,
+        plateau(fitted.monitor["steps"], fitted.monitor["aux_loss"], config.plateau_tolerance),
         lr=config.lr(name),
-        monitor=monitor.record,
+        monitor=fitted.monitor,
         certificate=certificate,
         layer_split=layer_split(evaluator, q64),
         **initial,

@@ -26,7 +26,7 @@ import itertools
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from experiments.autoencoder_training.report import plot_figures, summary_table
 from experiments.common.autoencoder import SIZES, build_autoencoder
 from experiments.common.data import DataError, load_pixels, minibatches, split
 from experiments.common.kfac_optimizer import KFAC
-from experiments.common.step_control import KLClipped, psgd_schedule
+from experiments.common.step_control import KLClipped, QuadraticControl, psgd_schedule
 from experiments.common.store import save_json, write_report
 from experiments.common.training import finished, jsonable, train
 
@@ -63,9 +63,11 @@ class AutoencoderConfig:
     ``contenders``: name → {"kind": one of ``KINDS``, options}. Options of ``"fishleg"``: ``FishLeg``'s
     keyword arguments, and ``aux_batch`` (rows of the auxiliary / curvature batches), ``sgd_lr`` (a number:
     Q₀ = (sgd_lr / lr)·I, or ``"sgdm"``: the best SGD-with-momentum rate of the sweep), ``kfac_start`` (γ of a
-    damped-KFAC start on 4 auxiliary batches, its time counted), ``kl_clip`` (κ of ``KLClipped``) and
-    ``psgd_schedule`` ({flat_start, decay, min_prob} of ``psgd_schedule`` as ``aux_every``). Of ``"kfac"``:
-    ``KFAC``'s keyword arguments and ``curvature_batch``. Of ``"adam"``: ``betas``, ``eps``. Of
+    damped-KFAC start on 4 auxiliary batches, its time counted), ``form`` (Q's form on every layer, e.g.
+    ``"ekfac"`` with FishLeg's ``refresh``), ``kl_clip`` (κ of ``KLClipped``) and ``psgd_schedule``
+    ({flat_start, decay, min_prob} of ``psgd_schedule`` as ``aux_every``). Of ``"kfac"``: ``KFAC``'s
+    keyword arguments and ``curvature_batch``. Of both: ``rescale`` and ``lm_every`` of ``QuadraticControl``
+    (KFAC's step rescaling and Levenberg-Marquardt damping). Of ``"adam"``: ``betas``, ``eps``. Of
     ``"psgd_kron"``: ``psgd_schedule`` of its update probability. Every run trains ``iterations`` steps and
     on while its training time is below ``seconds`` (the common time budget of the seconds panel).
     """
@@ -100,9 +102,33 @@ PAPER_FISHLEG = {
 """FishLeg as ``mnist.ml`` runs it: Q₀ = (0.03 / 0.01)·I at η = 0.01, no damping, λ by Adam (lr 1e-3,
 ε 1e-4, weight decay 1e-3) every 10 steps on curvature batches of 10."""
 
+KFAC_DAMPED = {"kind": "kfac", "damping": 10.0, "stats_every": 10, "invert_every": 10, "curvature_batch": 100}
+"""KFAC with a fixed damping γ = 10, its factors refreshed and re-inverted every 10 steps on batches of 100:
+the base of the KFAC contenders. The paper preset's KFAC adds quadratic-model rescaling (``RESCALED``): the
+best of a damping sweep γ ∈ {0.01, …, 100} without it and of Levenberg-Marquardt damping
+(docs/results/training.md, "Damping and step-size control")."""
+LM_DAMPING = {"lm_every": 5}
+"""Levenberg-Marquardt damping (``QuadraticControl``) every T₁ = 5 steps, ω = (19/20)⁵ (Martens & Grosse)."""
+RESCALED = {"rescale": "momentum", "momentum": 0.0}
+"""The step α*Δ + μ*δ₀ of the quadratic model over the proposed step and the previous one (``QuadraticControl``),
+in place of the optimizer's own momentum; it does not depend on the learning rate (one rate, no sweep)."""
+
 PSGD_COMPRESSED = {"flat_start": 25, "decay": 0.02, "min_prob": 0.03}
 """PSGD's default update-probability schedule (flat to step 500, then exp(−0.001 n), floor 0.03) compressed
 20× in time for runs of a few hundred steps."""
+
+FAST_FISHLEG = {
+    "kind": "fishleg",
+    "kfac_start": 1.0,
+    "damping": 0.1,
+    "aux_optimizer": {"name": "multiplicative", "lr": 0.03},
+    "psgd_schedule": PSGD_COMPRESSED,
+    "aux_batch": 100,
+    "momentum": MOMENTUM,
+}
+"""FishLeg that learns Q fast from the start: Q₀ = a damped KFAC (γ 1) on 4 auxiliary batches, λ by
+multiplicative normalised steps (relative step 0.03) on every step and then on PSGD's compressed schedule,
+curvature batches of 100, damping γ 0.1: the best of the screening in docs/results/training.md."""
 
 
 def fold_aux_options(spec: dict[str, Any]) -> None:
@@ -124,16 +150,17 @@ def paper_config() -> AutoencoderConfig:
             "sgdm": [0.001, 0.003, 0.01],
             "adam": [1e-4, 3e-4, 1e-3],
             "soap": [1e-3, 3e-3, 1e-2],
-            "kfac": [0.03, 0.1, 0.3],
+            "kfac": [0.01],
             "psgd_kron": [1e-4, 3e-4, 1e-3],
             "fishleg": [0.003, 0.01, 0.03],
             "fishleg_table1": [0.03, 0.07, 0.2],
+            "fishleg_fast": [0.003, 0.01, 0.03],
         },
         contenders={
             "sgdm": {"kind": "sgdm"},
             "adam": {"kind": "adam", "betas": (0.9, 0.9), "eps": 1e-4},
             "soap": {"kind": "soap"},
-            "kfac": {"kind": "kfac", "damping": 10.0, "stats_every": 10, "invert_every": 10, "curvature_batch": 100},
+            "kfac": {**KFAC_DAMPED, **RESCALED},
             "psgd_kron": {"kind": "psgd_kron", "psgd_schedule": PSGD_COMPRESSED},
             "fishleg": dict(PAPER_FISHLEG),
             "fishleg_table1": {
@@ -145,6 +172,7 @@ def paper_config() -> AutoencoderConfig:
                 "aux_batch": 10,
                 "momentum": MOMENTUM,
             },
+            "fishleg_fast": dict(FAST_FISHLEG),
         },
     )
 
@@ -177,23 +205,88 @@ def a6_config() -> AutoencoderConfig:
     )
 
 
+VARIANT_DAMPING = 1.0
+"""γ of the FishLeg variants that damp (the starting γ of Levenberg-Marquardt damping), as the ``a6`` preset."""
+
+
+def refresh_variants() -> dict[str, dict[str, Any]]:
+    """FishLeg with an ``ekfac`` Q refreshed from running KFAC factors (``refresh``), otherwise the paper's
+    settings: γ of the damped inverse 1, 10, 100 (T = 10 steps between refreshes, λ's scales reset at each),
+    then at γ = 10 the learned scales kept, T = 50, the multiplicative optimizer of λ, and λ updated every
+    step."""
+    base = {**PAPER_FISHLEG, "form": "ekfac"}
+
+    def refresh(damping: float, every: int = 10, scales: str = "reset") -> dict[str, Any]:
+        return {"every": every, "decay": 0.95, "damping": damping, "scales": scales}
+
+    return {
+        "fishleg_refresh_g1": {**base, "refresh": refresh(1.0)},
+        "fishleg_refresh_g10": {**base, "refresh": refresh(10.0)},
+        "fishleg_refresh_g100": {**base, "refresh": refresh(100.0)},
+        "fishleg_refresh_keep": {**base, "refresh": refresh(10.0, scales="keep")},
+        "fishleg_refresh_t50": {**base, "refresh": refresh(10.0, every=50)},
+        "fishleg_refresh_mult": {  # relative steps of 0.03 on L and R, Adam on the scales, decay on all of λ
+            **{key: value for key, value in base.items() if key not in ("aux_lr", "aux_eps")},
+            "refresh": refresh(10.0),
+            "aux_optimizer": {"name": "multiplicative", "lr": 0.03, "adam_lr": 1e-3, "eps": 1e-4},
+            "aux_weight_decay": 1e-3,
+        },
+        "fishleg_refresh_aux1": {**base, "refresh": refresh(10.0), "aux_every": 1},
+    }
+
+
 def variants_config() -> AutoencoderConfig:
     """FishLeg variants on the paper's autoencoder, next to the paper's FishLeg and Adam: PSGD's schedule of
     update probabilities for λ, KL clipping of the step, curvature batches of 100, the network's weight
-    decay 1e-5 of ``mnist.ml``, and a damped-KFAC start."""
+    decay 1e-5 of ``mnist.ml``, a damped-KFAC start (also with multiplicative λ steps), KFAC's step controls
+    (Levenberg-Marquardt damping, quadratic-model rescaling) around FishLeg and around KFAC, and an ``ekfac`` Q
+    refreshed from running KFAC factors (``refresh_variants``: right after a refresh Q is KFAC's damped
+    inverse, and FishLeg's step η·m with m ← βm + (1 − β)Qg is KFAC's with m ← βm + Δ at η(1 − β): they are
+    swept about 10× KFAC's rates, γ = 100 at 30× more)."""
     paper = dict(PAPER_FISHLEG)
+    damped = {**paper, "damping": VARIANT_DAMPING}
+    kfac_start = {
+        **{key: value for key, value in paper.items() if key not in ("aux_lr", "aux_eps", "sgd_lr")},
+        "damping": VARIANT_DAMPING,
+        "kfac_start": VARIANT_DAMPING,
+        "aux_optimizer": {"name": "multiplicative", "lr": 0.03},
+    }
     rates = [0.003, 0.01, 0.03]
+    refreshed = refresh_variants()
     variants = {
         "fishleg": paper,
         "fishleg_psgd_schedule": {**paper, "psgd_schedule": PSGD_COMPRESSED},
         "fishleg_kl_clip": {**paper, "kl_clip": 1.0},
         "fishleg_aux_batch100": {**paper, "aux_batch": 100},
         "fishleg_weight_decay": {**paper, "weight_decay": 1e-5},
+        "fishleg_fast": dict(FAST_FISHLEG),
+        "fishleg_lm": {**damped, **LM_DAMPING},
+        "fishleg_rescale": {**damped, **RESCALED},
+        "fishleg_kfac_start": kfac_start,
+        "fishleg_kfac_start_lm": {**kfac_start, **LM_DAMPING},
+        "fishleg_kfac_start_rescale": {**kfac_start, **RESCALED},
+        "kfac_lm": {**KFAC_DAMPED, **LM_DAMPING},
+        "kfac_rescale": {**KFAC_DAMPED, **RESCALED},
     }
     config = paper_config()
     config.seconds = 0.0  # an iteration budget only: the variants are compared per iteration and per second
-    config.sweep = {"adam": config.sweep["adam"], **{name: list(rates) for name in variants}}
-    config.contenders = {"adam": config.contenders["adam"], **variants}
+    config.sweep = {
+        "adam": config.sweep["adam"],
+        **{name: [0.01] if "rescale" in spec else list(rates) for name, spec in variants.items()},
+        "kfac_lm": [0.03, 0.1, 0.3],
+        **{name: [3.0, 10.0, 30.0] if name == "fishleg_refresh_g100" else [0.1, 0.3, 1.0] for name in refreshed},
+    }
+    config.contenders = {"adam": config.contenders["adam"], **variants, **refreshed}
+    return config
+
+
+def long_config() -> AutoencoderConfig:
+    """The issue's budget: 3,000 iterations, 2 seeds, evaluations every 50, no time extension, for the paper
+    preset's contenders and FishLeg with PSGD's schedule for λ, each swept as in ``paper`` / ``variants``."""
+    config = paper_config()
+    config.sweep["fishleg_psgd_schedule"] = [0.003, 0.01, 0.03]
+    config.contenders["fishleg_psgd_schedule"] = {**PAPER_FISHLEG, "psgd_schedule": PSGD_COMPRESSED}
+    config.iterations, config.seconds, config.every = 3000, 0.0, 50
     return config
 
 
@@ -201,6 +294,7 @@ PRESETS: dict[str, Callable[[], AutoencoderConfig]] = {
     "paper": paper_config,
     "a6": a6_config,
     "variants": variants_config,
+    "long": long_config,
 }
 
 
@@ -252,9 +346,11 @@ def make_optimizer(
         probability = None if schedule is None else _probability(**schedule)
         return Kron(model.parameters(), lr=lr, weight_decay=decay, preconditioner_update_probability=probability)
     curvature = torch.Generator().manual_seed(1_000 + seed)
+    control = {key: spec.pop(key) for key in ("rescale", "lm_every") if key in spec}
     if kind == "kfac":
         batches = minibatches(data, spec.pop("curvature_batch"), curvature)
-        return KFAC(model, LIKELIHOOD, lr, curvature_data=batches, momentum=MOMENTUM, seed=seed, **spec)
+        kfac = KFAC(model, LIKELIHOOD, lr, curvature_data=batches, seed=seed, **{"momentum": MOMENTUM, **spec})
+        return QuadraticControl(kfac, model, LIKELIHOOD, reconstruction_loss, **control) if control else kfac
     if kind != "fishleg":
         raise ValueError(f"contender {name!r}: unknown kind {kind!r}; known: {', '.join(KINDS)}")
     aux = minibatches(data, spec.pop("aux_batch", config.batch), curvature)
@@ -268,6 +364,8 @@ def make_optimizer(
     fold_aux_options(spec)
     start_damping = spec.pop("kfac_start", None)
     reference = spec.pop("sgd_lr", "sgdm")
+    form = spec.pop("form", None)
+    forms = {} if form is None else {"forms": {"default": form}}
     if start_damping is not None:
         q = fl.build_model_q(model, {"default": "kron"})
         start_batches = [(x, x) for x in itertools.islice(aux, KFAC_START_BATCHES)]
@@ -276,7 +374,10 @@ def make_optimizer(
     else:
         # torch's SGD(lr=s, momentum=β) is Algorithm 1's convention at s / (1 − β)
         start = sgd_lr / (1 - MOMENTUM) if reference == "sgdm" else float(reference)
-        optimizer = fl.FishLeg(model, LIKELIHOOD, lr=lr, q={"init_scale": start / lr}, aux_data=aux, seed=0, **spec)
+        options = {"init_scale": start / lr, **forms}
+        optimizer = fl.FishLeg(model, LIKELIHOOD, lr=lr, q=options, aux_data=aux, seed=0, **spec)
+    if control:
+        optimizer = QuadraticControl(optimizer, model, LIKELIHOOD, reconstruction_loss, **control)
     return optimizer if kl_clip is None else KLClipped(optimizer, kl_clip)
 
 
@@ -307,10 +408,13 @@ class Experiment:
         budgets and contender settings instead of running them again; returns how many were taken.
 
         Raises:
-            ValueError: the report's configuration differs in anything but its list of contenders."""
+            ValueError: the report's configuration differs in anything but its contenders, seeds and target
+                (which contender the report measures the others against: it changes no run)."""
         theirs, mine = report["config"], json.loads(json.dumps(asdict(self.config)))
         different = [
-            key for key in mine if key not in ("sweep", "contenders", "seeds") and theirs.get(key) != mine[key]
+            key
+            for key in mine
+            if key not in ("sweep", "contenders", "seeds", "target") and theirs.get(key) != mine[key]
         ]
         if different:
             raise ValueError(f"--resume: the report's configuration differs in {different}")
@@ -340,11 +444,15 @@ class Experiment:
         optimizer = make_optimizer(name, lr, model, config, sgd_lr, seed, data.train)
         setup_seconds = CLOCK() - start  # a KFAC start's time counts
         inputs = minibatches(data.train, config.batch, torch.Generator().manual_seed(seed))
+        batches: Iterator[tuple[Tensor, Tensor]] = ((x, x) for x in inputs)
+        control = optimizer.inner if isinstance(optimizer, KLClipped) else optimizer
+        if isinstance(control, QuadraticControl):  # it needs the current minibatch
+            batches = control.watch(batches)
         curve = train(
             model,
             optimizer,
             reconstruction_loss,
-            ((x, x) for x in inputs),
+            batches,
             iterations,
             config.every,
             lambda _: self._heldout(model),
@@ -428,13 +536,14 @@ def taken_over(experiment: Experiment) -> dict[str, Any]:
     best: dict[str, float] = {}
     runs: dict[str, list] = {}
     for name in config.sweep:
-        sweeps[name] = [
+        swept = [
             run
             for (who, _, _, iterations, _), run in experiment.done.items()
             if who == name and iterations == config.sweep_iterations and run["seed"] == 0
         ]
-        if not sweeps[name]:
+        if not swept:
             continue
+        sweeps[name] = swept
         best[name] = best_rate(sweeps[name])
         key = (name, best[name])
         seeds = [experiment.done.get((*key, seed, config.iterations, config.seconds)) for seed in range(config.seeds)]

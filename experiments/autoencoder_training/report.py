@@ -24,6 +24,7 @@ LABELS = {
     "fishleg": "FishLeg, paper settings (mnist.ml)",
     "fishleg_table1": "FishLeg, paper Table 1 settings",
     "fishleg_kfac": "FishLeg, aux10, Q₀ = KFAC",
+    "fishleg_fast": "FishLeg, fast λ (KFAC start, multiplicative steps, PSGD schedule)",
 }
 PEERS = ("kfac", "soap", "psgd_kron")
 """The second-order peers of the stretch target."""
@@ -144,7 +145,25 @@ def summary_table(config: Any, results: dict[str, Any]) -> str:
             f"{_mean_sd(per_iteration)} | {_mean_sd([r[0] for r in reached])} | "
             f"{_mean_sd([r[1] for r in reached if r[1] is not None])} | {len(reached)}/{len(seeds)} |"
         )
-    return "\n".join(lines + ["", *targets_table(config, results)]) + "\n"
+    return "\n".join(lines + ["", *milestones_table(config, runs), "", *targets_table(config, results)]) + "\n"
+
+
+MILESTONES = (100, 500, 1000)
+"""Iterations at which ``milestones_table`` reports the training loss, besides the budget's last."""
+
+
+def milestones_table(config: Any, runs: dict[str, list[dict]]) -> list[str]:
+    """Training loss, mean ± sd over seeds, at the evaluations of ``MILESTONES`` within the budget and after
+    ``config.iterations`` (the seeds that got there; "–" where none did)."""
+    points = sorted({i for i in MILESTONES if i < config.iterations and i % config.every == 0} | {config.iterations})
+    lines = [
+        "| optimizer | " + " | ".join(f"training loss at {i}" for i in points) + " |",
+        "| --- |" + " ---: |" * len(points),
+    ]
+    for name, seeds in runs.items():
+        losses = [_mean_sd([at_iteration(run["curve"], i) for run in seeds], ".2f") for i in points]
+        lines.append(f"| {label(name)} | " + " | ".join(losses) + " |")
+    return lines
 
 
 def targets_table(config: Any, results: dict[str, Any]) -> list[str]:

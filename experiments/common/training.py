@@ -81,9 +81,10 @@ def finished(curve: Curve, iterations: int) -> bool:
 
 
 def time_to_reach(curve: Curve, target: float, key: str = "minibatch_loss") -> float | None:
-    """Training seconds at the first evaluation point where ``curve[key]`` ≤ ``target``; None if never."""
+    """Training seconds at the first evaluation point where ``curve[key]`` ≤ ``target``; None if never
+    (a diverged run's missing values, None in a curve read from JSON, never reach it)."""
     for seconds, value in zip(curve["seconds"][1:], curve[key][1:]):
-        if value <= target:
+        if value is not None and value <= target:
             return seconds
     return None
 
