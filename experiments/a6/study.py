@@ -114,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, help="optimizer steps per form")
     parser.add_argument(
         "--aux-optimizer",
-        help="optimizer of λ for every form, a name in AUX_OPTIMIZERS (default: multiplicative, its couplings by Adam "
-        "at 1e-3 for tridiag_kron; adam for kron_sum and tridiag_ekfac); forms without an aux_lr entry take its default rate",
+        help="optimizer of λ for every form, a name in AUX_OPTIMIZERS (default: multiplicative, its couplings by "
+        "Adam at 1e-3 for tridiag_kron; adam for kron_sum and tridiag_ekfac); forms without an aux_lr entry take its "
+        "default rate",
     )
     parser.add_argument(
         "--init",
