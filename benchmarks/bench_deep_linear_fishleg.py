@@ -3,20 +3,21 @@
 One seed of ``experiments.deep_linear`` (its teacher, data, student and minibatch streams), FishLeg at the
 settings of the experiment's configuration ``--variant`` (default "multiplicative-damped", the one the earlier
 measurements used; "paper": the paper's) with the fields of ``--override`` (JSON) replaced, except those given:
-λ's optimizer and rate, the damped-KFAC start (``--kfac``, on 4 training minibatches), a ``tridiag_kron``
-coupling of adjacent layers (``--couple``), momentum on Q·g (``--momentum-on update``) and a cosine decay of η
-to 0 over the last ``--decay`` fraction of the iterations. With a learned σ it is printed too.
+λ's optimizer and rate, the damped-KFAC start (``--kfac``, on 4 training minibatches, damped by
+``--kfac-damping``, default the training's damping), a ``tridiag_kron`` coupling of adjacent layers
+(``--couple``), momentum on Q·g (``--momentum-on update``) and a cosine decay of η to 0 over the last
+``--decay`` fraction of the iterations. With a learned σ it is printed too; ``--progress`` prints each
+evaluation (with σ and the last auxiliary loss) as it comes. The run stops at the first non-finite test loss.
 
     python -m benchmarks.bench_deep_linear_fishleg [--quick] [--iterations 3000] [--every 500] [--seed 0]
-        [--variant NAME] [--override JSON] [--aux-optimizer NAME] [--aux-lr R] [--kfac] [--couple]
-        [--momentum-on gradient|update] [--decay F] [--json FILE]
+        [--variant NAME] [--override JSON] [--aux-optimizer NAME] [--aux-lr R] [--kfac] [--kfac-damping G]
+        [--couple] [--momentum-on gradient|update] [--decay F] [--progress] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import math
 import time
@@ -29,15 +30,15 @@ from benchmarks.common import write_json
 from experiments.deep_linear.experiment import (
     VARIANTS,
     configuration,
+    fishleg_q,
     likelihood_for,
     loss_for,
     losses,
     minibatch_inputs,
     minibatch_pairs,
+    refresh_kfac,
 )
 from experiments.deep_linear.task import build_deep_linear, teacher_data
-
-KFAC_START_BATCHES = 4
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -51,9 +52,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--aux-optimizer", help="λ's optimizer (default: the experiment's)")
     parser.add_argument("--aux-lr", type=float, help="λ's rate (default: the experiment's)")
     parser.add_argument("--kfac", action="store_true", help="start Q from the damped KFAC factors")
+    parser.add_argument("--kfac-damping", type=float, help="the damping of the KFAC start (default: the training's)")
     parser.add_argument("--couple", action="store_true", help="couple adjacent layers (tridiag_kron)")
     parser.add_argument("--momentum-on", choices=("gradient", "update"))
     parser.add_argument("--decay", type=float, help="cosine decay of η to 0 over this final fraction")
+    parser.add_argument("--progress", action="store_true", help="print each evaluation as it comes")
     parser.add_argument("--json", help="write the measurements to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -78,18 +81,16 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "aux_weight_decay": config.aux_weight_decay,
         "aux_every": config.aux_every,
-        "aux_data": minibatch_inputs(data, config.batch, seed=3 * args.seed + 1),
+        "aux_data": minibatch_inputs(data, config.aux_batch, seed=3 * args.seed + 1),
         "seed": 0,
     }
-    couple = "adjacent" if args.couple else None
     if args.kfac:
-        q = fl.build_model_q(model, couple=couple, init_scale=config.sgd_ref_lr / config.lr, likelihood=lik)
-        start = list(itertools.islice(minibatch_pairs(data, config.batch, seed=99), KFAC_START_BATCHES))
-        fl.kfac_warm_start(q, model, lik, start, damping=config.damping)
-        settings["q"] = q
-    else:
-        settings["q"] = {"couple": couple, "init_scale": config.sgd_ref_lr / config.lr}
+        config = dataclasses.replace(
+            config, kfac_start_damping=config.damping if args.kfac_damping is None else args.kfac_damping
+        )
+    settings["q"] = fishleg_q(model, lik, config, data, couple="adjacent" if args.couple else None)
     optimizer = fl.FishLeg(model, lik, **settings)
+    refresh_kfac(optimizer, lik, config, data)
     scheduler = None
     if args.decay:
         first = iterations * (1 - args.decay)
@@ -112,6 +113,15 @@ def main(argv: list[str] | None = None) -> dict:
             ratios[iteration] = losses(model, data)["test_loss"] / data.noise_floor
             if isinstance(lik, fl.GaussianLearnedSigma):
                 sigmas[iteration] = lik.sigma.item()
+            if args.progress:
+                aux = optimizer.last_aux_loss
+                print(
+                    f"{iteration}: {ratios[iteration]:.4g} sigma {sigmas.get(iteration, math.nan):.3g} "
+                    f"aux {math.nan if aux is None else aux.item():.3g} cpu {time.process_time():.0f}s",
+                    flush=True,
+                )
+            if not math.isfinite(ratios[iteration]):
+                break
     result = {
         **{k: v for k, v in vars(args).items() if k != "json"},
         "seconds": seconds,

@@ -10,7 +10,7 @@ from reference import flat
 
 from experiments.deep_linear import experiment as deep_linear
 from experiments.deep_linear.task import build_deep_linear, half_squared_error, teacher_data
-from fishleg_core import LIKELIHOODS, fisher_vp
+from fishleg_core import LIKELIHOODS, build_model_q, fisher_vp, kfac_warm_start
 
 DEPTH, WIDTH, SIGMA, BATCH = 4, 3, 0.5, 7
 
@@ -90,7 +90,9 @@ def test_every_optimizer_trains_the_learned_sigma_and_keeps_it_in_its_bounds(nam
         data = teacher_data(config.depth, config.width, 40, 20, config.noise, seed=0)
         model = build_deep_linear(config.depth, config.width, seed=0)
         likelihood = deep_linear.likelihood_for(config)
-        optimizer = deep_linear.contender(name, model, likelihood, config, deep_linear.minibatch_inputs(data, 40, 1))
+        optimizer = deep_linear.contender(
+            name, model, likelihood, config, deep_linear.minibatch_inputs(data, 40, 1), data
+        )
         loss_fn = deep_linear.loss_for(likelihood)
         for _ in range(3):
             optimizer.zero_grad()
@@ -108,3 +110,38 @@ def test_both_configurations_run_a_seed():
             curve = result[name]["curve"]
             assert curve["iteration"][-1] == 4 and all(v is not None for v in curve["test_loss"])
             assert ("sigma" in curve) == (config.sigma is not None)
+
+
+def test_the_kfac_refresh_restarts_q_from_the_current_network():
+    """After T = 2 steps Q is the damped KFAC start of the network as it is then, on the refresh stream's first
+    minibatches; without a KFAC damping the refresh is refused."""
+    config = replace(deep_linear.configuration("fixed-sigma-kfac", quick=True), kfac_refresh_every=2)
+    data = teacher_data(config.depth, config.width, 40, 20, config.noise, seed=0)
+    model = build_deep_linear(config.depth, config.width, seed=0)
+    likelihood = deep_linear.likelihood_for(config)
+    optimizer = deep_linear.contender(
+        "fishleg", model, likelihood, config, deep_linear.minibatch_inputs(data, 40, 1), data
+    )
+    started = {k: v.clone() for k, v in optimizer.q.state_dict().items()}
+    for step in range(2):
+        if step == 1:
+            before = {k: v.clone() for k, v in optimizer.q.state_dict().items()}
+        optimizer.zero_grad()
+        half_squared_error(model, data.train_inputs, data.train_targets).backward()
+        optimizer.step()
+    expected = build_model_q(model, init_scale=config.sgd_ref_lr / config.lr)
+    batches = deep_linear.minibatch_pairs(data, config.batch, seed=98)
+    start = [next(batches) for _ in range(deep_linear.KFAC_START_BATCHES)]
+    kfac_warm_start(expected, model, likelihood, start, damping=config.kfac_start_damping)
+    refreshed = optimizer.q.state_dict()
+    assert any(not torch.equal(started[k], before[k]) for k in started)  # λ learned in between
+    for key, value in expected.state_dict().items():
+        torch.testing.assert_close(refreshed[key], value)
+    with pytest.raises(ValueError, match="kfac_refresh_every needs kfac_start_damping"):
+        deep_linear.contender("fishleg", model, likelihood, replace(config, kfac_start_damping=None), iter(()), data)
+
+
+def test_an_unknown_regime_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        deep_linear.main(["--quick", "--regimes", "small,huge"])
+    assert "unknown regime(s) huge; known: large, small" in capsys.readouterr().err

@@ -65,7 +65,7 @@ def test_kfac_factors_are_moving_averages_refreshed_every_few_steps():
         optimizer.zero_grad()
         LIKELIHOOD.nll(model(x), x).backward()
         optimizer.step()
-        seen.append(optimizer.factors["0"].A.clone())
+        seen.append(optimizer.running.factors["0"].A.clone())
     assert torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])  # refreshed at steps 0 and 2
     assert len(list(batches)) == 1  # two of the three curvature batches were drawn
     with pytest.raises(ValueError, match="damping must be positive"):
@@ -105,7 +105,7 @@ def test_kfac_keeps_its_inverses_when_the_factors_break():
     LIKELIHOOD.nll(model(torch.rand(6, 3, dtype=torch.float64)), torch.zeros(6, 3, dtype=torch.float64)).backward()
     optimizer.step()
     kept = optimizer.inverses["0"]
-    factors = optimizer.factors["0"]
-    optimizer.factors["0"] = type(factors)(G=factors.G * float("nan"), A=factors.A)
+    factors = optimizer.running.factors["0"]
+    optimizer.running.factors["0"] = type(factors)(G=factors.G * float("nan"), A=factors.A)
     optimizer._invert()
     assert optimizer.inverses["0"] is kept and optimizer.failed_inversions == 1

@@ -63,11 +63,12 @@ class AutoencoderConfig:
     ``contenders``: name → {"kind": one of ``KINDS``, options}. Options of ``"fishleg"``: ``FishLeg``'s
     keyword arguments, and ``aux_batch`` (rows of the auxiliary / curvature batches), ``sgd_lr`` (a number:
     Q₀ = (sgd_lr / lr)·I, or ``"sgdm"``: the best SGD-with-momentum rate of the sweep), ``kfac_start`` (γ of a
-    damped-KFAC start on 4 auxiliary batches, its time counted), ``kl_clip`` (κ of ``KLClipped``) and
-    ``psgd_schedule`` ({flat_start, decay, min_prob} of ``psgd_schedule`` as ``aux_every``). Of ``"kfac"``:
-    ``KFAC``'s keyword arguments and ``curvature_batch``. Of ``"adam"``: ``betas``, ``eps``. Of
-    ``"psgd_kron"``: ``psgd_schedule`` of its update probability. Every run trains ``iterations`` steps and
-    on while its training time is below ``seconds`` (the common time budget of the seconds panel).
+    damped-KFAC start on 4 auxiliary batches, its time counted), ``form`` (Q's form on every layer, e.g.
+    ``"ekfac"`` with FishLeg's ``refresh``), ``kl_clip`` (κ of ``KLClipped``) and ``psgd_schedule``
+    ({flat_start, decay, min_prob} of ``psgd_schedule`` as ``aux_every``). Of ``"kfac"``: ``KFAC``'s
+    keyword arguments and ``curvature_batch``. Of ``"adam"``: ``betas``, ``eps``. Of ``"psgd_kron"``:
+    ``psgd_schedule`` of its update probability. Every run trains ``iterations`` steps and on while its
+    training time is below ``seconds`` (the common time budget of the seconds panel).
     """
 
     sizes: tuple[int, ...] = PAPER_SIZES
@@ -177,12 +178,42 @@ def a6_config() -> AutoencoderConfig:
     )
 
 
+def refresh_variants() -> dict[str, dict[str, Any]]:
+    """FishLeg with an ``ekfac`` Q refreshed from running KFAC factors (``refresh``), otherwise the paper's
+    settings: γ of the damped inverse 1, 10, 100 (T = 10 steps between refreshes, λ's scales reset at each),
+    then at γ = 10 the learned scales kept, T = 50, the multiplicative optimizer of λ, and λ updated every
+    step."""
+    base = {**PAPER_FISHLEG, "form": "ekfac"}
+
+    def refresh(damping: float, every: int = 10, scales: str = "reset") -> dict[str, Any]:
+        return {"every": every, "decay": 0.95, "damping": damping, "scales": scales}
+
+    return {
+        "fishleg_refresh_g1": {**base, "refresh": refresh(1.0)},
+        "fishleg_refresh_g10": {**base, "refresh": refresh(10.0)},
+        "fishleg_refresh_g100": {**base, "refresh": refresh(100.0)},
+        "fishleg_refresh_keep": {**base, "refresh": refresh(10.0, scales="keep")},
+        "fishleg_refresh_t50": {**base, "refresh": refresh(10.0, every=50)},
+        "fishleg_refresh_mult": {  # relative steps of 0.03 on L and R, Adam on the scales, decay on all of λ
+            **{key: value for key, value in base.items() if key not in ("aux_lr", "aux_eps")},
+            "refresh": refresh(10.0),
+            "aux_optimizer": {"name": "multiplicative", "lr": 0.03, "adam_lr": 1e-3, "eps": 1e-4},
+            "aux_weight_decay": 1e-3,
+        },
+        "fishleg_refresh_aux1": {**base, "refresh": refresh(10.0), "aux_every": 1},
+    }
+
+
 def variants_config() -> AutoencoderConfig:
     """FishLeg variants on the paper's autoencoder, next to the paper's FishLeg and Adam: PSGD's schedule of
     update probabilities for λ, KL clipping of the step, curvature batches of 100, the network's weight
-    decay 1e-5 of ``mnist.ml``, and a damped-KFAC start."""
+    decay 1e-5 of ``mnist.ml``, a damped-KFAC start, and an ``ekfac`` Q refreshed from running KFAC factors
+    (``refresh_variants``: right after a refresh Q is KFAC's damped inverse, and FishLeg's step η·m with
+    m ← βm + (1 − β)Qg is KFAC's with m ← βm + Δ at η(1 − β): they are swept about 10× KFAC's rates, γ = 100
+    at 30× more)."""
     paper = dict(PAPER_FISHLEG)
     rates = [0.003, 0.01, 0.03]
+    refreshed = refresh_variants()
     variants = {
         "fishleg": paper,
         "fishleg_psgd_schedule": {**paper, "psgd_schedule": PSGD_COMPRESSED},
@@ -192,8 +223,12 @@ def variants_config() -> AutoencoderConfig:
     }
     config = paper_config()
     config.seconds = 0.0  # an iteration budget only: the variants are compared per iteration and per second
-    config.sweep = {"adam": config.sweep["adam"], **{name: list(rates) for name in variants}}
-    config.contenders = {"adam": config.contenders["adam"], **variants}
+    config.sweep = {
+        "adam": config.sweep["adam"],
+        **{name: list(rates) for name in variants},
+        **{name: [3.0, 10.0, 30.0] if name == "fishleg_refresh_g100" else [0.1, 0.3, 1.0] for name in refreshed},
+    }
+    config.contenders = {"adam": config.contenders["adam"], **variants, **refreshed}
     return config
 
 
@@ -268,6 +303,8 @@ def make_optimizer(
     fold_aux_options(spec)
     start_damping = spec.pop("kfac_start", None)
     reference = spec.pop("sgd_lr", "sgdm")
+    form = spec.pop("form", None)
+    forms = {} if form is None else {"forms": {"default": form}}
     if start_damping is not None:
         q = fl.build_model_q(model, {"default": "kron"})
         start_batches = [(x, x) for x in itertools.islice(aux, KFAC_START_BATCHES)]
@@ -276,7 +313,8 @@ def make_optimizer(
     else:
         # torch's SGD(lr=s, momentum=β) is Algorithm 1's convention at s / (1 − β)
         start = sgd_lr / (1 - MOMENTUM) if reference == "sgdm" else float(reference)
-        optimizer = fl.FishLeg(model, LIKELIHOOD, lr=lr, q={"init_scale": start / lr}, aux_data=aux, seed=0, **spec)
+        options = {"init_scale": start / lr, **forms}
+        optimizer = fl.FishLeg(model, LIKELIHOOD, lr=lr, q=options, aux_data=aux, seed=0, **spec)
     return optimizer if kl_clip is None else KLClipped(optimizer, kl_clip)
 
 

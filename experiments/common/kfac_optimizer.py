@@ -1,5 +1,5 @@
 """KFAC as a torch optimizer, built from the library's damped-KFAC machinery (``kronecker_factors``,
-``damped_inverse_cholesky``): the training experiments' second-order contender.
+``damped_inverse_cholesky``, ``RunningKronecker``): the training experiments' second-order contender.
 
 Per nn.Linear block X = [W | b] with gradient ∇X (out × in+1), KFAC's factors G = E[δδᵀ] and A = E[āāᵀ]
 (``kronecker_factors``: δ at targets sampled from the model, on a curvature batch) are kept as moving
@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fishleg_core.kfac.start import KroneckerFactors, damped_inverse_cholesky, kronecker_factors
+from fishleg_core.kfac.running import RunningKronecker, safe_damped_inverse
+from fishleg_core.kfac.start import kronecker_factors
 from fishleg_core.likelihoods import Likelihood, resolve_likelihood
 
 
@@ -76,7 +77,7 @@ class KFAC(torch.optim.Optimizer):
         super().__init__([p for p in model.parameters() if p.requires_grad], {"lr": lr, "momentum": momentum})
         self.model, self.likelihood = model, resolve_likelihood(likelihood)
         self.curvature_data = curvature_data
-        self.damping, self.ema, self.kl_clip = damping, ema, kl_clip
+        self.damping, self.kl_clip = damping, kl_clip
         self.stats_every, self.invert_every = stats_every, invert_every
         self.generator = torch.Generator().manual_seed(seed)
         self.modules = {
@@ -84,7 +85,7 @@ class KFAC(torch.optim.Optimizer):
             for name, module in model.named_modules()
             if isinstance(module, nn.Linear) and module.weight.requires_grad
         }
-        self.factors: dict[str, KroneckerFactors] = {}
+        self.running = RunningKronecker(ema)
         self.inverses: dict[str, tuple[Tensor, Tensor]] = {}
         self.steps = 0
         self.failed_inversions = 0
@@ -94,27 +95,19 @@ class KFAC(torch.optim.Optimizer):
         inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
         with torch.enable_grad():  # step runs under no_grad; the factors need δ = ∂ℓ/∂s
             fresh = kronecker_factors(self.model, self.likelihood, inputs, 1, self.generator)
-        for name, new in fresh.items():
-            old = self.factors.get(name)
-            self.factors[name] = (
-                new
-                if old is None
-                else KroneckerFactors(G=old.G.lerp(new.G, 1 - self.ema), A=old.A.lerp(new.A, 1 - self.ema))
-            )
+        self.running.update(fresh)
 
     def _invert(self) -> None:
         """The damped inverses of the factors; a block whose factors are not finite or not positive definite
         (a diverged run) keeps its previous inverses (counted in ``failed_inversions``)."""
-        for name, factors in self.factors.items():
-            try:
-                if not (torch.isfinite(factors.G).all() and torch.isfinite(factors.A).all()):
-                    raise torch.linalg.LinAlgError("non-finite Kronecker factors")
-                left, right = damped_inverse_cholesky(factors, self.damping)
-            except torch.linalg.LinAlgError:
+        for name, factors in self.running.factors.items():
+            pair = safe_damped_inverse(factors, self.damping)
+            if pair is None:
                 if name not in self.inverses:
-                    raise
+                    raise torch.linalg.LinAlgError(f"KFAC: the first factors of {name!r} have no damped inverse")
                 self.failed_inversions += 1
                 continue
+            left, right = pair
             self.inverses[name] = (left @ left.mT, right @ right.mT)
 
     def preconditioned(self) -> dict[Tensor, Tensor]:

@@ -12,22 +12,27 @@ Configurations (``--variant``; ``docs/results/paper_settings.md`` lists the pape
   learned σ (0.1, kept in [1e-4, 1]) trained by every optimizer on the NLL, σ with its own Q block in
   FishLeg; no damping; λ by Adam at 1e-3 with ε = 1e-4 and weight decay 1e-4; Q₀ = (1e-3/0.04)·I, block
   Kronecker per layer; Adam as the contender with β₂ = 0.9, ε = 1e-4.
+- ``fixed-sigma-kfac``, the paper's settings except: σ² = width fixed (the loss ½‖y − f‖²/n), λ's rate
+  α = 1e-2 without weight decay, Q started from the KFAC factors damped by 1e-3 (training undamped), 4,000
+  iterations per regime (``docs/results/deep_linear.md``, "What moves FishLeg").
 - ``multiplicative-damped``, this repository's earlier setting: σ² = width fixed (the loss ½‖y − f‖²/n),
   damping 1e-3, Q₀ = I, λ by the "multiplicative" optimizer at 0.03, torch's Adam defaults.
 
 Whatever the likelihood, the losses reported are L = mean ½‖y − f(x)‖²/n, against the noise floor: the
 teacher's own test L (≈ ½σ₀²). Panel B follows A(Q; u) of the live Q and of copies frozen every
-``freeze_every`` iterations on common directions u. Timings: training steps only (evaluations excluded), one
-thread, the optimizers run back to back in one process.
+``freeze_every`` iterations on common directions u. Timings: CPU seconds of the training steps only (evaluations
+excluded), one thread, the optimizers run back to back in one process.
 
-    python -m experiments.deep_linear [--quick] [--variant paper|multiplicative-damped] [--seeds N]
-        [--out DIR] [--config FILE]
+    python -m experiments.deep_linear [--quick] [--variant paper|fixed-sigma-kfac|multiplicative-damped]
+        [--seeds N] [--out DIR] [--config FILE] [--regimes large,small]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -47,6 +52,7 @@ from experiments.deep_linear.task import TeacherData, build_deep_linear, half_sq
 from fishleg_core.likelihoods import likelihood_parameters
 
 OPTIMIZERS = ("sgdm", "adam", "fishleg")
+KFAC_START_BATCHES = 4
 
 LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
@@ -62,6 +68,7 @@ class DeepLinearConfig:
     regimes: dict[str, tuple[int, int]] = field(default_factory=lambda: {"large": (4000, 2000), "small": (40, 2000)})
     n_test: int = 2000
     batch: int = 40
+    aux_batch: int = 40  # FishLeg's curvature batch (training inputs)
     seeds: int = 3
     sigma: float | None = 0.1  # the learned σ's start; None: σ² = width, fixed
     sigma_bounds: tuple[float, float] = (1e-4, 1.0)
@@ -78,6 +85,8 @@ class DeepLinearConfig:
     momentum: float = 0.9  # FishLeg β
     momentum_on: str = "gradient"  # Algorithm 1 as written, as in the paper's Figure 1
     damping: float = 0.0
+    kfac_start_damping: float | None = None  # start Q from the KFAC factors damped by this; None: Q₀ = c·I
+    kfac_refresh_every: int = 0  # re-start Q from the KFAC factors every this many steps (0: never)
     aux_every: int = 1
     every: int = 50  # iterations between evaluations
     freeze_every: int = 500  # panel B
@@ -85,6 +94,13 @@ class DeepLinearConfig:
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "paper": {},
+    "fixed-sigma-kfac": {
+        "regimes": {"large": (4000, 4000), "small": (40, 4000)},
+        "sigma": None,
+        "aux_lr": 0.01,
+        "aux_weight_decay": 0.0,
+        "kfac_start_damping": 0.001,
+    },
     "multiplicative-damped": {
         "seeds": 2,
         "sigma": None,
@@ -139,25 +155,57 @@ def loss_for(lik: fl.Likelihood) -> LossFn:
     return half_squared_error
 
 
+def fishleg_q(
+    model: nn.Module, lik: fl.Likelihood, config: DeepLinearConfig, data: TeacherData, couple: str | None = None
+) -> fl.ModelQ:
+    """FishLeg's Q at Q₀ = (sgd_ref_lr / lr)·I, or, with ``kfac_start_damping`` γ₀, at the damped KFAC inverse
+    s·(A + √γ₀ I)⁻¹ ⊗ (G + √γ₀ I)⁻¹ fitted on ``KFAC_START_BATCHES`` training minibatches (``kfac_warm_start``)."""
+    q = fl.build_model_q(model, couple=couple, init_scale=config.sgd_ref_lr / config.lr, likelihood=lik)
+    if config.kfac_start_damping is not None:
+        start = list(itertools.islice(minibatch_pairs(data, config.batch, seed=99), KFAC_START_BATCHES))
+        fl.kfac_warm_start(q, model, lik, start, damping=config.kfac_start_damping)
+    return q
+
+
+def refresh_kfac(optimizer: fl.FishLeg, lik: fl.Likelihood, config: DeepLinearConfig, data: TeacherData) -> None:
+    """With ``kfac_refresh_every`` T > 0, re-start Q from the damped KFAC factors (``fishleg_q``) of the current
+    network every T steps, on fresh training minibatches; λ's optimizer then goes on from there."""
+    if not config.kfac_refresh_every:
+        return
+    if config.kfac_start_damping is None:
+        raise ValueError("kfac_refresh_every needs kfac_start_damping (the damping of the KFAC factors)")
+    batches = minibatch_pairs(data, config.batch, seed=98)
+    steps = itertools.count(1)
+
+    def hook(*_: Any) -> None:
+        if next(steps) % config.kfac_refresh_every == 0:
+            start = list(itertools.islice(batches, KFAC_START_BATCHES))
+            fl.kfac_warm_start(optimizer.q, optimizer.model, lik, start, damping=cast(float, config.kfac_start_damping))
+
+    optimizer.register_step_post_hook(hook)
+
+
 def contender(
-    name: str, model: nn.Module, lik: fl.Likelihood, config: DeepLinearConfig, aux: Any
+    name: str, model: nn.Module, lik: fl.Likelihood, config: DeepLinearConfig, aux: Any, data: TeacherData
 ) -> torch.optim.Optimizer:
     """The optimizer ``name`` on the model's parameters and the likelihood's (σ, clamped after each step)."""
     if name == "fishleg":
-        return fl.FishLeg(
+        fishleg = fl.FishLeg(
             model,
             lik,
             lr=config.lr,
             momentum=config.momentum,
             momentum_on=cast(Literal["gradient", "update"], config.momentum_on),
             damping=config.damping,
-            q={"init_scale": config.sgd_ref_lr / config.lr},
+            q=fishleg_q(model, lik, config, data),
             aux_optimizer={"name": config.aux_optimizer, "lr": config.aux_lr, "eps": config.aux_eps},
             aux_weight_decay=config.aux_weight_decay,
             aux_every=config.aux_every,
             aux_data=aux,
             seed=0,
         )
+        refresh_kfac(fishleg, lik, config, data)
+        return fishleg
     params = [*model.parameters(), *likelihood_parameters(lik).values()]
     optimizer: torch.optim.Optimizer
     if name == "sgdm":
@@ -179,8 +227,8 @@ def run_seed(config: DeepLinearConfig, n_train: int, iterations: int, seed: int)
         model = build_deep_linear(config.depth, config.width, seed=seed)
         lik = likelihood_for(config)
         loss_fn = loss_for(lik)
-        aux = minibatch_inputs(data, config.batch, seed=3 * seed + 1)
-        optimizer = contender(name, model, lik, config, aux)
+        aux = minibatch_inputs(data, config.aux_batch, seed=3 * seed + 1)
+        optimizer = contender(name, model, lik, config, aux, data)
         monitor = None
         if name == "fishleg":
             monitor = FrozenQMonitor(
@@ -209,6 +257,7 @@ def run_seed(config: DeepLinearConfig, n_train: int, iterations: int, seed: int)
             iterations,
             config.every,
             evaluate,
+            clock=time.thread_time,
         )
         result[name] = {"curve": jsonable(curve), **({"panel_b": monitor.records} if monitor else {})}
     return result
@@ -242,6 +291,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default="results/deep_linear", help="output folder")
     parser.add_argument("--variant", default="paper", choices=list(VARIANTS), help="a named configuration")
     parser.add_argument("--config", help="JSON file overriding fields of the configuration")
+    parser.add_argument("--regimes", help="comma-separated regimes to run (default: all, e.g. large,small)")
     args = parser.parse_args(argv)
     config = configuration(args.variant, quick=args.quick)
     if args.config:
@@ -250,6 +300,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.seeds < 1:
             parser.error(f"--seeds must be at least 1, got {args.seeds}")
         config.seeds = args.seeds
+    if args.regimes:
+        names = args.regimes.split(",")
+        unknown = [name for name in names if name not in config.regimes]
+        if unknown:
+            parser.error(f"unknown regime(s) {', '.join(unknown)}; known: {', '.join(config.regimes)}")
+        config.regimes = {name: config.regimes[name] for name in names}
     if config.freeze_every % config.every:
         parser.error(
             f"freeze_every ({config.freeze_every}) must be a multiple of every ({config.every}): Q is "

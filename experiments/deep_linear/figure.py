@@ -76,11 +76,11 @@ def plot_figure1(path: Path, config: Any, results: dict[str, list[dict]]) -> Non
             ax.set_yscale("log")
             ax.set_ylabel("loss ½‖y − f(x)‖² / n")
             ax.set_xlabel(
-                f"iteration ({config.batch / n_train:g} epoch each)" if row == 0 else "training seconds (1 thread)"
+                f"iteration ({config.batch / n_train:g} epoch each)" if row == 0 else "training CPU seconds (1 thread)"
             )
         shown = "mean ± sd over" if every_run_finished else "each of"
         axes[0, column].set_title(f"A: {regime} data ({n_train} samples), {shown} {len(runs)} seeds")
-        axes[2, column].set_title("C: against wall-clock")
+        axes[2, column].set_title("C: against CPU time")
         axes[0, column].legend(fontsize=7)
         _panel_b(axes[1, column], runs)
     fig.tight_layout()

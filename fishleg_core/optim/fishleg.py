@@ -15,6 +15,8 @@ from fishleg_core.auxiliary.data import BatchFn, CyclicBatches, split_batch
 from fishleg_core.auxiliary.gradient_factors import GradientFactors
 from fishleg_core.auxiliary.optimizers import RegisteredAuxOptimizer
 from fishleg_core.auxiliary.update import AuxiliaryUpdate
+from fishleg_core.kfac.running import KFACRefresh, RefreshOptions, refresh_options
+from fishleg_core.kfac.start import NoKroneckerStart, kfac_blocks, takes_kfac_start
 from fishleg_core.layers.mapping import BandChoices
 from fishleg_core.likelihoods import Likelihood, ParametricLikelihood, likelihood_parameters, resolve_likelihood
 from fishleg_core.model_q import ModelQ, build_model_q, check_model_q, q_options
@@ -130,6 +132,13 @@ class FishLeg(torch.optim.Optimizer):
         aux_budget: at most this many auxiliary parameters per model parameter: the largest Kronecker factors
             become diagonal until Q fits (see ``build_model_q``). Without it, ``kron`` sides above 2048 are
             diagonal (``forms={"default": {"form": "kron", "max_size": None}}`` keeps every factor full).
+        refresh: a Q that tracks a moving Fisher (``fishleg_core.kfac.running``): running averages of the
+            KFAC factors G and A, updated from an auxiliary batch every ``stats_every`` steps (default 1), with
+            decay ``decay`` (0.95); every ``every`` steps (required; the first step included, before its
+            auxiliary update) each group with a KFAC start (``kron``, ``ekfac``, ...) is set to
+            (G + √γπI)⁻¹ ⊗ (A + √γ/πI)⁻¹ at γ = ``damping`` (1e-3), its learned scales (``ekfac``'s A and B²)
+            reset (``scales="reset"``) or kept (``"keep"``); ``samples`` targets per input for G (1). The
+            auxiliary batches' model input must be one tensor, and ``output_fn`` is not supported.
 
     Raises:
         InvalidConfigError: (a ``ValueError``) an invalid hyperparameter; one line per field, naming it.
@@ -170,6 +179,7 @@ class FishLeg(torch.optim.Optimizer):
         fallback: dict[str, Any] | None = None,
         group_options: list[dict[str, Any]] | None = None,
         decoupled_weight_decay: float = 0.0,
+        refresh: RefreshOptions | Mapping[str, Any] | None = None,
     ) -> None:
         arguments = dict(locals())
         # FishLegConfig is made at run time, so its fields are unknown to the type checker
@@ -262,6 +272,7 @@ class FishLeg(torch.optim.Optimizer):
             monitor=self.monitor,
         )
         self.aux_data = CyclicBatches(aux_data) if aux_data is not None else None
+        self.refresh = self._refresh(refresh, output_fn, device, seed) if refresh is not None else None
         self.steps = 0
         # With momentum on Q·g, each step multiplies Q with the raw minibatch gradient, whose linear-layer
         # blocks have rank ≤ batch size (convolutions: ≤ batch × positions): capture their factors (paper
@@ -328,6 +339,12 @@ class FishLeg(torch.optim.Optimizer):
             return loss
         self.health.gradients({self._names[id(p)]: p.grad for group in self.param_groups for p in group["params"]})
         factors = self._capture.factors(gradient) if self._capture else {}
+        if self.refresh is not None:
+            inputs = None
+            if self.refresh.statistics_due(self.steps):
+                parts = aux_batch_parts or given or split_batch(self._next_aux_batch(), batch_fn=self._batch_fn)
+                inputs = _tensor_inputs(parts[0])
+            self.refresh.step(self.steps, inputs)
         on_gradient = self.config.momentum_on == "gradient"
         if on_gradient:
             gradient = self._averaged("momentum_buffer", gradient)
@@ -358,6 +375,24 @@ class FishLeg(torch.optim.Optimizer):
             self.likelihood.constrain_()
         self.steps += 1
         return loss
+
+    def _refresh(
+        self, spec: RefreshOptions | Mapping[str, Any], output_fn: Any, device: torch.device, seed: int
+    ) -> KFACRefresh:
+        """The ``refresh`` option's ``KFACRefresh``, its generator seeded with ``seed + 1``."""
+        options = refresh_options(spec)
+        if output_fn is not None:
+            raise ValueError("FishLeg: refresh needs the model's output itself, so output_fn must be None")
+        blocks = kfac_blocks(self.model)
+        if not any(
+            all(block.name in blocks for block in group.blocks) and takes_kfac_start(group) for group in self.q.groups
+        ):
+            raise NoKroneckerStart(
+                "FishLeg refresh: no group of Q takes a KFAC refresh (a form with set_kronecker, such as 'kron' "
+                "or 'ekfac', on layers with KFAC factors); choose one with q={'forms': {'default': 'ekfac'}}"
+            )
+        generator = torch.Generator(device=device).manual_seed(seed + 1)
+        return KFACRefresh(self.q, self.model, self.likelihood, options, generator)
 
     def _groups(self) -> list[dict[str, Any]]:
         """The parameter groups that Q preconditions (not the fallback optimizer's)."""
@@ -423,6 +458,7 @@ class FishLeg(torch.optim.Optimizer):
             "steps": self.steps,
             "skipped": dict(self.nonfinite.skipped),
             "aux_data": self.aux_data.state_dict() if self.aux_data else None,
+            "refresh": self.refresh.state_dict() if self.refresh else None,
         }
         return state
 
@@ -458,6 +494,18 @@ class FishLeg(torch.optim.Optimizer):
         self.nonfinite.skipped = dict(extra["skipped"])
         if self.aux_data and extra["aux_data"]:
             self.aux_data.load_state_dict(extra["aux_data"])
+        if self.refresh is not None and extra.get("refresh"):
+            self.refresh.load_state_dict(extra["refresh"])
+
+
+def _tensor_inputs(inputs: Any) -> Tensor:
+    """The auxiliary batch's model input, which the KFAC statistics of ``refresh`` need as one tensor."""
+    if not isinstance(inputs, Tensor):
+        raise TypeError(
+            "FishLeg refresh: the KFAC statistics need auxiliary batches whose model input is one tensor, "
+            f"got {type(inputs).__name__}"
+        )
+    return inputs
 
 
 NOT_HYPERPARAMETERS = (
@@ -472,6 +520,7 @@ NOT_HYPERPARAMETERS = (
     "fallback",
     "group_options",
     "decoupled_weight_decay",
+    "refresh",
 )
 """The arguments of ``FishLeg`` that are objects or structures checked where they are used, not fields of
 ``FishLegConfig``."""

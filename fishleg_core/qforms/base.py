@@ -33,6 +33,10 @@ class QForm(nn.Module, ABC):
 
     init_deviation: float = 0.0
 
+    kronecker_scales: tuple[str, ...] = ()
+    """The submodules that scale the form's Kronecker part and that ``set_kronecker`` resets (``ekfac``'s A
+    and B²): a refresh of Q from running KFAC factors may keep them (``KFACRefresh``, ``scales="keep"``)."""
+
     def __init__(
         self,
         shape: tuple[int, int],

@@ -18,6 +18,8 @@ class EKFACQ(QForm):
     factors at L = R = init_scale^¼ · I, so Q starts at init_scale · I.
     """
 
+    kronecker_scales = ("A", "B2")
+
     def __init__(
         self,
         shape: tuple[int, int],
