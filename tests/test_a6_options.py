@@ -62,11 +62,11 @@ def test_each_form_has_its_optimizer_and_rate():
         "multiplicative",
         "multiplicative",
         "adam",
-        "adam",
+        {"name": "multiplicative", "adam_lr": 1e-3},
     ]
-    assert [default.lr(label) for label in default.forms] == [0.1, 0.03, 0.03, 1e-3, 1e-3]  # DEFAULT_RATES
+    assert [default.lr(label) for label in default.forms] == [0.3, 0.03, 0.03, 1e-3, 0.03]  # DEFAULT_RATES
     adam = StudyConfig(forms="diagonal,kron", aux_optimizer="adam")
-    assert [(adam.optimizer(label), adam.lr(label)) for label in adam.forms] == [("adam", 0.1), ("adam", 1e-3)]
+    assert [(adam.optimizer(label), adam.lr(label)) for label in adam.forms] == [("adam", 0.3), ("adam", 1e-3)]
     table = StudyConfig(
         forms="kron,kron_sum:K=3", aux_optimizer={"default": "adam", "kron_sum:K=3": {"name": "multiplicative"}}
     )

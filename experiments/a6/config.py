@@ -102,12 +102,17 @@ class StudyConfig(BaseModel):
     pretrain_momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     steps: int = Field(500, gt=0, description="optimizer steps on the auxiliary loss per form")
     aux_lr: dict[str, float] = Field(
-        {"diagonal": 0.1},
+        {"diagonal": 0.3},
         description="learning rate of λ per row label or QForm name, 'default' for the others (a number: for "
         "every form); a form without one takes its optimizer's DEFAULT_RATES entry",
     )
     aux_optimizer: str | dict[str, Any] = Field(
-        {"default": "multiplicative", "kron_sum": "adam", "tridiag_kron": "adam", "tridiag_ekfac": "adam"},
+        {
+            "default": "multiplicative",
+            "kron_sum": "adam",
+            "tridiag_kron": {"name": "multiplicative", "adam_lr": 1e-3},
+            "tridiag_ekfac": "adam",
+        },
         description="optimizer of λ in AUX_OPTIMIZERS: a name or {name: ..., options}, or a table of them per row "
         "label or QForm name with a 'default'",
     )

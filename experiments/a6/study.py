@@ -10,7 +10,7 @@ the same study on a small CNN or transformer classifying the digits (``--model``
 
 Pre-trains the model (``experiments.a6.study_models``: the autoencoder on (pixels, pixels) with a Bernoulli
 likelihood, or a classifier on (pixels, labels) with a Categorical one), then for each form fits Q (from the
-rescaled damped-KFAC start, by the multiplicative optimizer by default, Adam for kron_sum and tridiag_kron) on the
+rescaled damped-KFAC start, by the multiplicative optimizer by default, Adam for kron_sum and tridiag_ekfac) on the
 auxiliary loss, measures it on held-out probes, certifies it by a constant-rate continuation, next to references
 (best identity multiple, inverse damped KFAC by hand and by curvlinops); writes ``results.json``, ``figure4.png``
 and ``summary.md`` in DIR (default ``results/a6``, or ``results/a6-<model>`` for the CNN and the transformer). Every
@@ -118,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, help="optimizer steps per form")
     parser.add_argument(
         "--aux-optimizer",
-        help="optimizer of λ for every form, a name in AUX_OPTIMIZERS (default: multiplicative, adam for kron_sum "
-        "and tridiag_kron); forms without an aux_lr entry take its default rate",
+        help="optimizer of λ for every form, a name in AUX_OPTIMIZERS (default: multiplicative, its couplings by "
+        "Adam at 1e-3 for tridiag_kron; adam for kron_sum and tridiag_ekfac); forms without an aux_lr entry take its "
+        "default rate",
     )
     parser.add_argument(
         "--init",
