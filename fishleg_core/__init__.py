@@ -14,7 +14,7 @@ from fishleg_core.auxiliary import (
 from fishleg_core.coupled import COUPLED_FORMS, BlockQ, CoupledQ, TridiagKronQ
 from fishleg_core.fisher import FISHER_METHODS, ModelCall, fisher_vp
 from fishleg_core.frozen import FitResult, ProbeEvaluator, QEvaluation, fit_q, normalized_gradients
-from fishleg_core.kfac import KroneckerFactors, kfac_start, kfac_warm_start, kronecker_factors
+from fishleg_core.kfac import KroneckerFactors, kfac_not_started, kfac_start, kfac_warm_start, kronecker_factors
 from fishleg_core.layers import (
     LAYER_ADAPTERS,
     Block,
@@ -75,6 +75,7 @@ __all__ = [
     "KroneckerFactors",
     "kronecker_factors",
     "kfac_start",
+    "kfac_not_started",
     "kfac_warm_start",
     # The auxiliary side: the auxiliary loss and λ's optimizers
     "AuxiliaryLoss",

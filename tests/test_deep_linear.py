@@ -141,6 +141,20 @@ def test_the_kfac_refresh_restarts_q_from_the_current_network():
         deep_linear.contender("fishleg", model, likelihood, replace(config, kfac_start_damping=None), iter(()), data)
 
 
+def test_the_kfac_start_takes_a_learned_sigma_and_leaves_its_block():
+    """The paper's learned σ with ``kfac_start_damping``: the layers start from KFAC, σ's block stays at c·I."""
+    config = replace(deep_linear.configuration("paper", quick=True), kfac_start_damping=1e-3)
+    data = teacher_data(config.depth, config.width, 40, 20, config.noise, seed=0)
+    model = build_deep_linear(config.depth, config.width, seed=0)
+    likelihood = deep_linear.likelihood_for(config)
+    plain = deep_linear.fishleg_q(model, likelihood, replace(config, kfac_start_damping=None), data)
+    started = deep_linear.fishleg_q(model, likelihood, config, data)
+    sigma_keys = [key for key in plain.state_dict() if "likelihood" in key]
+    assert sigma_keys
+    for key, value in started.state_dict().items():
+        assert torch.equal(value, plain.state_dict()[key]) == (key in sigma_keys)
+
+
 def test_an_unknown_regime_is_refused(capsys):
     with pytest.raises(SystemExit):
         deep_linear.main(["--quick", "--regimes", "small,huge"])

@@ -159,6 +159,30 @@ def test_kfac_warm_start_is_kfac_start_on_the_batches_and_feeds_fishleg():
         fl.kfac_warm_start(q, model, likelihood, [], damping=DAMPING)
 
 
+def test_kfac_warm_start_leaves_a_learned_sigma_block_and_fits_the_scale_with_it(float64):
+    model = tiny_mlp(3)
+    likelihood = fl.GaussianLearnedSigma(0.5)
+    batches = [(x, torch.tanh(x[:, :3])) for x in (random_inputs(MLP_INPUT, 16, seed=s) for s in (5, 6))]
+    q = fl.build_model_q(model, {"default": "kron"}, init_scale=0.7, likelihood=likelihood)
+    sigma_group = q.groups[-1]
+    assert [block.name for block in sigma_group.blocks] == ["likelihood.sigma"]
+    sigma_before = copy.deepcopy(sigma_group.state_dict())
+    by_hand = copy.deepcopy(q)
+    s, started = fl.kfac_warm_start(q, model, likelihood, batches, damping=DAMPING, samples=2)
+    assert started == ["0", "2"]
+    assert fl.kfac_not_started(q, started) == ["likelihood.sigma"]
+    torch.testing.assert_close(sigma_group.state_dict(), sigma_before, rtol=0.0, atol=0.0)
+    inputs = torch.cat([x for x, _ in batches])
+    factors = kronecker_factors(model, likelihood, inputs, 2, torch.Generator().manual_seed(0))
+    for group in q.groups[:-1]:
+        torch.testing.assert_close(group.form.to_dense(), s * _dense_kfac_start(factors, group.block.name))
+    # the scale is fitted on directions in (θ, σ), with F_γ in (θ, σ) and σ's Q part as it stays
+    directions = list(fl.normalized_gradients(model, likelihood, batches, with_likelihood=True))
+    assert all("likelihood.sigma" in u for u in directions)
+    fishers = [lambda v, x=x: fl.fisher_vp(model, likelihood, x, v, "exact", DAMPING) for x, _ in batches]
+    assert kfac_start(by_hand, factors, DAMPING, directions, fishers) == (s, started) and s > 0
+
+
 def test_triangular_factor_assign():
     L = torch.tensor([[2.0, 9.0], [0.5, 0.25]], dtype=torch.float64)
     factor = TriangularFactor(torch.eye(2, dtype=torch.float64))

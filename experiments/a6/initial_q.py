@@ -14,7 +14,14 @@ import fishleg_core as fl
 from experiments.a6.config import StudyConfig
 from experiments.a6.fit_schedule import best_identity_scale
 from fishleg_core import ModelQ
-from fishleg_core.kfac import NoKroneckerStart, kfac_blocks, kfac_start, kronecker_factors, takes_kfac_start
+from fishleg_core.kfac import (
+    NoKroneckerStart,
+    kfac_blocks,
+    kfac_not_started,
+    kfac_start,
+    kronecker_factors,
+    takes_kfac_start,
+)
 from fishleg_core.param_vectors import ParamDict
 
 
@@ -57,8 +64,7 @@ def initial_q(
     except NoKroneckerStart:
         return q, {**start, "init_note": "c·I: no block of this form takes the damped-KFAC start"}
     start = {**start, "init": "kfac", "kfac_scale": scale}
-    names = ["+".join(block.name for block in group.blocks) for group in q.groups]
-    others = [name for name in names if name not in started]
+    others = kfac_not_started(q, started)
     if others:
         start["kfac_not_started"] = others
     return q, start

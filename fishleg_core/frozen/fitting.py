@@ -31,7 +31,7 @@ from fishleg_core.auxiliary.loss import auxiliary_loss
 from fishleg_core.auxiliary.optimizers import AuxOptimizerSpec, build_aux_optimizer
 from fishleg_core.fisher import FISHER_METHODS, fisher_vp
 from fishleg_core.fisher.functional import Inputs, OutputFn, select_output
-from fishleg_core.likelihoods import Likelihood, resolve_likelihood
+from fishleg_core.likelihoods import Likelihood, likelihood_parameters, resolve_likelihood
 from fishleg_core.model_q import LowRankFactors, ModelQ
 
 Direction = ParamDict | tuple[ParamDict, LowRankFactors]
@@ -44,16 +44,21 @@ def normalized_gradients(
     batches: Iterable[tuple[Tensor, Tensor]],
     factors_for: ModelQ | None = None,
     output_fn: OutputFn | None = None,
+    *,
+    with_likelihood: bool = False,
 ) -> Iterator[Direction]:
     """u = g/‖g‖ for the minibatch gradient g of the batch NLL of each (inputs, targets) batch.
 
     With ``factors_for`` (the Q to be fitted), yields (u, factors) with the low-rank factors of u's linear
     and convolution blocks (``GradientFactors``), so that Q·u can use the cheaper low-rank product; its
     module hooks stay on the model until the generator is exhausted or closed (``contextlib.closing``).
-    ``output_fn`` selects the output tensor of a model returning a tuple or a dict.
+    ``output_fn`` selects the output tensor of a model returning a tuple or a dict. ``with_likelihood``: g
+    also in the parameters of a ``ParametricLikelihood`` (as ``"likelihood.<name>"``, like ``fisher_vp``).
     """
     likelihood = resolve_likelihood(likelihood)
     params = trainable_parameters(model)
+    if with_likelihood:
+        params.update(likelihood_parameters(likelihood))
     check_type("batches", batches, Iterable, "an iterable of (inputs, targets) pairs")
     if factors_for is not None:
         check_type("factors_for", factors_for, ModelQ, "a ModelQ or None")

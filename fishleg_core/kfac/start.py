@@ -24,7 +24,8 @@ left as they are and v₁ = Q₀ u on the started ones, the minimiser of Σ_u A(
 
 A form takes the start by its own ``set_kronecker`` (``QForm.set_kronecker(left, right)``,
 ``CoupledQ.set_kronecker(pairs)``), which returns False where it has none; such groups, and blocks without
-factors (normalisation layers, parameters no adapter covers), keep the Q they have (c·I as built).
+factors (normalisation layers, parameters no adapter covers, a likelihood's own parameters such as a learned
+σ), keep the Q they have (c·I as built); ``kfac_not_started`` lists them.
 """
 
 from __future__ import annotations
@@ -249,7 +250,9 @@ def kfac_warm_start(
 
     Returns:
         s and the groups started, each named by its blocks; the others (forms without a start, blocks
-        without KFAC factors) keep their Q.
+        without KFAC factors, a ``ParametricLikelihood``'s own blocks such as a learned σ) keep their Q and
+        are ``kfac_not_started(q, started)``. The directions u, and so the scale's fit, include the
+        likelihood's parameters (F_γ in (θ, φ), method "exact").
 
     Raises:
         ValueError: ``batches`` is empty, or the best scale is not positive.
@@ -262,9 +265,16 @@ def kfac_warm_start(
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     inputs = torch.cat([x for x, _ in batches])
     factors = kronecker_factors(model, likelihood, inputs, samples, generator)
-    directions = cast(list[ParamDict], list(normalized_gradients(model, likelihood, batches)))
+    directions = cast(list[ParamDict], list(normalized_gradients(model, likelihood, batches, with_likelihood=True)))
     fishers = [lambda v, x=x: fisher_vp(model, likelihood, x, v, method="exact", damping=damping) for x, _ in batches]
     return kfac_start(q, factors, damping, directions, fishers)
+
+
+def kfac_not_started(q: ModelQ, started: Sequence[str]) -> list[str]:
+    """The groups of ``q`` (named by their blocks, like ``started``) that a KFAC start left as they were:
+    those not in ``started``, the list ``kfac_start`` returns."""
+    names = ["+".join(block.name for block in group.blocks) for group in q.groups]
+    return [name for name in names if name not in started]
 
 
 def _start(group: CoupledQ, pairs: Sequence[tuple[Tensor, Tensor]], s: float) -> bool:
