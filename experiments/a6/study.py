@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 import fishleg_core as fl
 from experiments.a6 import parallel  # which imports this module: use its names as parallel.<name>
-from experiments.a6.certificate import continuation_certificate
+from experiments.a6.certificate import continuation_certificate, divergence
 from experiments.a6.config import (
     OWNER,
     ConfigError,
@@ -624,13 +624,17 @@ def finish_form(
     evaluator: fl.ProbeEvaluator,
 ) -> Row:
     """The row of a fitted form: Q evaluated in float64 on the held-out probes, then certified by a
-    constant-rate continuation (``continuation_certificate``)."""
+    constant-rate continuation (``continuation_certificate``) unless the fit diverged (``divergence``)."""
     name, q, initial = fitted.name, fitted.q, fitted.initial
     q64 = float64_copy(q)
     evaluation = evaluator.evaluate(q64)
     certificate = continuation_certificate(
         name, q, evaluation.mean_aux_loss, config, model, likelihood, train, evaluator
     )
+    diverged = divergence(fitted.monitor["aux_loss"], evaluation.mean_aux_loss)
+    if diverged is not None:
+        certificate.update(certified=False, diverged=diverged)
+        _note(f"WARNING: {name} not certified, {diverged}")
     seconds = fitted.start_seconds + fitted.fit_seconds
     _note(
         f"{name}: start ({initial['init']}) {fitted.start_seconds:.1f} s + fit {fitted.fit_seconds:.1f} s, held-out "
