@@ -15,6 +15,8 @@ the continuation gains at most ``certificate_tolerance`` of |A_fit|:
     gain = A_fit − A_cont ≤ tolerance · |A_fit|.
 
 A fit stopped early, or frozen by its decay before the asymptote, leaves a gain the continuation takes.
+A fit that diverged is refused whatever the continuation gains (``divergence``): a continuation from a
+point far up the loss can gain little in a few steps at a small rate, so the gain test alone would pass it.
 What it does not certify: that no other optimiser or start would go lower, or that a longer continuation
 would not.
 """
@@ -22,6 +24,8 @@ would not.
 from __future__ import annotations
 
 import copy
+import math
+from collections.abc import Sequence
 from contextlib import closing
 from typing import Any
 
@@ -36,6 +40,24 @@ from fishleg_core.frozen import fit_q
 
 CERTIFICATE_SEED_OFFSET = 4
 """The continuation's stream is seeded with seed + this offset (directions the fit never saw)."""
+
+
+def divergence(monitor: Sequence[float], heldout_aux_loss: float, heldout_aux_loss_start: float | None) -> str | None:
+    """Why a fit must not be certified whatever its continuation gains, or None when it descended: its monitor
+    M (the mean auxiliary loss over the fixed training directions, ``Monitor.record["aux_loss"]``, M_0 at
+    step 0) or its held-out A is not finite, M ends above where it started (M_end > M_0), or held-out A is
+    above its start Q₀'s (``heldout_aux_loss_start``; None for a row cached without it)."""
+    if not monitor:
+        raise ValueError("divergence needs the monitor's record of the fit, got an empty one")
+    if not all(math.isfinite(value) for value in monitor):
+        return "diverged: monitor not finite"
+    if not math.isfinite(heldout_aux_loss):
+        return f"diverged: held-out A = {heldout_aux_loss}"
+    if monitor[-1] > monitor[0]:
+        return f"diverged: monitor rose from {monitor[0]:.5g} to {monitor[-1]:.5g}"
+    if heldout_aux_loss_start is not None and heldout_aux_loss > heldout_aux_loss_start:
+        return f"diverged: held-out A {heldout_aux_loss:.5g} above Q₀'s {heldout_aux_loss_start:.5g}"
+    return None
 
 
 def continuation_certificate(

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import fishleg_core as fl
+from experiments.a6.certificate import divergence
 from experiments.a6.config import StudyConfig
 from experiments.a6.fit_schedule import last_tenth_mean
 from experiments.a6.results import Row, StudyResults
@@ -107,7 +108,7 @@ def summary(
     for row in forms + references:
         final = "–" if row["final_aux_loss"] is None else f"{row['final_aux_loss']:.5g}"
         verdict = "–" if row["plateau"] is None else _verdict(row["plateau"])
-        certified = _certified(row.get("certificate"))
+        certified = _certified(row)
         name = row["name"] if row["kind"] == "form" else f"*{row['name']}* (reference)"
         lines.append(
             f"| {name} | {row.get('init', '–')} | {row['n_params']:,} | {final} | {row['mean_probe_aux_loss']:.5g} | "
@@ -222,9 +223,19 @@ def _continuation(config: StudyConfig) -> str:
     )
 
 
-def _certified(certificate: dict[str, Any] | None) -> str:
+def _certified(row: Row) -> str:
+    """The certified column: yes/NO with the continuation's relative gain, or NO with why the fit diverged
+    (``divergence`` on the row's monitor, so that rows cached before this test get it too)."""
+    certificate = row.get("certificate")
     if certificate is None:
         return "–"
+    diverged = (
+        divergence(row["monitor"]["aux_loss"], row["mean_probe_aux_loss"], certificate.get("heldout_aux_loss_start"))
+        if row.get("monitor")
+        else None
+    )
+    if diverged is not None:
+        return f"NO ({diverged})"
     return f"{'yes' if certificate['certified'] else 'NO'} ({certificate['relative_gain']:+.2%})"
 
 

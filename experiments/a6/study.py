@@ -37,6 +37,7 @@ returns the results.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -50,7 +51,7 @@ from torch import Tensor, nn
 
 import fishleg_core as fl
 from experiments.a6 import parallel  # which imports this module: use its names as parallel.<name>
-from experiments.a6.certificate import continuation_certificate
+from experiments.a6.certificate import continuation_certificate, divergence
 from experiments.a6.config import (
     OWNER,
     ConfigError,
@@ -544,6 +545,8 @@ class FittedForm:
     fit_seconds: float
     curve: list[float]
     monitor: dict[str, list]
+    start_q: fl.ModelQ
+    """A copy of Q₀, the fit's start: the divergence test compares held-out A with its."""
 
 
 def fit_form(
@@ -592,6 +595,7 @@ def start_and_fit(
     if start is not None and start.reason is not None:
         initial.update(init_note=f"c·I: {start.reason}", start_note=start.note(name))
     start_seconds = time.perf_counter() - started
+    start_q = copy.deepcopy(q)
     monitor = Monitor(model, likelihood, q, directions, curvature, config.damping, config.steps)
     stream, batches = training_streams(
         model, likelihood, train, config.batch_size, config.curvature_batch, config.seed, q
@@ -612,7 +616,7 @@ def start_and_fit(
             progress=name if progress else False,
             aux_optimizer=config.optimizer(name),
         )
-    return FittedForm(name, q, initial, start_seconds, fit.seconds, fit.curve, monitor.record)
+    return FittedForm(name, q, initial, start_seconds, fit.seconds, fit.curve, monitor.record, start_q)
 
 
 def finish_form(
@@ -624,13 +628,18 @@ def finish_form(
     evaluator: fl.ProbeEvaluator,
 ) -> Row:
     """The row of a fitted form: Q evaluated in float64 on the held-out probes, then certified by a
-    constant-rate continuation (``continuation_certificate``)."""
+    constant-rate continuation (``continuation_certificate``) unless the fit diverged (``divergence``)."""
     name, q, initial = fitted.name, fitted.q, fitted.initial
     q64 = float64_copy(q)
     evaluation = evaluator.evaluate(q64)
     certificate = continuation_certificate(
         name, q, evaluation.mean_aux_loss, config, model, likelihood, train, evaluator
     )
+    certificate["heldout_aux_loss_start"] = evaluator.evaluate(float64_copy(fitted.start_q)).mean_aux_loss
+    diverged = divergence(fitted.monitor["aux_loss"], evaluation.mean_aux_loss, certificate["heldout_aux_loss_start"])
+    if diverged is not None:
+        certificate.update(certified=False, diverged=diverged)
+        _note(f"WARNING: {name} not certified, {diverged}")
     seconds = fitted.start_seconds + fitted.fit_seconds
     _note(
         f"{name}: start ({initial['init']}) {fitted.start_seconds:.1f} s + fit {fitted.fit_seconds:.1f} s, held-out "
