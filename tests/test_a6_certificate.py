@@ -15,25 +15,24 @@ from experiments.a6.report import _certified
 
 
 @pytest.mark.parametrize(
-    "monitor, heldout, start, reason",
+    "monitor, heldout, reason",
     [
-        ([-0.0068, -0.012, -0.0146], -0.0145, -0.0070, None),  # descended: certified as its continuation says
-        ([-0.0068, -0.0068], -0.0068, -0.0068, None),  # did not move: not a divergence
-        ([-0.0068, 5.0, -0.007], -0.0069, None, None),  # a transient rise that came back down
-        ([-0.0068, 3.0, 211.0], 180.0, None, "diverged: monitor rose from -0.0068 to 211"),  # the issue's fit
-        ([-0.0068, math.nan, -0.01], -0.01, None, "diverged: monitor not finite"),
-        ([-0.0068, -0.01, math.inf], -0.01, None, "diverged: monitor not finite"),
-        ([-0.0068, -0.01], math.nan, None, "diverged: held-out A = nan"),
-        ([-0.0068, -0.01], -0.005, -0.0070, "diverged: held-out A -0.005 above Q₀'s -0.007"),
+        ([-0.0068, -0.012, -0.0146], -0.0145, None),  # descended: certified as its continuation says
+        ([-0.0068, -0.0068], -0.0068, None),  # did not move: not a divergence
+        ([-0.0068, 5.0, -0.007], -0.0069, None),  # a transient rise that came back down
+        ([-0.0068, 3.0, 211.0], 180.0, "diverged: monitor rose from -0.0068 to 211"),  # the issue's fit
+        ([-0.0068, math.nan, -0.01], -0.01, "diverged: monitor not finite"),
+        ([-0.0068, -0.01, math.inf], -0.01, "diverged: monitor not finite"),
+        ([-0.0068, -0.01], math.nan, "diverged: held-out A = nan"),
     ],
 )
-def test_divergence_of_a_synthetic_monitor(monitor, heldout, start, reason):
-    assert divergence(monitor, heldout, start) == reason
+def test_divergence_of_a_synthetic_monitor(monitor, heldout, reason):
+    assert divergence(monitor, heldout) == reason
 
 
 def test_divergence_needs_a_monitor():
     with pytest.raises(ValueError, match="empty"):
-        divergence([], -0.01, None)
+        divergence([], -0.01)
 
 
 def test_summary_column_refuses_a_diverged_row_whose_continuation_gained_nothing():
@@ -43,8 +42,6 @@ def test_summary_column_refuses_a_diverged_row_whose_continuation_gained_nothing
     assert _certified(diverged) == "NO (diverged: monitor rose from -0.0068 to 211)"
     descended = {**diverged, "monitor": {"aux_loss": [-0.0068, -0.0146]}, "mean_probe_aux_loss": -0.0145}
     assert _certified(descended) == "yes (-0.10%)"
-    worse = {**descended, "certificate": {**certificate, "heldout_aux_loss_start": -0.02}}
-    assert _certified(worse) == "NO (diverged: held-out A -0.0145 above Q₀'s -0.02)"
 
 
 def test_a_fit_forced_to_diverge_is_not_certified(tmp_path, capsys):
@@ -66,7 +63,6 @@ def test_a_fit_forced_to_diverge_is_not_certified(tmp_path, capsys):
     assert diagonal["certificate"]["diverged"].startswith("diverged: monitor rose from")
     assert kron["monitor"]["aux_loss"][-1] < kron["monitor"]["aux_loss"][0]
     assert kron["certificate"]["certified"] is True and "diverged" not in kron["certificate"]
-    assert kron["mean_probe_aux_loss"] < kron["certificate"]["heldout_aux_loss_start"]
     summary = (out / "summary.md").read_text()
     assert "| NO (diverged: monitor rose from " in summary and "| yes (" in summary
     assert "WARNING: diagonal not certified, diverged: monitor rose from" in capsys.readouterr().err

@@ -42,11 +42,10 @@ CERTIFICATE_SEED_OFFSET = 4
 """The continuation's stream is seeded with seed + this offset (directions the fit never saw)."""
 
 
-def divergence(monitor: Sequence[float], heldout_aux_loss: float, heldout_aux_loss_start: float | None) -> str | None:
+def divergence(monitor: Sequence[float], heldout_aux_loss: float) -> str | None:
     """Why a fit must not be certified whatever its continuation gains, or None when it descended: its monitor
     M (the mean auxiliary loss over the fixed training directions, ``Monitor.record["aux_loss"]``, M_0 at
-    step 0) or its held-out A is not finite, M ends above where it started (M_end > M_0), or held-out A is
-    above its start Q₀'s (``heldout_aux_loss_start``; None for a row cached without it)."""
+    step 0) or its held-out A is not finite, or M ends above where it started (M_end > M_0)."""
     if not monitor:
         raise ValueError("divergence needs the monitor's record of the fit, got an empty one")
     if not all(math.isfinite(value) for value in monitor):
@@ -55,8 +54,6 @@ def divergence(monitor: Sequence[float], heldout_aux_loss: float, heldout_aux_lo
         return f"diverged: held-out A = {heldout_aux_loss}"
     if monitor[-1] > monitor[0]:
         return f"diverged: monitor rose from {monitor[0]:.5g} to {monitor[-1]:.5g}"
-    if heldout_aux_loss_start is not None and heldout_aux_loss > heldout_aux_loss_start:
-        return f"diverged: held-out A {heldout_aux_loss:.5g} above Q₀'s {heldout_aux_loss_start:.5g}"
     return None
 
 

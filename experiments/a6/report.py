@@ -229,11 +229,7 @@ def _certified(row: Row) -> str:
     certificate = row.get("certificate")
     if certificate is None:
         return "–"
-    diverged = (
-        divergence(row["monitor"]["aux_loss"], row["mean_probe_aux_loss"], certificate.get("heldout_aux_loss_start"))
-        if row.get("monitor")
-        else None
-    )
+    diverged = divergence(row["monitor"]["aux_loss"], row["mean_probe_aux_loss"]) if row.get("monitor") else None
     if diverged is not None:
         return f"NO ({diverged})"
     return f"{'yes' if certificate['certified'] else 'NO'} ({certificate['relative_gain']:+.2%})"
