@@ -107,6 +107,8 @@ def test_set_damping_reaches_fishleg_auxiliary_loss_and_kfac():
     fishleg = fl.FishLeg(model, LIKELIHOOD, lr=0.1, damping=1.0, aux_data=[x])
     set_damping(fishleg, 0.25)
     assert damping_of(fishleg) == 0.25 and fishleg.auxiliary.damping == 0.25 and fishleg.monitor.damping == 0.25
+    with pytest.raises(ValueError, match="damping must be a finite number"):
+        fishleg.set_damping(-1.0)
     kfac = KFAC(model, LIKELIHOOD, 0.1, curvature_data=iter([x] * 2), damping=2.0)
     set_damping(kfac, 0.5)
     assert kfac.damping == 0.5

@@ -99,9 +99,7 @@ def set_damping(optimizer: torch.optim.Optimizer, damping: float) -> None:
     """Set γ mid-run (``damping_of``). FishLeg's auxiliary loss A(λ; u) = ½ uᵀQ(F + γI)Qu − uᵀQu then aims
     λ at the new (F + γI)⁻¹ from its next update on; KFAC's takes effect at its next re-inversion."""
     if isinstance(optimizer, fl.FishLeg):
-        optimizer.config = optimizer.config.model_copy(update={"damping": damping})
-        optimizer.auxiliary.damping = damping
-        optimizer.monitor.damping = damping
+        optimizer.set_damping(damping)
     else:
         damping_of(optimizer)  # raises for an optimizer without damping
         optimizer.damping = damping  # type: ignore[attr-defined]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, cast
 
@@ -284,6 +285,18 @@ class FishLeg(torch.optim.Optimizer):
             and not self._distributed
         )
         self._capture = GradientFactors.for_q(model, self.q) if low_rank else None
+
+    def set_damping(self, damping: float) -> None:
+        """Set γ mid-run (adaptive damping): from the next auxiliary update on, A(λ; u) = ½ uᵀQ(F + γI)Qu − uᵀQu
+        aims λ at the new (F + γI)⁻¹, and the diagnostics read the new γ.
+
+        Raises:
+            ValueError: for γ < 0 or not finite."""
+        if not (math.isfinite(damping) and damping >= 0):
+            raise ValueError(f"FishLeg.set_damping: damping must be a finite number >= 0, got {damping}")
+        self.config = self.config.model_copy(update={"damping": damping})
+        self.auxiliary.damping = damping
+        self.monitor.damping = damping
 
     @property
     def last_aux_loss(self) -> Tensor | None:
