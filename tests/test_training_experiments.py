@@ -172,6 +172,9 @@ def test_the_long_preset_is_the_issue_budget():
     assert (config.iterations, config.seeds, config.every) == (3000, 2, 50)
     assert not autoencoder_training._problems(config)
     assert {"fishleg_psgd_schedule", "fishleg_fast", "adam", "kfac"} <= set(config.sweep)
+    variants = autoencoder_training.variants_config()
+    for name in autoencoder_training.LONG_VARIANTS:  # the 200-iteration variant, its rates and settings unchanged
+        assert (config.sweep[name], config.contenders[name]) == (variants.sweep[name], variants.contenders[name])
 
 
 def test_milestones_table_reports_mean_and_sd_where_the_seeds_got():

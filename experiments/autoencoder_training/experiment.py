@@ -280,12 +280,19 @@ def variants_config() -> AutoencoderConfig:
     return config
 
 
+LONG_VARIANTS = ("fishleg_psgd_schedule", "fishleg_kfac_start_lm", "fishleg_refresh_g100")
+"""The ``variants`` preset's FishLeg variants that the ``long`` preset runs: the best at 200 iterations of PSGD's
+schedule for λ, of damping and step-size control, and of the Q refreshed from running KFAC factors."""
+
+
 def long_config() -> AutoencoderConfig:
     """The issue's budget: 3,000 iterations, 2 seeds, evaluations every 50, no time extension, for the paper
-    preset's contenders and FishLeg with PSGD's schedule for λ, each swept as in ``paper`` / ``variants``."""
+    preset's contenders and ``LONG_VARIANTS``, each swept as in ``paper`` / ``variants``."""
     config = paper_config()
-    config.sweep["fishleg_psgd_schedule"] = [0.003, 0.01, 0.03]
-    config.contenders["fishleg_psgd_schedule"] = {**PAPER_FISHLEG, "psgd_schedule": PSGD_COMPRESSED}
+    variants = variants_config()
+    for name in LONG_VARIANTS:
+        config.sweep[name] = variants.sweep[name]
+        config.contenders[name] = variants.contenders[name]
     config.iterations, config.seconds, config.every = 3000, 0.0, 50
     return config
 
