@@ -106,8 +106,10 @@ def test_a_rerun_reuses_the_skipped_references(runs, monkeypatch):
 
 def test_model_defaults_and_output_folder():
     assert StudyConfig().model == "autoencoder" and StudyConfig().pretrain_lr == 3e-3
-    assert StudyConfig(model="cnn").pretrain_lr == MODELS["cnn"].pretraining["pretrain_lr"]
+    assert StudyConfig(model="cnn").pretrain_lr == MODELS["cnn"].defaults["pretrain_lr"]
     assert StudyConfig(model="cnn", pretrain_lr=0.01).pretrain_lr == 0.01  # a given setting wins
+    assert StudyConfig(model="cnn").lr("diagonal") == 0.1 and StudyConfig().lr("diagonal") == 0.3
+    assert StudyConfig(model="cnn", aux_lr={"diagonal": 0.2}).lr("diagonal") == 0.2
     assert a6_study.default_out("autoencoder") == Path("results/a6")
     assert a6_study.default_out("transformer") == Path("results/a6-transformer")
 

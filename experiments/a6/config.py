@@ -16,7 +16,7 @@ from experiments.a6.coupling import study_form_names
 from experiments.a6.form_specs import parse_spec
 from experiments.a6.provenance import code_hash, environment
 from experiments.a6.row_code import form_code, model_code
-from experiments.a6.study_models import MODELS, PRETRAINING_DEFAULTS
+from experiments.a6.study_models import MODEL_DEFAULTS, MODELS
 from fishleg_core import validate_config
 from fishleg_core.auxiliary import AUX_OPTIMIZERS, split_spec
 
@@ -156,9 +156,9 @@ class StudyConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _model_defaults(cls, values: Any) -> Any:
-        """The model's own pre-training defaults (``PRETRAINING_DEFAULTS``) for the fields not given."""
+        """The model's own defaults (``MODEL_DEFAULTS``) for the fields not given."""
         if isinstance(values, dict) and values.get("model") in MODELS:
-            values = {**PRETRAINING_DEFAULTS[values["model"]], **values}
+            values = {**MODEL_DEFAULTS[values["model"]], **values}
         return values
 
     @field_validator("forms", mode="before")
