@@ -21,7 +21,11 @@ def package_forms() -> set[str]:
 
 # Every form of the package with its default options, read from the registry (a new form joins the suite by
 # being registered), plus the option variants worth a case of their own.
-OPTION_VARIANTS = [("kron_sum", {"K": 3}, "kron_sum-K3"), ("diag_low_rank", {"rank": 2}, "diag_low_rank-rank2")]
+OPTION_VARIANTS = [
+    ("kron_sum", {"K": 3}, "kron_sum-K3"),
+    ("kron_sum", {"K": 3, "start_share": 0.5}, "kron_sum-K3-share"),
+    ("diag_low_rank", {"rank": 2}, "diag_low_rank-rank2"),
+]
 QFORM_CASES = [pytest.param(name, {}, id=name) for name in sorted(package_forms())] + [
     pytest.param(name, options, id=case_id) for name, options, case_id in OPTION_VARIANTS
 ]
@@ -91,6 +95,36 @@ def test_unknown_form_name_lists_known_names():
 def test_kron_sum_needs_at_least_one_term(K):
     with pytest.raises(ValueError, match="kron_sum needs K >= 1"):
         QFORMS.build("kron_sum", shape=SHAPE, K=K)
+
+
+@pytest.mark.parametrize("options", [{"start_share": 1.0}, {"start_share": -0.1}, {"start_spread": -1.0}])
+def test_kron_sum_refuses_a_bad_start_share(options):
+    with pytest.raises(ValueError, match="0 <= start_share < 1 and start_spread >= 0"):
+        QFORMS.build("kron_sum", shape=SHAPE, **options)
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("K", [2, 3])
+def test_kron_sum_shares_a_kronecker_start(K):
+    """Without spread the shared start is the Kronecker start itself; with spread term 1 is (1 − s) of it and
+    the terms k ≥ 2 differ from it in shape, not only in scale."""
+    rows, cols = SHAPE
+    left = torch.linalg.cholesky(torch.eye(rows) + 0.3 * torch.ones(rows, rows))
+    right = torch.linalg.cholesky(torch.eye(cols) + 0.2 * torch.ones(cols, cols))
+    start = torch.kron(left @ left.mT, right @ right.mT)
+    copies = QFORMS.build("kron_sum", shape=SHAPE, K=K, start_share=0.4, start_spread=0.0)
+    assert copies.set_kronecker(left, right)
+    torch.testing.assert_close(copies.to_dense(), start)
+    spread = QFORMS.build("kron_sum", shape=SHAPE, K=K, start_share=0.4, start_spread=0.3)
+    assert spread.set_kronecker(left, right)
+    (M_L, M_R), *later = spread.grams()
+    torch.testing.assert_close(torch.kron(M_L, M_R), 0.6 * start)
+    for L_k, R_k in later:
+        term = torch.kron(L_k, R_k)
+        assert not torch.allclose(term / term.trace(), start / start.trace(), atol=1e-3)
+    default = QFORMS.build("kron_sum", shape=SHAPE, K=K)
+    assert default.set_kronecker(left, right)
+    torch.testing.assert_close(torch.kron(*default.grams()[0]), start)
 
 
 # ---------------------------------------------------------------------------------------------

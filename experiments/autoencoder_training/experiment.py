@@ -212,8 +212,9 @@ VARIANT_DAMPING = 1.0
 def refresh_variants() -> dict[str, dict[str, Any]]:
     """FishLeg with an ``ekfac`` Q refreshed from running KFAC factors (``refresh``), otherwise the paper's
     settings: γ of the damped inverse 1, 10, 100 (T = 10 steps between refreshes, λ's scales reset at each),
-    then at γ = 10 the learned scales kept, T = 50, the multiplicative optimizer of λ, and λ updated every
-    step."""
+    then at γ = 10 the learned scales kept, T = 50, the multiplicative optimizer of λ, λ updated every step,
+    and (``fishleg_refresh_rescale``) γ = 10 in the auxiliary loss too with KFAC's quadratic-model rescaling of
+    the step (``RESCALED``, as the KFAC contender: one rate, the step length is the model's)."""
     base = {**PAPER_FISHLEG, "form": "ekfac"}
 
     def refresh(damping: float, every: int = 10, scales: str = "reset") -> dict[str, Any]:
@@ -232,7 +233,16 @@ def refresh_variants() -> dict[str, dict[str, Any]]:
             "aux_weight_decay": 1e-3,
         },
         "fishleg_refresh_aux1": {**base, "refresh": refresh(10.0), "aux_every": 1},
+        "fishleg_refresh_rescale": {**base, "damping": 10.0, "refresh": refresh(10.0), **RESCALED},
     }
+
+
+def refresh_rates(name: str, spec: dict[str, Any]) -> list[float]:
+    """The sweep of a ``refresh_variants`` contender: one rate where the step is rescaled (the quadratic model
+    sets its length), 30× more at γ = 100, else 10× the KFAC contender's rates."""
+    if "rescale" in spec:
+        return [0.01]
+    return [3.0, 10.0, 30.0] if name == "fishleg_refresh_g100" else [0.1, 0.3, 1.0]
 
 
 def variants_config() -> AutoencoderConfig:
@@ -274,15 +284,16 @@ def variants_config() -> AutoencoderConfig:
         "adam": config.sweep["adam"],
         **{name: [0.01] if "rescale" in spec else list(rates) for name, spec in variants.items()},
         "kfac_lm": [0.03, 0.1, 0.3],
-        **{name: [3.0, 10.0, 30.0] if name == "fishleg_refresh_g100" else [0.1, 0.3, 1.0] for name in refreshed},
+        **{name: refresh_rates(name, spec) for name, spec in refreshed.items()},
     }
     config.contenders = {"adam": config.contenders["adam"], **variants, **refreshed}
     return config
 
 
-LONG_VARIANTS = ("fishleg_psgd_schedule", "fishleg_kfac_start_lm", "fishleg_refresh_g100")
+LONG_VARIANTS = ("fishleg_psgd_schedule", "fishleg_kfac_start_lm", "fishleg_refresh_g100", "fishleg_refresh_rescale")
 """The ``variants`` preset's FishLeg variants that the ``long`` preset runs: the best at 200 iterations of PSGD's
-schedule for λ, of damping and step-size control, and of the Q refreshed from running KFAC factors."""
+schedule for λ, of damping and step-size control, and of the Q refreshed from running KFAC factors, and that Q
+with KFAC's quadratic-model rescaling (the best at 500 iterations, docs/results/training.md)."""
 
 
 def long_config() -> AutoencoderConfig:

@@ -21,6 +21,11 @@ class KronSumQ(QForm):
     spectral norm ``EXTRA_TERMS_NORM · init_scale / (K − 1)``, so that together they stay within 0.5 % of
     init_scale: Gram factors started at zero would never move, since their gradient vanishes there, and
     copies of term 1 would stay copies. They draw from torch's global random generator.
+
+    A Kronecker start (``set_kronecker(C_L, C_R)``, the damped-KFAC start) goes to term 1 alone by default
+    (``start_share`` = 0). With ``start_share`` = s > 0 the terms share it: term 1 takes (1 − s)·C_L C_Lᵀ ⊗
+    C_R C_Rᵀ and each term k ≥ 2 takes s/(K − 1) of it with its factors C T_k, T_k = I + ``start_spread`` ·
+    (strictly lower random N(0, 1) entries), so the sum stays near the start while the terms differ.
     """
 
     EXTRA_TERMS_NORM = 0.005
@@ -32,13 +37,21 @@ class KronSumQ(QForm):
         init_scale: float = 1.0,
         K: int = 2,
         *,
+        start_share: float = 0.0,
+        start_spread: float = 0.1,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(shape, init_scale)
         if not isinstance(K, int) or isinstance(K, bool) or K < 1:
             raise ValueError(f"kron_sum needs K >= 1 Kronecker terms, got K={K!r}")
+        if not 0.0 <= start_share < 1.0 or start_spread < 0.0:
+            raise ValueError(
+                f"kron_sum needs 0 <= start_share < 1 and start_spread >= 0, got start_share={start_share!r}, "
+                f"start_spread={start_spread!r}"
+            )
         self.K = K
+        self.start_share, self.start_spread = start_share, start_spread
         root = self.init_scale**0.25
         extra_root = (self.EXTRA_TERMS_NORM * self.init_scale / max(K - 1, 1)) ** 0.25
         self.L = nn.ModuleList([TriangularFactor.scaled_identity(self.rows, root, device=device, dtype=dtype)])
@@ -52,13 +65,27 @@ class KronSumQ(QForm):
         return [(cast(TriangularFactor, L), cast(TriangularFactor, R)) for L, R in zip(self.L, self.R)]
 
     def set_kronecker(self, left: Tensor, right: Tensor) -> bool:
-        """Term 1 takes the product; the small random terms k ≥ 2 stay as built (0.5 % of init_scale)."""
+        """Term 1 takes the product (the small random terms k ≥ 2 stay as built, 0.5 % of init_scale), or,
+        with ``start_share`` s > 0, (1 − s) of it, and each term k ≥ 2 s/(K − 1) of it with perturbed factors
+        (a factor scaled by c scales its term by c⁴)."""
         if not self._kronecker_shapes(left, right):
             return False
-        L, R = self._factors()[0]
-        L.assign_(left)
-        R.assign_(right)
+        (L, R), *later = self._factors()
+        share = self.start_share if later else 0.0
+        L.assign_((1.0 - share) ** 0.25 * left)
+        R.assign_((1.0 - share) ** 0.25 * right)
+        if share > 0.0:
+            root = (share / len(later)) ** 0.25
+            for L_k, R_k in later:
+                L_k.assign_(root * left @ self._perturbation(left))
+                R_k.assign_(root * right @ self._perturbation(right))
         return True
+
+    def _perturbation(self, factor: Tensor) -> Tensor:
+        """I + start_spread · N, N strictly lower triangular with N(0, 1) entries (global RNG): a lower
+        triangular matrix with unit diagonal, so C T keeps C's positive diagonal."""
+        noise = torch.randn(factor.shape, device=factor.device, dtype=factor.dtype).tril(-1)
+        return torch.eye(factor.shape[0], device=factor.device, dtype=factor.dtype) + self.start_spread * noise
 
     def grams(self) -> list[tuple[Tensor, Tensor]]:
         """The pairs (M_L⁽ᵏ⁾, M_R⁽ᵏ⁾) of all K terms."""
@@ -82,7 +109,8 @@ class KronSumQ(QForm):
         return cast(Tensor, sum(torch.kron(M_L, M_R) for M_L, M_R in self.grams()))
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, K={self.K}"
+        share = f", start_share={self.start_share}, start_spread={self.start_spread}" if self.start_share else ""
+        return f"{super().extra_repr()}, K={self.K}{share}"
 
 
 def _random_triangular(n: int, spectral_norm: float, device=None, dtype=None) -> Tensor:
