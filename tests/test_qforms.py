@@ -119,8 +119,8 @@ def test_kron_sum_shares_a_kronecker_start(K):
     assert spread.set_kronecker(left, right)
     (M_L, M_R), *later = spread.grams()
     torch.testing.assert_close(torch.kron(M_L, M_R), 0.6 * start)
-    for L_k, R_k in later:
-        term = torch.kron(L_k, R_k)
+    for M_L_k, M_R_k in later:
+        term = torch.kron(M_L_k, M_R_k)
         assert not torch.allclose(term / term.trace(), start / start.trace(), atol=1e-3)
     default = QFORMS.build("kron_sum", shape=SHAPE, K=K)
     assert default.set_kronecker(left, right)
